@@ -56,6 +56,12 @@ fn keyed(key: &[u8]) -> Blake2sMac128 {
         .expect("BLAKE2s key of at most 32 bytes")
 }
 
+/// `HASH(label ‖ seed ‖ n)`: independent 32-byte secrets from one random seed,
+/// e.g. a relay's rotating cookie secrets and its cookie-reply nonces.
+pub fn derive_secret(seed: &[u8; 32], label: &[u8], n: u64) -> [u8; 32] {
+    hash(&[label, seed, &n.to_le_bytes()])
+}
+
 /// The mac1 key of one responder, `HASH("mac1----" ‖ Spub)`. Precompute it once
 /// per registered peer: a relay checks it against every candidate of a handshake.
 #[derive(Clone, PartialEq, Eq)]

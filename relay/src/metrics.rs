@@ -1,0 +1,331 @@
+//! Relay counters, shared lock-free between the data plane and the metrics
+//! endpoint. Every drop has a reason, and every reason has a counter.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the router dropped a datagram. Each variant is one Prometheus label
+/// value of `lanrage_relay_dropped_total{reason="…"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not WireGuard, STUN or LANrage control.
+    UnknownProtocol,
+    /// WireGuard header or length invalid for its type.
+    MalformedWireGuard,
+    /// LANrage control message truncated, wrong length, bad field.
+    MalformedControl,
+    /// LANrage control message of another protocol version.
+    UnsupportedVersion,
+    /// LANrage control message of an unknown type.
+    UnknownControlType,
+    /// A control message only a relay sends (ack, hint) arrived at the relay.
+    UnexpectedControl,
+    /// STUN is recognised but not answered by this build.
+    StunUnsupported,
+    /// Handshake or transport from a source that is not a registered endpoint.
+    Unregistered,
+    /// Transport message whose `(source, receiver_index)` has no route.
+    NoRoute,
+    /// Initiation whose mac1 matches no registered, mutually consenting peer.
+    NoConsentingResponder,
+    /// Response or cookie reply that answers no pending handshake.
+    NoPendingHandshake,
+    /// A handshake would reuse an index already routed for that endpoint.
+    IndexCollision,
+    /// Per-source handshake/registration budget exceeded.
+    RateLimited,
+    /// Registration MAC failed: not made with the claimed key.
+    RegistrationBadMac,
+    /// Registration timestamp not newer than the last accepted one.
+    RegistrationReplay,
+    /// Registration key is a low-order point.
+    RegistrationWeakKey,
+    /// Registration table is at `max_registrations`.
+    RegistrationTableFull,
+    /// Route or pending-handshake table is at its limit.
+    RouteTableFull,
+    /// Under load, an initiation's mac2 did not verify and no cookie could be sent.
+    Mac2Invalid,
+    /// A reply would have been larger than the request it answers. Replies are
+    /// built smaller by design; this counter staying at zero is the proof.
+    ReplyLargerThanRequest,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 20] = [
+        Self::UnknownProtocol,
+        Self::MalformedWireGuard,
+        Self::MalformedControl,
+        Self::UnsupportedVersion,
+        Self::UnknownControlType,
+        Self::UnexpectedControl,
+        Self::StunUnsupported,
+        Self::Unregistered,
+        Self::NoRoute,
+        Self::NoConsentingResponder,
+        Self::NoPendingHandshake,
+        Self::IndexCollision,
+        Self::RateLimited,
+        Self::RegistrationBadMac,
+        Self::RegistrationReplay,
+        Self::RegistrationWeakKey,
+        Self::RegistrationTableFull,
+        Self::RouteTableFull,
+        Self::Mac2Invalid,
+        Self::ReplyLargerThanRequest,
+    ];
+
+    /// The label value used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownProtocol => "unknown_protocol",
+            Self::MalformedWireGuard => "malformed_wireguard",
+            Self::MalformedControl => "malformed_control",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnknownControlType => "unknown_control_type",
+            Self::UnexpectedControl => "unexpected_control",
+            Self::StunUnsupported => "stun_unsupported",
+            Self::Unregistered => "unregistered",
+            Self::NoRoute => "no_route",
+            Self::NoConsentingResponder => "no_consenting_responder",
+            Self::NoPendingHandshake => "no_pending_handshake",
+            Self::IndexCollision => "index_collision",
+            Self::RateLimited => "rate_limited",
+            Self::RegistrationBadMac => "registration_bad_mac",
+            Self::RegistrationReplay => "registration_replay",
+            Self::RegistrationWeakKey => "registration_weak_key",
+            Self::RegistrationTableFull => "registration_table_full",
+            Self::RouteTableFull => "route_table_full",
+            Self::Mac2Invalid => "mac2_invalid",
+            Self::ReplyLargerThanRequest => "reply_larger_than_request",
+        }
+    }
+
+    /// `ALL` lists the variants in declaration order, so the discriminant is
+    /// the counter's slot (checked by a test).
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the router did with a datagram that was not dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    ForwardedTransport,
+    ForwardedInitiation,
+    ForwardedResponse,
+    ForwardedCookieReply,
+    RegistrationAccepted,
+    /// A registration moved a client to a new endpoint (roaming).
+    EndpointChanged,
+    CookieReplySent,
+    UnknownSessionHintSent,
+    RouteInstalled,
+    RouteExpired,
+    RegistrationExpired,
+}
+
+const EVENTS: [(Event, &str, &str); 11] = [
+    (
+        Event::ForwardedTransport,
+        "lanrage_relay_forwarded_total{kind=\"transport\"}",
+        "",
+    ),
+    (
+        Event::ForwardedInitiation,
+        "lanrage_relay_forwarded_total{kind=\"initiation\"}",
+        "",
+    ),
+    (
+        Event::ForwardedResponse,
+        "lanrage_relay_forwarded_total{kind=\"response\"}",
+        "",
+    ),
+    (
+        Event::ForwardedCookieReply,
+        "lanrage_relay_forwarded_total{kind=\"cookie_reply\"}",
+        "",
+    ),
+    (
+        Event::RegistrationAccepted,
+        "lanrage_relay_registrations_accepted_total",
+        "Registrations accepted (new and refreshed).",
+    ),
+    (
+        Event::EndpointChanged,
+        "lanrage_relay_endpoint_changes_total",
+        "Registrations that moved a client to a new endpoint.",
+    ),
+    (
+        Event::CookieReplySent,
+        "lanrage_relay_cookie_replies_sent_total",
+        "Cookie replies the relay sent itself, under load.",
+    ),
+    (
+        Event::UnknownSessionHintSent,
+        "lanrage_relay_unknown_session_hints_total",
+        "Unknown-session hints sent after a route miss.",
+    ),
+    (
+        Event::RouteInstalled,
+        "lanrage_relay_routes_installed_total",
+        "Routes installed from handshake responses.",
+    ),
+    (
+        Event::RouteExpired,
+        "lanrage_relay_routes_expired_total",
+        "Routes removed after idling past the route timeout.",
+    ),
+    (
+        Event::RegistrationExpired,
+        "lanrage_relay_registrations_expired_total",
+        "Registrations removed after no refresh.",
+    ),
+];
+
+/// Counters and gauges, updated with relaxed atomics: they are statistics, not
+/// synchronisation.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    received: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    events: [AtomicU64; EVENTS.len()],
+    registrations: AtomicU64,
+    routes: AtomicU64,
+    pending_handshakes: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_drop(&self, reason: DropReason) {
+        self.dropped[reason.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record(&self, event: Event) {
+        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_send_error(&self) {
+        self.send_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Table sizes, set by the router after each change.
+    pub fn set_table_sizes(&self, registrations: usize, routes: usize, pending: usize) {
+        self.registrations
+            .store(registrations as u64, Ordering::Relaxed);
+        self.routes.store(routes as u64, Ordering::Relaxed);
+        self.pending_handshakes
+            .store(pending as u64, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.slot()].load(Ordering::Relaxed)
+    }
+
+    pub fn event_count(&self, event: Event) -> u64 {
+        self.events[event as usize].load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP lanrage_relay_received_total Datagrams received."
+        );
+        let _ = writeln!(out, "# TYPE lanrage_relay_received_total counter");
+        let _ = writeln!(out, "lanrage_relay_received_total {}", load(&self.received));
+        let _ = writeln!(
+            out,
+            "# HELP lanrage_relay_dropped_total Datagrams dropped, by reason."
+        );
+        let _ = writeln!(out, "# TYPE lanrage_relay_dropped_total counter");
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "lanrage_relay_dropped_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.dropped[reason.slot()])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lanrage_relay_forwarded_total WireGuard messages forwarded, by kind."
+        );
+        let _ = writeln!(out, "# TYPE lanrage_relay_forwarded_total counter");
+        for (slot, (_, name, help)) in EVENTS.iter().enumerate() {
+            if !help.is_empty() {
+                let base = name.split('{').next().unwrap_or(name);
+                let _ = writeln!(out, "# HELP {base} {help}");
+                let _ = writeln!(out, "# TYPE {base} counter");
+            }
+            let _ = writeln!(out, "{name} {}", load(&self.events[slot]));
+        }
+        for (name, help, value) in [
+            (
+                "lanrage_relay_registrations",
+                "Registered clients.",
+                &self.registrations,
+            ),
+            (
+                "lanrage_relay_routes",
+                "Installed transport routes.",
+                &self.routes,
+            ),
+            (
+                "lanrage_relay_pending_handshakes",
+                "Initiations awaiting a response.",
+                &self.pending_handshakes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", load(value));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lanrage_relay_send_errors_total Sends the kernel refused."
+        );
+        let _ = writeln!(out, "# TYPE lanrage_relay_send_errors_total counter");
+        let _ = writeln!(
+            out,
+            "lanrage_relay_send_errors_total {}",
+            load(&self.send_errors)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_declaration_order() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.slot(), i);
+        }
+        for (i, (event, _, _)) in EVENTS.iter().enumerate() {
+            assert_eq!(*event as usize, i);
+        }
+    }
+
+    #[test]
+    fn every_reason_and_event_renders_once() {
+        let m = Metrics::default();
+        m.record_drop(DropReason::NoRoute);
+        m.record(Event::ForwardedTransport);
+        let text = m.render_prometheus();
+        assert!(text.contains("lanrage_relay_dropped_total{reason=\"no_route\"} 1"));
+        assert!(text.contains("lanrage_relay_forwarded_total{kind=\"transport\"} 1"));
+        for reason in DropReason::ALL {
+            assert_eq!(text.matches(&format!("\"{}\"", reason.as_str())).count(), 1);
+        }
+    }
+}

@@ -1,0 +1,857 @@
+//! The sans-IO router: `handle(now, src, packet) -> Verdict`.
+//!
+//! It decides, for every datagram on the relay's port, whether to forward it
+//! (and where), answer it (a registration ack, a cookie reply, an
+//! unknown-session hint), or drop it with a counted reason. It never reads the
+//! clock, opens a socket or asks the OS for randomness: time and a random seed
+//! come in, verdicts go out. Every IO backend executes the same verdicts.
+//!
+//! Drive loop, as a backend runs it:
+//! 1. for each received datagram: `handle(now, src, &mut buf[..len])`, then act
+//!    on the verdict (send `buf` to the forward address, or `buf[..n]` back to
+//!    `src`);
+//! 2. when `poll_timeout()` has passed: `handle_timeout(now)`.
+//!
+//! Routing follows `docs/protocol.md` ("Routing"): registrations bind a
+//! WireGuard public key to an endpoint; an initiation is routed to the
+//! consenting peer whose mac1 key verifies it; a response installs a route pair
+//! keyed by `(source endpoint, receiver_index)`; transport follows the routes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lanrage_proto::control::{
+    ControlError, ControlMessage, RegisterAck, RegisterView, SessionKeys, UnknownSession,
+};
+use lanrage_proto::mac::{self, CookieKey, Mac1Key};
+use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, MAC_LEN};
+use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::{classify, DatagramKind, PeerKey, WgMessage};
+
+use crate::metrics::{DropReason, Event, Metrics};
+pub use crate::rate_limit::RateLimit;
+use crate::rate_limit::RateLimiter;
+
+/// What to do with a datagram after [`Router::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the buffer (its whole length) to this address.
+    Forward(SocketAddr),
+    /// Send `buf[..len]` back to the datagram's source. Replies are written into
+    /// the received buffer, so they can never be larger than the request.
+    Reply(usize),
+    /// Send nothing; the reason was counted.
+    Drop(DropReason),
+}
+
+/// Limits and timeouts of the router. `Default` holds the documented defaults
+/// (`docs/configuration.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// A route pair is removed when neither direction carried a packet for this
+    /// long. WireGuard rejects a session after 180 s (REJECT_AFTER_TIME) and
+    /// rekeys every 120 s, so idle routes older than that are dead.
+    pub route_idle_timeout: Duration,
+    /// A registration not refreshed for this long is removed with its routes.
+    pub registration_timeout: Duration,
+    /// An initiation waits this long for its response. WireGuard retries after
+    /// 5 s (REKEY_TIMEOUT) with a new index, so 10 s covers one retry.
+    pub pending_handshake_timeout: Duration,
+    pub max_registrations: usize,
+    /// Route entries (each session is two: one per direction).
+    pub max_routes: usize,
+    pub max_pending_handshakes: usize,
+    /// Handshakes and registrations per source IP.
+    pub handshake_rate_limit: RateLimit,
+    /// Bound on the per-source tables of both rate limiters.
+    pub max_rate_limited_sources: usize,
+    /// Above this many initiations per second, relay-wide, an initiation must
+    /// carry a mac2 proving its source address, or it gets a cookie reply.
+    /// 0 means always.
+    pub under_load_handshakes_per_second: u32,
+    /// Unknown-session hints per source IP.
+    pub hint_rate_limit: RateLimit,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            route_idle_timeout: Duration::from_secs(180),
+            registration_timeout: Duration::from_secs(90),
+            pending_handshake_timeout: Duration::from_secs(10),
+            max_registrations: 100_000,
+            max_routes: 1_000_000,
+            max_pending_handshakes: 100_000,
+            handshake_rate_limit: RateLimit {
+                per_second: 20,
+                burst: 50,
+            },
+            max_rate_limited_sources: 100_000,
+            under_load_handshakes_per_second: 5_000,
+            hint_rate_limit: RateLimit {
+                per_second: 2,
+                burst: 4,
+            },
+        }
+    }
+}
+
+/// WireGuard's cookie secret lifetime (paper §5.4.7: "changing every two minutes").
+const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+/// How often `handle_timeout` sweeps the tables.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a handler decided, before it touches the buffer again.
+enum Outcome {
+    Forward(SocketAddr),
+    ForwardZeroingMac2(SocketAddr),
+    Reply(Reply),
+}
+
+/// A reply held inline: the largest the relay sends is a 64-byte cookie reply.
+struct Reply {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Reply {
+    fn new(bytes: &[u8]) -> Self {
+        let mut buf = [0u8; 64];
+        let len = bytes.len().min(64);
+        buf[..len].copy_from_slice(&bytes[..len]);
+        Self { buf, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A transport route key: the endpoint a packet comes from and the receiver
+/// index it carries. Keying by endpoint too means two clients' indices never
+/// collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub src: SocketAddr,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    dst: SocketAddr,
+    /// The peer that sends on this route, and the one it reaches.
+    from: PeerKey,
+    to: PeerKey,
+    /// The opposite direction of the same session.
+    reverse: RouteKey,
+    last_used: Instant,
+}
+
+struct Client {
+    endpoint: SocketAddr,
+    keys: SessionKeys,
+    mac1: Mac1Key,
+    cookie: CookieKey,
+    last_timestamp: u64,
+    consent: Vec<PeerKey>,
+    refreshed: Instant,
+    /// Keys of routes whose source is this client's endpoint.
+    routes: Vec<RouteKey>,
+}
+
+impl Client {
+    fn consents_to(&self, peer: &PeerKey) -> bool {
+        self.consent.contains(peer)
+    }
+}
+
+/// An initiation awaiting its response, keyed by (responder, initiator's sender index).
+struct Pending {
+    initiator: PeerKey,
+    created: Instant,
+}
+
+/// Counts initiations per one-second window to decide "under load".
+struct LoadMeter {
+    window_start: Instant,
+    current: u32,
+    previous: u32,
+}
+
+pub struct Router {
+    config: RouterConfig,
+    secret: StaticSecret,
+    public: PeerKey,
+    epoch: u64,
+    seed: [u8; 32],
+    started: Instant,
+    nonce_counter: u64,
+    clients: HashMap<PeerKey, Client>,
+    by_endpoint: HashMap<SocketAddr, PeerKey>,
+    routes: HashMap<RouteKey, Route>,
+    pending: HashMap<(PeerKey, u32), Pending>,
+    handshake_limiter: RateLimiter,
+    hint_limiter: RateLimiter,
+    load: LoadMeter,
+    next_sweep: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    /// `epoch` identifies this relay run (clients see it change on restart);
+    /// `seed` is 32 random bytes for the cookie secrets and nonces.
+    pub fn new(
+        config: RouterConfig,
+        secret: StaticSecret,
+        epoch: u64,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Self {
+        let public = PeerKey::from(&PublicKey::from(&secret));
+        let handshake_limiter =
+            RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
+        let hint_limiter =
+            RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources);
+        Self {
+            config,
+            secret,
+            public,
+            epoch,
+            seed,
+            started: now,
+            nonce_counter: 0,
+            clients: HashMap::new(),
+            by_endpoint: HashMap::new(),
+            routes: HashMap::new(),
+            pending: HashMap::new(),
+            handshake_limiter,
+            hint_limiter,
+            load: LoadMeter {
+                window_start: now,
+                current: 0,
+                previous: 0,
+            },
+            next_sweep: now + SWEEP_INTERVAL,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    pub fn public_key(&self) -> PeerKey {
+        self.public
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Decides what to do with one datagram. `buf` is exactly the datagram;
+    /// the router may rewrite it (zeroing mac2) or overwrite its head with a reply.
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
+        let outcome = match classify(buf) {
+            DatagramKind::WireGuard => self.handle_wireguard(now, src, buf),
+            DatagramKind::Control => self.handle_control(now, src, buf),
+            DatagramKind::Stun => Err(DropReason::StunUnsupported),
+            DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
+        };
+        match outcome {
+            Ok(Outcome::Forward(dst)) => Verdict::Forward(dst),
+            Ok(Outcome::ForwardZeroingMac2(dst)) => {
+                // The responder can't verify the relay's cookie; a zero mac2
+                // reads as "no cookie" to it.
+                let len = buf.len();
+                buf[len - MAC_LEN..].fill(0);
+                Verdict::Forward(dst)
+            }
+            // Replies are built no larger than the request (see `Reply`), so
+            // this copy always fits; the check keeps that a structural fact.
+            Ok(Outcome::Reply(reply)) if reply.len <= buf.len() => {
+                buf[..reply.len].copy_from_slice(reply.bytes());
+                Verdict::Reply(reply.len)
+            }
+            Ok(Outcome::Reply(_)) => self.drop(src, DropReason::ReplyLargerThanRequest),
+            Err(reason) => self.drop(src, reason),
+        }
+    }
+
+    fn drop(&self, src: SocketAddr, reason: DropReason) -> Verdict {
+        self.metrics.record_drop(reason);
+        tracing::trace!(%src, reason = reason.as_str(), "dropped");
+        Verdict::Drop(reason)
+    }
+
+    /// The next time `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_sweep)
+    }
+
+    /// Expires routes, registrations, pending handshakes and idle rate-limit
+    /// entries. Cheap to call early; it does nothing before `poll_timeout()`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        self.expire_pending(now);
+        self.expire_registrations(now);
+        self.expire_routes(now);
+        self.handshake_limiter.forget_idle(now);
+        self.hint_limiter.forget_idle(now);
+        self.update_gauges();
+    }
+
+    /// Number of installed route entries (two per session).
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn registration_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The endpoint a registered client is reachable at.
+    pub fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
+        self.clients.get(key).map(|c| c.endpoint)
+    }
+
+    // ---- WireGuard ----------------------------------------------------------
+
+    fn handle_wireguard(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &[u8],
+    ) -> Result<Outcome, DropReason> {
+        match WgMessage::parse(buf).map_err(|_| DropReason::MalformedWireGuard)? {
+            // The per-packet path: one lookup, no rewrite.
+            WgMessage::Transport(transport) => self.route_transport(now, src, transport),
+            WgMessage::Initiation(handshake) => self.route_initiation(now, src, handshake),
+            WgMessage::Response(handshake) => self.route_response(now, src, handshake),
+            WgMessage::CookieReply(reply) => self.route_cookie_reply(src, reply),
+        }
+    }
+
+    fn route_transport(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        t: Transport<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let key = RouteKey {
+            src,
+            index: t.receiver_index(),
+        };
+        if let Some(route) = self.routes.get_mut(&key) {
+            route.last_used = now;
+            self.metrics.record(Event::ForwardedTransport);
+            return Ok(Outcome::Forward(route.dst));
+        }
+        // Tell the source so it re-handshakes (or re-registers) now instead of
+        // after WireGuard's timeouts. Rate-limited, and smaller than the
+        // smallest transport message, so never an amplifier.
+        if !self.hint_limiter.allow(now, src.ip()) {
+            return Err(DropReason::NoRoute);
+        }
+        self.metrics.record_drop(DropReason::NoRoute);
+        let hint = UnknownSession {
+            receiver_index: key.index,
+            relay_epoch: self.epoch,
+            registered: self.by_endpoint.contains_key(&src),
+        };
+        self.metrics.record(Event::UnknownSessionHintSent);
+        tracing::debug!(%src, index = key.index, registered = hint.registered, "unknown session hint");
+        Ok(Outcome::Reply(Reply::new(&hint.encode())))
+    }
+
+    /// Routes an initiation to the mutually consenting peer whose mac1 verifies
+    /// it, or answers with a cookie reply when under load.
+    fn route_initiation(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        h: Handshake<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let initiator = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
+        if !self.handshake_limiter.allow(now, src.ip()) {
+            return Err(DropReason::RateLimited);
+        }
+        let responder = self
+            .consenting_responder(&initiator, &h)
+            .ok_or(DropReason::NoConsentingResponder)?;
+
+        let under_load = self.count_initiation(now);
+        if under_load && !self.mac2_proves_source(now, src, &h) {
+            let reply = self.cookie_reply(now, src, &responder, &h);
+            self.metrics.record(Event::CookieReplySent);
+            return Ok(Outcome::Reply(Reply::new(&reply)));
+        }
+
+        let pending_key = (responder, h.sender_index());
+        match self.pending.get(&pending_key) {
+            Some(p) if p.initiator != initiator => return Err(DropReason::IndexCollision),
+            Some(_) => {}
+            None if self.pending.len() >= self.config.max_pending_handshakes => {
+                return Err(DropReason::RouteTableFull)
+            }
+            None => {}
+        }
+        self.pending.insert(
+            pending_key,
+            Pending {
+                initiator,
+                created: now,
+            },
+        );
+        let dst = self
+            .clients
+            .get(&responder)
+            .map(|c| c.endpoint)
+            .ok_or(DropReason::NoConsentingResponder)?;
+        self.metrics.record(Event::ForwardedInitiation);
+        tracing::debug!(from = %initiator, to = %responder, "initiation forwarded");
+        Ok(if under_load {
+            Outcome::ForwardZeroingMac2(dst)
+        } else {
+            Outcome::Forward(dst)
+        })
+    }
+
+    /// The registered peer that `initiator` consents to, that consents back,
+    /// and whose mac1 key verifies the handshake.
+    fn consenting_responder(&self, initiator: &PeerKey, h: &Handshake<'_>) -> Option<PeerKey> {
+        let client = self.clients.get(initiator)?;
+        client.consent.iter().copied().find(|candidate| {
+            candidate != initiator
+                && self
+                    .clients
+                    .get(candidate)
+                    .is_some_and(|peer| peer.consents_to(initiator) && peer.mac1.verifies(h))
+        })
+    }
+
+    fn route_response(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        h: Handshake<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let responder = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
+        if !self.handshake_limiter.allow(now, src.ip()) {
+            return Err(DropReason::RateLimited);
+        }
+        let pending_key = (responder, h.receiver_index());
+        let initiator = self
+            .pending
+            .get(&pending_key)
+            .map(|p| p.initiator)
+            .ok_or(DropReason::NoPendingHandshake)?;
+        let initiator_client = self
+            .clients
+            .get(&initiator)
+            .ok_or(DropReason::NoPendingHandshake)?;
+        // mac1 of a response is keyed by the initiator's public key: it
+        // confirms the response is for the pending initiator.
+        if !initiator_client.mac1.verifies(&h) {
+            return Err(DropReason::NoPendingHandshake);
+        }
+        let initiator_endpoint = initiator_client.endpoint;
+
+        // A→B transport carries B's index; B→A carries A's.
+        let to_responder = RouteKey {
+            src: initiator_endpoint,
+            index: h.sender_index(),
+        };
+        let to_initiator = RouteKey {
+            src,
+            index: h.receiver_index(),
+        };
+        for (key, to) in [(to_responder, responder), (to_initiator, initiator)] {
+            if self.routes.get(&key).is_some_and(|r| r.to != to) {
+                tracing::debug!(src = %key.src, index = key.index, "route index collision");
+                return Err(DropReason::IndexCollision);
+            }
+        }
+        let new_entries = [to_responder, to_initiator]
+            .iter()
+            .filter(|k| !self.routes.contains_key(k))
+            .count();
+        if self.routes.len() + new_entries > self.config.max_routes {
+            return Err(DropReason::RouteTableFull);
+        }
+
+        self.pending.remove(&pending_key);
+        self.install_route(to_responder, initiator, responder, src, to_initiator, now);
+        self.install_route(
+            to_initiator,
+            responder,
+            initiator,
+            initiator_endpoint,
+            to_responder,
+            now,
+        );
+        self.metrics.record(Event::ForwardedResponse);
+        self.update_gauges();
+        tracing::debug!(from = %responder, to = %initiator, "session routed");
+        Ok(Outcome::Forward(initiator_endpoint))
+    }
+
+    fn install_route(
+        &mut self,
+        key: RouteKey,
+        from: PeerKey,
+        to: PeerKey,
+        dst: SocketAddr,
+        reverse: RouteKey,
+        now: Instant,
+    ) {
+        let route = Route {
+            dst,
+            from,
+            to,
+            reverse,
+            last_used: now,
+        };
+        if self.routes.insert(key, route).is_none() {
+            if let Some(client) = self.clients.get_mut(&from) {
+                client.routes.push(key);
+            }
+            self.metrics.record(Event::RouteInstalled);
+        }
+    }
+
+    /// A cookie reply answers the handshake message whose sender index it
+    /// carries: a pending initiation (responder under load), or a response
+    /// (initiator under load), which by then has a route.
+    fn route_cookie_reply(
+        &mut self,
+        src: SocketAddr,
+        reply: CookieReply<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let sender = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
+        let index = reply.receiver_index();
+        let dst = match self.pending.get(&(sender, index)) {
+            Some(pending) => self.clients.get(&pending.initiator).map(|c| c.endpoint),
+            None => self.routes.get(&RouteKey { src, index }).map(|r| r.dst),
+        }
+        .ok_or(DropReason::NoPendingHandshake)?;
+        self.metrics.record(Event::ForwardedCookieReply);
+        Ok(Outcome::Forward(dst))
+    }
+
+    // ---- cookies (WireGuard paper §5.4.7) --------------------------------------
+
+    /// Counts an initiation and reports whether the relay is under load: more
+    /// than the threshold in the current or the previous one-second window.
+    fn count_initiation(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.load.window_start);
+        if elapsed >= Duration::from_secs(2) {
+            self.load.previous = 0;
+            self.load.current = 0;
+            self.load.window_start = now;
+        } else if elapsed >= Duration::from_secs(1) {
+            self.load.previous = self.load.current;
+            self.load.current = 0;
+            self.load.window_start += Duration::from_secs(1);
+        }
+        self.load.current = self.load.current.saturating_add(1);
+        let threshold = self.config.under_load_handshakes_per_second;
+        self.load.current.max(self.load.previous) > threshold
+    }
+
+    fn cookie_generation(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_secs() / COOKIE_SECRET_LIFETIME.as_secs()
+    }
+
+    fn cookie(&self, generation: u64, src: SocketAddr) -> mac::Cookie {
+        mac::cookie_for(
+            &mac::derive_secret(&self.seed, b"lanrage relay cookie secret", generation),
+            src,
+        )
+    }
+
+    /// Whether mac2 carries a cookie for `src` from the current or the previous
+    /// secret (a cookie handed out just before a rotation stays good).
+    fn mac2_proves_source(&self, now: Instant, src: SocketAddr, h: &Handshake<'_>) -> bool {
+        let generation = self.cookie_generation(now);
+        [Some(generation), generation.checked_sub(1)]
+            .into_iter()
+            .flatten()
+            .any(|g| mac::mac2_verifies(&self.cookie(g, src), h))
+    }
+
+    /// A cookie reply on behalf of `responder`: the initiator opens it with the
+    /// responder's public key, exactly as if the responder had sent it.
+    fn cookie_reply(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        responder: &PeerKey,
+        h: &Handshake<'_>,
+    ) -> [u8; 64] {
+        self.nonce_counter += 1;
+        let nonce_material = mac::derive_secret(
+            &self.seed,
+            b"lanrage relay cookie nonce",
+            self.nonce_counter,
+        );
+        let mut nonce = [0u8; 24];
+        nonce.copy_from_slice(&nonce_material[..24]);
+        let cookie = self.cookie(self.cookie_generation(now), src);
+        let key = match self.clients.get(responder) {
+            Some(client) => client.cookie.clone(),
+            None => CookieKey::for_responder(responder.as_bytes()),
+        };
+        mac::seal_cookie_reply(&key, h, &cookie, &nonce)
+    }
+
+    // ---- control ----------------------------------------------------------------
+
+    fn handle_control(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &[u8],
+    ) -> Result<Outcome, DropReason> {
+        match ControlMessage::parse(buf) {
+            Ok(ControlMessage::Register(view)) => self.register(now, src, view),
+            Ok(ControlMessage::RegisterAck(_) | ControlMessage::UnknownSession(_)) => {
+                Err(DropReason::UnexpectedControl)
+            }
+            Err(ControlError::UnsupportedVersion(_)) => Err(DropReason::UnsupportedVersion),
+            Err(ControlError::UnknownType(_)) => Err(DropReason::UnknownControlType),
+            Err(_) => Err(DropReason::MalformedControl),
+        }
+    }
+
+    /// Accepts an authenticated, fresh registration: binds the key to the
+    /// datagram's source endpoint (moving routes if it roamed), stores the
+    /// consent list, and acknowledges.
+    fn register(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        view: RegisterView<'_>,
+    ) -> Result<Outcome, DropReason> {
+        // Before any X25519 work, which is what a flood would try to make us do.
+        if !self.handshake_limiter.allow(now, src.ip()) {
+            return Err(DropReason::RateLimited);
+        }
+        let key = view.client();
+        let keys = match self.clients.get(&key) {
+            // The shared secret of a known client is cached: X25519 runs once
+            // per client, not per refresh.
+            Some(client) => client.keys.clone(),
+            None => SessionKeys::for_relay(&self.secret, &PublicKey::from(key))
+                .map_err(|_| DropReason::RegistrationWeakKey)?,
+        };
+        let registration = view
+            .verify(&keys)
+            .map_err(|_| DropReason::RegistrationBadMac)?;
+        if self
+            .clients
+            .get(&key)
+            .is_some_and(|c| registration.timestamp <= c.last_timestamp)
+        {
+            return Err(DropReason::RegistrationReplay);
+        }
+        if !self.clients.contains_key(&key) && self.clients.len() >= self.config.max_registrations {
+            return Err(DropReason::RegistrationTableFull);
+        }
+
+        // One endpoint belongs to one client: a different key arriving from it
+        // means the old owner's NAT mapping was reused; the old owner is gone.
+        if let Some(previous_owner) = self.by_endpoint.get(&src).copied() {
+            if previous_owner != key {
+                self.remove_client(&previous_owner);
+            }
+        }
+
+        let mut consent = registration.consent;
+        consent.sort_unstable();
+        consent.dedup();
+        match self.clients.get_mut(&key) {
+            Some(client) => {
+                client.last_timestamp = registration.timestamp;
+                client.refreshed = now;
+                let consent_changed = client.consent != consent;
+                client.consent = consent;
+                let old_endpoint = client.endpoint;
+                if old_endpoint != src {
+                    self.move_client(&key, old_endpoint, src);
+                }
+                if consent_changed {
+                    self.drop_unconsented_routes(&key);
+                }
+            }
+            None => {
+                self.clients.insert(
+                    key,
+                    Client {
+                        endpoint: src,
+                        keys: keys.clone(),
+                        mac1: Mac1Key::for_responder(key.as_bytes()),
+                        cookie: CookieKey::for_responder(key.as_bytes()),
+                        last_timestamp: registration.timestamp,
+                        consent,
+                        refreshed: now,
+                        routes: Vec::new(),
+                    },
+                );
+                self.by_endpoint.insert(src, key);
+                tracing::debug!(peer = %key, %src, "registered");
+            }
+        }
+        self.metrics.record(Event::RegistrationAccepted);
+        self.update_gauges();
+        let ack = RegisterAck {
+            echoed_timestamp: registration.timestamp,
+            relay_epoch: self.epoch,
+            reflexive: src,
+        };
+        Ok(Outcome::Reply(Reply::new(&ack.seal(&keys))))
+    }
+
+    /// Roaming: the client's authenticated registration came from a new
+    /// endpoint. Its outbound routes are re-keyed, its inbound routes re-aimed.
+    fn move_client(&mut self, key: &PeerKey, old: SocketAddr, new: SocketAddr) {
+        self.by_endpoint.remove(&old);
+        self.by_endpoint.insert(new, *key);
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        client.endpoint = new;
+        let outbound = std::mem::take(&mut client.routes);
+        let mut moved = Vec::with_capacity(outbound.len());
+        for old_key in outbound {
+            let Some(route) = self.routes.remove(&old_key) else {
+                continue;
+            };
+            let new_key = RouteKey {
+                src: new,
+                index: old_key.index,
+            };
+            if let Some(reverse) = self.routes.get_mut(&route.reverse) {
+                reverse.dst = new;
+                reverse.reverse = new_key;
+            }
+            self.routes.insert(new_key, route);
+            moved.push(new_key);
+        }
+        if let Some(client) = self.clients.get_mut(key) {
+            client.routes = moved;
+        }
+        self.metrics.record(Event::EndpointChanged);
+        tracing::debug!(peer = %key, %old, %new, "endpoint changed");
+    }
+
+    /// After a consent change, removes sessions with peers that are no longer
+    /// mutually consenting.
+    fn drop_unconsented_routes(&mut self, key: &PeerKey) {
+        let Some(client) = self.clients.get(key) else {
+            return;
+        };
+        let gone: Vec<RouteKey> = client
+            .routes
+            .iter()
+            .filter(|k| {
+                self.routes.get(k).is_some_and(|r| {
+                    !client.consents_to(&r.to)
+                        || !self
+                            .clients
+                            .get(&r.to)
+                            .is_some_and(|peer| peer.consents_to(key))
+                })
+            })
+            .copied()
+            .collect();
+        for route_key in gone {
+            self.remove_route_pair(route_key);
+        }
+    }
+
+    fn remove_client(&mut self, key: &PeerKey) {
+        let Some(client) = self.clients.remove(key) else {
+            return;
+        };
+        if self.by_endpoint.get(&client.endpoint) == Some(key) {
+            self.by_endpoint.remove(&client.endpoint);
+        }
+        for route_key in client.routes {
+            self.remove_route_pair(route_key);
+        }
+        self.pending
+            .retain(|(responder, _), p| responder != key && p.initiator != *key);
+    }
+
+    /// Removes a route and its reverse, and unlinks both from their owners.
+    fn remove_route_pair(&mut self, key: RouteKey) {
+        let Some(route) = self.routes.remove(&key) else {
+            return;
+        };
+        self.unlink_route(&route.from, key);
+        if let Some(reverse) = self.routes.remove(&route.reverse) {
+            self.unlink_route(&reverse.from, route.reverse);
+        }
+    }
+
+    fn unlink_route(&mut self, owner: &PeerKey, key: RouteKey) {
+        if let Some(client) = self.clients.get_mut(owner) {
+            client.routes.retain(|k| *k != key);
+        }
+    }
+
+    // ---- expiry -----------------------------------------------------------------
+
+    fn expire_pending(&mut self, now: Instant) {
+        let timeout = self.config.pending_handshake_timeout;
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.created) < timeout);
+    }
+
+    fn expire_registrations(&mut self, now: Instant) {
+        let timeout = self.config.registration_timeout;
+        let expired: Vec<PeerKey> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.refreshed) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            tracing::debug!(peer = %key, "registration expired");
+            self.remove_client(&key);
+            self.metrics.record(Event::RegistrationExpired);
+        }
+    }
+
+    /// A session's two routes expire together, when neither carried traffic
+    /// for the idle timeout.
+    fn expire_routes(&mut self, now: Instant) {
+        let timeout = self.config.route_idle_timeout;
+        let idle = |r: &Route| now.saturating_duration_since(r.last_used) >= timeout;
+        let expired: Vec<RouteKey> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| idle(r) && self.routes.get(&r.reverse).is_none_or(idle))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            if self.routes.contains_key(&key) {
+                self.remove_route_pair(key);
+                self.metrics.record(Event::RouteExpired);
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .set_table_sizes(self.clients.len(), self.routes.len(), self.pending.len());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,662 @@
+//! Router tests with real boringtun peers and a virtual clock. Nothing here
+//! touches a socket: packets go from a `Tunn` into `Router::handle` and the
+//! verdict says where they would go.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{rate_limiter::RateLimiter as WgRateLimiter, Tunn, TunnResult};
+use lanrage_proto::control::{ControlMessage, Registration, SessionKeys};
+use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::PeerKey;
+
+use super::*;
+
+const RELAY_SECRET: [u8; 32] = [0x42; 32];
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address literal")
+}
+
+fn relay_ip() -> Option<std::net::IpAddr> {
+    Some(addr("203.0.113.1:51888").ip())
+}
+
+/// One simulated client: a WireGuard static key, an endpoint, and a `Tunn`
+/// per remote peer.
+struct Peer {
+    secret: StaticSecret,
+    key: PeerKey,
+    endpoint: SocketAddr,
+    keys: SessionKeys,
+    timestamp: u64,
+}
+
+impl Peer {
+    fn new(seed: u8, endpoint: &str) -> Self {
+        let secret = StaticSecret::from([seed; 32]);
+        let public = PublicKey::from(&secret);
+        let relay_public = PublicKey::from(&StaticSecret::from(RELAY_SECRET));
+        let keys = SessionKeys::for_client(&secret, &relay_public).expect("keys");
+        Self {
+            key: PeerKey::from(&public),
+            secret,
+            endpoint: addr(endpoint),
+            keys,
+            timestamp: 1_000,
+        }
+    }
+
+    fn tunnel_to(&self, other: &Peer, index: u32) -> Tunn {
+        Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(other.key),
+            None,
+            None,
+            index,
+            None,
+        )
+    }
+
+    fn registration(&mut self, consent: &[&Peer]) -> Vec<u8> {
+        self.timestamp += 1;
+        Registration {
+            client: self.key,
+            timestamp: self.timestamp,
+            observed: None,
+            consent: consent.iter().map(|p| p.key).collect(),
+        }
+        .seal(&self.keys)
+        .expect("seal")
+    }
+}
+
+fn router_with(config: RouterConfig, now: Instant) -> Router {
+    Router::new(config, StaticSecret::from(RELAY_SECRET), 7, [9; 32], now)
+}
+
+fn router(now: Instant) -> Router {
+    router_with(RouterConfig::default(), now)
+}
+
+/// Registers `peer` with `consent`; asserts the ack authenticates.
+fn register(router: &mut Router, now: Instant, peer: &mut Peer, consent: &[&Peer]) {
+    let mut msg = peer.registration(consent);
+    let verdict = router.handle(now, peer.endpoint, &mut msg);
+    let Verdict::Reply(len) = verdict else {
+        panic!("registration not acknowledged: {verdict:?}");
+    };
+    let Ok(ControlMessage::RegisterAck(ack)) = ControlMessage::parse(&msg[..len]) else {
+        panic!("reply is not an ack");
+    };
+    let ack = ack
+        .verify(&peer.keys)
+        .expect("ack MAC verifies with the client's keys");
+    assert_eq!(ack.echoed_timestamp, peer.timestamp);
+    assert_eq!(ack.reflexive, peer.endpoint);
+    assert_eq!(ack.relay_epoch, 7);
+}
+
+fn initiation(tunn: &mut Tunn) -> Vec<u8> {
+    let mut out = vec![0u8; 2048];
+    match tunn.format_handshake_initiation(&mut out, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no initiation: {other:?}"),
+    }
+}
+
+/// Feeds a datagram to a tunnel; returns what it wants to send back, if anything.
+fn deliver(tunn: &mut Tunn, datagram: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; 2048];
+    match tunn.decapsulate(relay_ip(), datagram, &mut out) {
+        TunnResult::WriteToNetwork(p) => Some(p.to_vec()),
+        TunnResult::Done => None,
+        TunnResult::WriteToTunnelV4(p, _) => Some(p.to_vec()),
+        other => panic!("tunnel refused datagram: {other:?}"),
+    }
+}
+
+fn ipv4_packet(payload: &[u8]) -> Vec<u8> {
+    // A minimal IPv4 header so boringtun accepts the decrypted packet.
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 66, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 66, 0, 2]);
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+fn encapsulate(tunn: &mut Tunn, packet: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 2048];
+    match tunn.encapsulate(packet, &mut out) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no transport packet: {other:?}"),
+    }
+}
+
+/// A and B registered with mutual consent and a completed handshake through
+/// the router. Returns their tunnels (A's to B, B's to A).
+struct Session {
+    router: Router,
+    now: Instant,
+    a: Peer,
+    b: Peer,
+    ab: Tunn,
+    ba: Tunn,
+}
+
+fn session() -> Session {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:40001");
+    let mut b = Peer::new(2, "198.51.100.2:40002");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[&a_view]);
+    let mut ab = a.tunnel_to(&b, 1);
+    let mut ba = b.tunnel_to(&a, 2);
+    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
+    Session {
+        router,
+        now,
+        a,
+        b,
+        ab,
+        ba,
+    }
+}
+
+fn handshake(router: &mut Router, now: Instant, a: &Peer, b: &Peer, ab: &mut Tunn, ba: &mut Tunn) {
+    let mut init = initiation(ab);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut init),
+        Verdict::Forward(b.endpoint)
+    );
+    let mut response = deliver(ba, &init).expect("B answers the initiation");
+    assert_eq!(
+        router.handle(now, b.endpoint, &mut response),
+        Verdict::Forward(a.endpoint)
+    );
+    // A completes the handshake (and may send a keepalive).
+    let _ = deliver(ab, &response);
+}
+
+#[test]
+fn real_handshake_then_transport_both_ways() {
+    let mut s = session();
+    assert_eq!(s.router.route_count(), 2);
+    for i in 0..10u8 {
+        let plain = ipv4_packet(&[i; 100]);
+        let mut wire = encapsulate(&mut s.ab, &plain);
+        assert_eq!(
+            s.router.handle(s.now, s.a.endpoint, &mut wire),
+            Verdict::Forward(s.b.endpoint)
+        );
+        assert_eq!(deliver(&mut s.ba, &wire), Some(plain.clone()));
+
+        let mut back = encapsulate(&mut s.ba, &plain);
+        assert_eq!(
+            s.router.handle(s.now, s.b.endpoint, &mut back),
+            Verdict::Forward(s.a.endpoint)
+        );
+        assert_eq!(deliver(&mut s.ab, &back), Some(plain));
+    }
+    assert_eq!(
+        s.router.metrics().event_count(Event::ForwardedTransport),
+        20
+    );
+}
+
+#[test]
+fn unregistered_source_gets_nothing_forwarded() {
+    let mut s = session();
+    let stranger = addr("192.0.2.99:5000");
+    let mut init = initiation(&mut s.ab);
+    assert_eq!(
+        s.router.handle(s.now, stranger, &mut init),
+        Verdict::Drop(DropReason::Unregistered)
+    );
+    // Transport from a stranger gets at most a small, rate-limited hint.
+    let mut wire = encapsulate(&mut s.ab, &ipv4_packet(&[1; 64]));
+    let sent = wire.len();
+    let Verdict::Reply(len) = s.router.handle(s.now, stranger, &mut wire) else {
+        panic!("expected a hint");
+    };
+    assert!(len < sent);
+    let Ok(ControlMessage::UnknownSession(hint)) = ControlMessage::parse(&wire[..len]) else {
+        panic!("hint parses");
+    };
+    assert!(!hint.registered);
+    let mut hints = 1;
+    for _ in 0..20 {
+        let mut wire = encapsulate(&mut s.ab, &ipv4_packet(&[1; 64]));
+        match s.router.handle(s.now, stranger, &mut wire) {
+            Verdict::Reply(_) => hints += 1,
+            Verdict::Drop(DropReason::NoRoute) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(hints, 4, "hints are limited to the burst");
+    assert_eq!(s.router.metrics().dropped(DropReason::NoRoute), 21);
+}
+
+#[test]
+fn peers_outside_mutual_consent_are_unreachable() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let mut c = Peer::new(3, "198.51.100.3:3");
+    let b_view = Peer::new(2, "0.0.0.0:1");
+    let a_view = Peer::new(1, "0.0.0.0:1");
+    // A consents only to B; C consents to A; B consents to nobody.
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[]);
+    register(&mut router, now, &mut c, &[&a_view]);
+
+    let mut ca = c.tunnel_to(&a, 3);
+    let mut init = initiation(&mut ca);
+    assert_eq!(
+        router.handle(now, c.endpoint, &mut init),
+        Verdict::Drop(DropReason::NoConsentingResponder),
+        "A does not consent to C"
+    );
+    let mut ab = a.tunnel_to(&b, 1);
+    let mut init = initiation(&mut ab);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut init),
+        Verdict::Drop(DropReason::NoConsentingResponder),
+        "B does not consent back to A"
+    );
+}
+
+#[test]
+fn replayed_and_forged_registrations_are_rejected() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let msg = a.registration(&[]);
+    let mut first = msg.clone();
+    assert!(matches!(
+        router.handle(now, a.endpoint, &mut first),
+        Verdict::Reply(_)
+    ));
+    let mut replay = msg.clone();
+    assert_eq!(
+        router.handle(now, addr("192.0.2.66:6666"), &mut replay),
+        Verdict::Drop(DropReason::RegistrationReplay)
+    );
+    assert_eq!(
+        router.endpoint_of(&a.key),
+        Some(a.endpoint),
+        "replay did not move A"
+    );
+
+    // Sealed with keys from another secret, claiming A's public key.
+    let mut forged = Registration {
+        client: a.key,
+        timestamp: u64::MAX,
+        observed: None,
+        consent: vec![],
+    }
+    .seal(&Peer::new(5, "0.0.0.0:1").keys)
+    .expect("seal");
+    assert_eq!(
+        router.handle(now, addr("192.0.2.66:6666"), &mut forged),
+        Verdict::Drop(DropReason::RegistrationBadMac)
+    );
+    // And from an unknown key (full X25519 path).
+    let mut stranger = Peer::new(6, "192.0.2.7:7");
+    let mut msg = stranger.registration(&[]);
+    let last = msg.len() - 1;
+    msg[last] ^= 1;
+    assert_eq!(
+        router.handle(now, stranger.endpoint, &mut msg),
+        Verdict::Drop(DropReason::RegistrationBadMac)
+    );
+}
+
+#[test]
+fn roaming_moves_both_directions_of_a_session() {
+    let mut s = session();
+    let old = s.a.endpoint;
+    s.a.endpoint = addr("198.51.100.1:50000");
+    let b_view = Peer::new(2, "0.0.0.0:1");
+    register(&mut s.router, s.now, &mut s.a, &[&b_view]);
+    assert_eq!(s.router.metrics().event_count(Event::EndpointChanged), 1);
+
+    let plain = ipv4_packet(&[5; 40]);
+    let mut to_a = encapsulate(&mut s.ba, &plain);
+    assert_eq!(
+        s.router.handle(s.now, s.b.endpoint, &mut to_a),
+        Verdict::Forward(s.a.endpoint)
+    );
+    let mut from_a = encapsulate(&mut s.ab, &plain);
+    assert_eq!(
+        s.router.handle(s.now, s.a.endpoint, &mut from_a),
+        Verdict::Forward(s.b.endpoint)
+    );
+    let mut from_old = encapsulate(&mut s.ab, &plain);
+    assert!(matches!(
+        s.router.handle(s.now, old, &mut from_old),
+        Verdict::Reply(_)
+    ));
+    assert_eq!(s.router.route_count(), 2);
+}
+
+#[test]
+fn routes_expire_after_idle_timeout_and_hint_says_registered() {
+    let mut s = session();
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    let mut now = s.now;
+    // Keep registrations fresh while the session idles.
+    for _ in 0..4 {
+        now += Duration::from_secs(50);
+        register(&mut s.router, now, &mut s.a, &[&b_view]);
+        register(&mut s.router, now, &mut s.b, &[&a_view]);
+        s.router.handle_timeout(now);
+    }
+    assert_eq!(s.router.route_count(), 0, "200 s idle > 180 s timeout");
+    assert_eq!(s.router.metrics().event_count(Event::RouteExpired), 1);
+    let mut wire = encapsulate(&mut s.ab, &ipv4_packet(&[1; 10]));
+    let Verdict::Reply(len) = s.router.handle(now, s.a.endpoint, &mut wire) else {
+        panic!("expected a hint");
+    };
+    let Ok(ControlMessage::UnknownSession(hint)) = ControlMessage::parse(&wire[..len]) else {
+        panic!("hint parses");
+    };
+    assert!(hint.registered);
+    assert_eq!(hint.relay_epoch, 7);
+}
+
+#[test]
+fn busy_routes_do_not_expire() {
+    let mut s = session();
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    let mut now = s.now;
+    for _ in 0..8 {
+        now += Duration::from_secs(30);
+        register(&mut s.router, now, &mut s.a, &[&b_view]);
+        register(&mut s.router, now, &mut s.b, &[&a_view]);
+        let mut wire = encapsulate(&mut s.ab, &ipv4_packet(&[1; 10]));
+        assert_eq!(
+            s.router.handle(now, s.a.endpoint, &mut wire),
+            Verdict::Forward(s.b.endpoint)
+        );
+        s.router.handle_timeout(now);
+    }
+    assert_eq!(
+        s.router.route_count(),
+        2,
+        "one busy direction keeps the pair"
+    );
+}
+
+#[test]
+fn registrations_expire_without_refresh() {
+    let mut s = session();
+    let now = s.now + Duration::from_secs(91);
+    s.router.handle_timeout(now);
+    assert_eq!(s.router.registration_count(), 0);
+    assert_eq!(s.router.route_count(), 0);
+    let mut init = initiation(&mut s.ab);
+    assert_eq!(
+        s.router.handle(now, s.a.endpoint, &mut init),
+        Verdict::Drop(DropReason::Unregistered)
+    );
+}
+
+#[test]
+fn colliding_indices_on_one_endpoint_drop_the_second_handshake() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let mut c = Peer::new(3, "198.51.100.3:3");
+    let views = [1, 2, 3].map(|seed| Peer::new(seed, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&views[1], &views[2]]);
+    register(&mut router, now, &mut b, &[&views[0]]);
+    register(&mut router, now, &mut c, &[&views[0]]);
+    let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 9));
+    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
+
+    // C picks the same local index as B: A's transport to either would carry
+    // the same receiver index from the same endpoint.
+    let (mut ac, mut ca) = (a.tunnel_to(&c, 2), c.tunnel_to(&a, 9));
+    let mut init = initiation(&mut ac);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut init),
+        Verdict::Forward(c.endpoint)
+    );
+    let mut response = deliver(&mut ca, &init).expect("C answers");
+    assert_eq!(
+        router.handle(now, c.endpoint, &mut response),
+        Verdict::Drop(DropReason::IndexCollision)
+    );
+    // The first session is untouched.
+    let mut wire = encapsulate(&mut ab, &ipv4_packet(&[3; 20]));
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut wire),
+        Verdict::Forward(b.endpoint)
+    );
+}
+
+#[test]
+fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
+    let now = Instant::now();
+    let config = RouterConfig {
+        under_load_handshakes_per_second: 0,
+        ..RouterConfig::default()
+    };
+    let mut router = router_with(config, now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
+
+    let mut init = initiation(&mut ab);
+    let Verdict::Reply(len) = router.handle(now, a.endpoint, &mut init) else {
+        panic!("under load, an initiation without mac2 gets a cookie reply");
+    };
+    assert_eq!(len, 64);
+    // A (real boringtun) accepts the cookie reply as if B had sent it.
+    assert_eq!(deliver(&mut ab, &init[..len]), None);
+
+    let mut retry = initiation(&mut ab);
+    assert_ne!(&retry[132..], &[0u8; 16], "A now sends a mac2");
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut retry),
+        Verdict::Forward(b.endpoint)
+    );
+    assert_eq!(&retry[132..], &[0u8; 16], "mac2 zeroed before forwarding");
+    let mut response = deliver(&mut ba, &retry).expect("B answers");
+    assert_eq!(
+        router.handle(now, b.endpoint, &mut response),
+        Verdict::Forward(a.endpoint)
+    );
+
+    // The cookie is bound to A's address: after A roams, its old cookie no
+    // longer proves anything and it gets a fresh cookie reply.
+    a.endpoint = addr("198.51.100.1:2");
+    register(&mut router, now, &mut a, &[&b_view]);
+    let mut again = initiation(&mut ab);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut again),
+        Verdict::Reply(64)
+    );
+    assert_eq!(router.metrics().event_count(Event::CookieReplySent), 2);
+}
+
+#[test]
+fn responder_cookie_reply_follows_the_pending_initiation() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[&a_view]);
+    let mut ab = a.tunnel_to(&b, 1);
+    // B is "under load" from the start: a limit of 0 handshakes.
+    let b_public = PublicKey::from(&b.secret);
+    let limiter = std::sync::Arc::new(WgRateLimiter::new(&b_public, 0));
+    let mut ba = Tunn::new(
+        b.secret.clone(),
+        PublicKey::from(a.key),
+        None,
+        None,
+        2,
+        Some(limiter),
+    );
+
+    let mut init = initiation(&mut ab);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut init),
+        Verdict::Forward(b.endpoint)
+    );
+    let mut cookie = deliver(&mut ba, &init).expect("B sends a cookie reply");
+    assert_eq!(cookie.len(), 64);
+    assert_eq!(
+        router.handle(now, b.endpoint, &mut cookie),
+        Verdict::Forward(a.endpoint)
+    );
+    assert_eq!(deliver(&mut ab, &cookie), None, "A accepts B's cookie");
+}
+
+#[test]
+fn withdrawn_consent_removes_the_session() {
+    let mut s = session();
+    register(&mut s.router, s.now, &mut s.a, &[]);
+    assert_eq!(s.router.route_count(), 0);
+    let mut wire = encapsulate(&mut s.ab, &ipv4_packet(&[1; 10]));
+    assert!(matches!(
+        s.router.handle(s.now, s.a.endpoint, &mut wire),
+        Verdict::Reply(_)
+    ));
+}
+
+#[test]
+fn another_key_on_an_endpoint_evicts_the_old_owner() {
+    let mut s = session();
+    let mut c = Peer::new(3, "0.0.0.0:1");
+    c.endpoint = s.a.endpoint;
+    register(&mut s.router, s.now, &mut c, &[]);
+    assert_eq!(s.router.endpoint_of(&s.a.key), None);
+    assert_eq!(s.router.route_count(), 0);
+}
+
+#[test]
+fn handshakes_and_registrations_are_rate_limited_per_source_ip() {
+    let now = Instant::now();
+    let config = RouterConfig {
+        handshake_rate_limit: RateLimit {
+            per_second: 1,
+            burst: 3,
+        },
+        ..RouterConfig::default()
+    };
+    let mut router = router_with(config, now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let verdicts: Vec<Verdict> = (0..5)
+        .map(|_| {
+            let mut msg = a.registration(&[]);
+            router.handle(now, a.endpoint, &mut msg)
+        })
+        .collect();
+    assert!(matches!(verdicts[2], Verdict::Reply(_)));
+    assert_eq!(verdicts[3], Verdict::Drop(DropReason::RateLimited));
+    // Another port on the same IP shares the bucket.
+    let mut other = Peer::new(2, "198.51.100.1:2");
+    let mut msg = other.registration(&[]);
+    assert_eq!(
+        router.handle(now, other.endpoint, &mut msg),
+        Verdict::Drop(DropReason::RateLimited)
+    );
+    let mut msg = a.registration(&[]);
+    assert!(matches!(
+        router.handle(now + Duration::from_secs(1), a.endpoint, &mut msg),
+        Verdict::Reply(_)
+    ));
+}
+
+#[test]
+fn malformed_datagrams_of_every_kind_are_counted() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let src = addr("192.0.2.1:1");
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let registration = a.registration(&[]);
+    let cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (vec![1, 0, 0, 0, 1], DropReason::MalformedWireGuard),
+        (vec![2; 91], DropReason::UnknownProtocol),
+        (
+            [&[2u8, 0, 0, 0][..], &[0; 87]].concat(),
+            DropReason::MalformedWireGuard,
+        ),
+        (
+            [&[3u8, 0, 0, 0][..], &[0; 61]].concat(),
+            DropReason::MalformedWireGuard,
+        ),
+        (
+            [&[4u8, 0, 0, 0][..], &[0; 27]].concat(),
+            DropReason::MalformedWireGuard,
+        ),
+        (
+            registration[..registration.len() - 1].to_vec(),
+            DropReason::MalformedControl,
+        ),
+        (b"LRG!".to_vec(), DropReason::MalformedControl),
+        (b"LRG!\x09\x01\0\0".to_vec(), DropReason::UnsupportedVersion),
+        (b"LRG!\x01\x77\0\0".to_vec(), DropReason::UnknownControlType),
+        (b"LRG!\x01\x01\x01\0".to_vec(), DropReason::MalformedControl),
+        (vec![], DropReason::UnknownProtocol),
+        (vec![0xff; 1400], DropReason::UnknownProtocol),
+    ];
+    for (mut bytes, reason) in cases {
+        assert_eq!(
+            router.handle(now, src, &mut bytes),
+            Verdict::Drop(reason),
+            "{bytes:?}"
+        );
+    }
+    assert_eq!(router.metrics().dropped(DropReason::MalformedWireGuard), 4);
+    assert_eq!(router.metrics().dropped(DropReason::MalformedControl), 3);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives, from a registered endpoint or not, the router
+        /// answers with a verdict, and a reply is never larger than the request.
+        #[test]
+        fn any_datagram_gets_a_verdict_and_replies_never_amplify(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1600),
+            kind in 0u8..6,
+            from_registered in any::<bool>(),
+        ) {
+            let mut s = session();
+            let mut bytes = bytes;
+            // Steer some inputs into each parser's deeper paths.
+            if kind < 5 && bytes.len() >= 4 {
+                bytes[0] = kind;
+                bytes[1..4].fill(0);
+            } else if kind == 5 && bytes.len() >= 8 {
+                bytes[..6].copy_from_slice(b"LRG!\x01\x01");
+            }
+            let src = if from_registered { s.a.endpoint } else { addr("192.0.2.1:9") };
+            let sent = bytes.len();
+            if let Verdict::Reply(len) = s.router.handle(s.now, src, &mut bytes) {
+                prop_assert!(len <= sent);
+            }
+            prop_assert_eq!(s.router.metrics().dropped(DropReason::ReplyLargerThanRequest), 0);
+        }
+    }
+}
