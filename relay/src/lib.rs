@@ -6,6 +6,11 @@
 //! The router must stay free of IO: backends own sockets, the clock and
 //! signals, and pass time and bytes in.
 
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod rate_limit;
 pub mod router;

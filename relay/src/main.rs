@@ -1,1 +1,6 @@
-fn main() {}
+//! The `lanrage-relay` binary. Everything lives in the library (`cli`), so the
+//! end-to-end tests can build this same file.
+
+fn main() -> std::process::ExitCode {
+    lanrage_relay::cli::main()
+}

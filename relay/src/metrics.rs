@@ -47,13 +47,16 @@ pub enum DropReason {
     RouteTableFull,
     /// Under load, an initiation's mac2 did not verify and no cookie could be sent.
     Mac2Invalid,
+    /// Larger than the backend's receive buffer (2048 bytes; WireGuard's
+    /// largest is 1420 + 32), truncated by the kernel, dropped unread.
+    Oversized,
     /// A reply would have been larger than the request it answers. Replies are
     /// built smaller by design; this counter staying at zero is the proof.
     ReplyLargerThanRequest,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
@@ -73,6 +76,7 @@ impl DropReason {
         Self::RegistrationTableFull,
         Self::RouteTableFull,
         Self::Mac2Invalid,
+        Self::Oversized,
         Self::ReplyLargerThanRequest,
     ];
 
@@ -98,6 +102,7 @@ impl DropReason {
             Self::RegistrationTableFull => "registration_table_full",
             Self::RouteTableFull => "route_table_full",
             Self::Mac2Invalid => "mac2_invalid",
+            Self::Oversized => "oversized",
             Self::ReplyLargerThanRequest => "reply_larger_than_request",
         }
     }

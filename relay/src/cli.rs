@@ -1,0 +1,367 @@
+//! The `lanrage-relay` command line and the relay's startup and shutdown.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM) or a successful
+//! subcommand; 1 for runtime failures (key file, socket bind, an invalid
+//! config in `check-config`); 2 for a bad config file or usage when starting
+//! (systemd's unit doesn't restart on 2: a restart can't fix a config).
+
+use std::io::{self, IsTerminal as _, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use rand::RngCore as _;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing_subscriber::EnvFilter;
+
+use crate::backend::{self, Backend, Options, StopHandle};
+use crate::config::{Config, ConfigError};
+use crate::http;
+use crate::keys::{self, KeyOrigin};
+use crate::router::Router;
+
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for an invalid config file or command line.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// LANrage relay: forwards WireGuard UDP between registered, consenting peers
+/// without decrypting it.
+///
+/// Without a subcommand, runs the relay until SIGINT or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "lanrage-relay", version)]
+pub struct Cli {
+    /// YAML config file. Without one, every setting has its default
+    /// (see docs/configuration.md).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "LANRAGE_RELAY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the private key when `private_key_file` is relative or
+    /// left at its default, e.g. `target/relay-state` to run unprivileged.
+    #[arg(
+        long,
+        global = true,
+        env = "LANRAGE_RELAY_STATE_DIR",
+        value_name = "DIR"
+    )]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new private key to stdout, like `wg genkey`.
+    Keygen,
+    /// Read a private key on stdin and print its public key, like `wg pubkey`.
+    Pubkey,
+    /// Print the relay's public key for clients, generating the key file if
+    /// it doesn't exist yet.
+    PublicKey,
+    /// Check the config file given with --config: exit 0 if valid, 1 if not.
+    CheckConfig,
+}
+
+/// The binary's entry point: parses arguments, runs, and maps errors to an
+/// exit code with `error: …` on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", render_error(&error));
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None => serve(cli.config.as_deref(), cli.state_dir.as_deref()).map(|()| ExitCode::SUCCESS),
+        Some(Command::Keygen) => {
+            println!("{}", keys::encode(&keys::generate()?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Pubkey) => {
+            let mut text = String::new();
+            // A key is 44 characters; don't buffer an endless pipe.
+            io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .context("cannot read a private key from stdin")?;
+            let secret = keys::decode(&text).context("stdin")?;
+            println!("{}", keys::public_key(&secret));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::PublicKey) => {
+            let config = load_config(cli.config.as_deref())?;
+            init_logging("warn");
+            let path = config.private_key_path(cli.state_dir.as_deref());
+            let (secret, origin) = keys::load_or_generate(&path)?;
+            if origin == KeyOrigin::Generated {
+                eprintln!("generated a new private key in {}", path.display());
+            }
+            println!("{}", keys::public_key(&secret));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::CheckConfig) => {
+            let Some(path) = cli.config else {
+                anyhow::bail!(UsageError(
+                    "check-config needs --config FILE (or LANRAGE_RELAY_CONFIG)"
+                ));
+            };
+            match Config::load(&path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {}", render_error(&e.into()));
+                    Ok(ExitCode::from(EXIT_FAILURE))
+                }
+            }
+        }
+    }
+}
+
+/// A command line that can't work; exits with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(&'static str);
+
+/// Loads the config file, or the defaults without one.
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Runs the relay until SIGINT or SIGTERM.
+fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    init_logging(&config.log);
+    match config_path {
+        Some(path) => tracing::debug!(path = %path.display(), "loaded config"),
+        None => tracing::info!("no config file given (--config); using the defaults"),
+    }
+
+    let key_path = config.private_key_path(state_dir);
+    let (secret, origin) = keys::load_or_generate(&key_path)?;
+    let public_key = keys::public_key(&secret);
+    if origin == KeyOrigin::Generated {
+        tracing::info!(path = %key_path.display(), %public_key, "generated a new relay private key");
+    }
+
+    // Bind everything before announcing readiness, so a port conflict fails
+    // the start instead of a later request.
+    let socket = backend::bind_udp(config.listen, &config.socket)
+        .with_context(|| format!("cannot bind the UDP socket on {} (listen)", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(http::bind(addr).with_context(|| {
+            format!("cannot bind the metrics listener on {addr} (metrics_listen)")
+        })?),
+        None => None,
+    };
+    let backend = Backend::new(
+        socket,
+        Options {
+            batch_size: config.batch_size,
+        },
+    )
+    .context("cannot set up the epoll backend")?;
+    let listen = backend
+        .local_addr()
+        .context("cannot read the UDP socket's address")?;
+    // Signals first: a SIGTERM right after READY=1 must already stop cleanly.
+    spawn_signal_thread(backend.stop_handle()).context("cannot install signal handlers")?;
+
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("cannot get random bytes from the OS")?;
+    // Clients compare epochs to notice a relay restart and re-register.
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut router = Router::new(config.router_config(), secret, epoch, seed, Instant::now());
+
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .context("cannot read the metrics listener's address")?;
+            http::spawn(listener, Arc::clone(router.metrics()))
+                .context("cannot start the metrics thread")?;
+            addr.to_string()
+        }
+        None => "disabled".to_owned(),
+    };
+
+    tracing::debug!(
+        backend = backend.name(),
+        batch_size = config.batch_size,
+        "io backend"
+    );
+    // Operators and the end-to-end tests read this exact line; keep its shape.
+    tracing::info!(%listen, %metrics, %public_key, "relay ready");
+    notify(&[sd_notify::NotifyState::Ready]);
+    let result = backend.run(&mut router);
+    notify(&[sd_notify::NotifyState::Stopping]);
+    result.context("the relay loop failed")?;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+/// Tells systemd about a state change; a no-op outside `Type=notify` units.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// SIGINT/SIGTERM stop the relay after the batch in hand; a second one exits
+/// at once (for a wedged shutdown). SIGHUP is acknowledged but does nothing yet.
+fn spawn_signal_thread(stop: StopHandle) -> io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                if signal == SIGHUP {
+                    tracing::warn!(
+                        signal = name,
+                        "configuration reload is not supported yet; restart the relay to apply changes"
+                    );
+                } else if stop.is_stopped() {
+                    tracing::warn!(signal = name, "second stop signal; exiting now");
+                    std::process::exit(i32::from(EXIT_FAILURE));
+                } else {
+                    tracing::info!(signal = name, "stopping");
+                    stop.stop();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Logs to stderr. `RUST_LOG` wins over the config's `log` filter. Under
+/// journald (which stamps every line itself) timestamps are left out.
+fn init_logging(filter: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(&env).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring RUST_LOG={env:?}: {e}");
+            EnvFilter::new(filter)
+        }),
+        _ => EnvFilter::new(filter),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal());
+    // try_init: a second call (tests, embedding) keeps the first subscriber.
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The error and its causes joined by `: `, skipping a cause whose text the
+/// message already includes (several of our errors embed their source).
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let is_config = error
+        .chain()
+        .any(|cause| cause.is::<ConfigError>() || cause.is::<UsageError>());
+    if is_config {
+        EXIT_CONFIG
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_is_accepted_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["lanrage-relay", "check-config", "--config", "a.yaml"])
+            .expect("after");
+        assert_eq!(cli.config.as_deref(), Some(Path::new("a.yaml")));
+        let cli = Cli::try_parse_from([
+            "lanrage-relay",
+            "-c",
+            "b.yaml",
+            "public-key",
+            "--state-dir",
+            "s",
+        ])
+        .expect("before");
+        assert_eq!(cli.config.as_deref(), Some(Path::new("b.yaml")));
+        assert_eq!(cli.state_dir.as_deref(), Some(Path::new("s")));
+        assert!(matches!(cli.command, Some(Command::PublicKey)));
+    }
+
+    #[test]
+    fn bad_config_exits_2_naming_the_field() {
+        let error = anyhow::Error::from(
+            Config::from_yaml("batch_size: 0\n", Path::new("relay.yaml")).expect_err("invalid"),
+        );
+        assert_eq!(exit_code(&error), EXIT_CONFIG);
+        assert_eq!(
+            render_error(&error),
+            "config file relay.yaml: batch_size must be between 1 and 1024, got 0"
+        );
+        let error = anyhow::Error::from(UsageError("x"));
+        assert_eq!(exit_code(&error), EXIT_CONFIG);
+    }
+
+    #[test]
+    fn runtime_errors_exit_1_with_their_context() {
+        let error = anyhow::Error::from(io::Error::other("address in use")).context("cannot bind");
+        assert_eq!(exit_code(&error), EXIT_FAILURE);
+        assert_eq!(render_error(&error), "cannot bind: address in use");
+    }
+}

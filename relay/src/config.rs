@@ -1,0 +1,610 @@
+//! The relay's YAML configuration: typed, defaulted, validated.
+//!
+//! Every field has a default, so an empty file (or no file) is a working relay.
+//! Unknown fields are rejected so a typo never silently falls back to a default.
+//! After parsing, [`Config::validate`] checks every range and names the field
+//! path in its error (`limits.max_routes must be between …`).
+//!
+//! `docs/configuration.md` and `systemd/relay.example.yaml` mirror this file;
+//! a test keeps the example equal to [`Config::default`].
+
+use std::fmt::Display;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::router::{RateLimit, RouterConfig};
+
+/// Errors from [`Config::load`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// serde_norway's message names unknown fields, wrong types and the line and column.
+    #[error("config file {}: {source}", path.display())]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: InvalidField,
+    },
+}
+
+/// A value outside its allowed range. Displays as `<field path> <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {reason}")]
+pub struct InvalidField {
+    /// The dotted path of the field in the YAML file, e.g. `limits.max_routes`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// The relay's configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address for WireGuard, STUN and LANrage control traffic. An IP
+    /// literal and port; `[::]:PORT` serves IPv4 and IPv6 on one socket.
+    /// Port 0 picks a free port (logged at startup; for tests).
+    /// Default `0.0.0.0:51888`.
+    pub listen: SocketAddr,
+    /// The relay's X25519 private key (base64, one line, as `wg genkey` prints).
+    /// Generated with mode 0600 if missing. A relative path is resolved against
+    /// `--state-dir` if given, else the working directory; `--state-dir` also
+    /// replaces the directory of the default path.
+    /// Default `/var/lib/lanrage-relay/private.key`.
+    pub private_key_file: PathBuf,
+    /// TCP address of the Prometheus `/metrics` and `/health` endpoint; `null`
+    /// disables it. Default `127.0.0.1:9588`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log filter in tracing `EnvFilter` syntax (`info`,
+    /// `lanrage_relay=debug,info`, …). `RUST_LOG` overrides it. Default `info`.
+    pub log: String,
+    /// UDP socket options.
+    pub socket: SocketConfig,
+    /// Datagrams received (and sent) per system call. 1..=1024. Default 64.
+    pub batch_size: usize,
+    /// Table sizes; memory use is bounded by these.
+    pub limits: Limits,
+    /// Expiry of soft state.
+    pub timeouts: Timeouts,
+    /// Handshakes plus registrations accepted per source IP address.
+    /// Default `{ per_second: 20, burst: 50 }`.
+    pub handshake_rate_limit: HandshakeRateLimit,
+    /// "Unknown session" hints sent per source IP address.
+    /// Default `{ per_second: 2, burst: 4 }`.
+    pub hint_rate_limit: HintRateLimit,
+    /// Handshake initiations per second (whole relay) above which initiations
+    /// must carry a valid mac2, i.e. the relay answers with cookie replies, as
+    /// WireGuard responders do under load. 0 means always demand cookies.
+    /// 0..=10000000. Default 5000.
+    pub under_load_handshakes_per_second: u32,
+}
+
+/// UDP socket options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    /// `SO_RCVBUF` in bytes. The kernel caps it at `net.core.rmem_max`; the
+    /// relay logs a warning when it got less. 4096..=1073741824. Default 4194304 (4 MiB).
+    pub recv_buffer_bytes: usize,
+    /// `SO_SNDBUF` in bytes, capped at `net.core.wmem_max`.
+    /// 4096..=1073741824. Default 4194304 (4 MiB).
+    pub send_buffer_bytes: usize,
+}
+
+/// Table sizes. When a table is full, new entries are refused (and counted),
+/// existing ones keep working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Registered clients. 1..=10000000. Default 100000.
+    pub max_registrations: usize,
+    /// Transport routes (two per WireGuard session). 1..=100000000. Default 1000000.
+    pub max_routes: usize,
+    /// Initiations awaiting a response. 1..=10000000. Default 100000.
+    pub max_pending_handshakes: usize,
+    /// Source addresses tracked by the rate limiters. 1..=10000000. Default 100000.
+    pub max_rate_limited_sources: usize,
+}
+
+/// Expiry of soft state, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// A route unused this long is removed. WireGuard rekeys every 120 s and
+    /// rejects sessions older than 180 s (WireGuard paper §6.1,
+    /// `Reject-After-Time`), so 180 s outlives every session. 10..=3600. Default 180.
+    pub route_idle_secs: u64,
+    /// A registration not refreshed this long is removed. Clients refresh every
+    /// 20–25 s. 10..=3600. Default 90.
+    pub registration_secs: u64,
+    /// An initiation not answered this long is forgotten. WireGuard retries an
+    /// initiation after 5 s (`Rekey-Timeout`). 1..=300. Default 10.
+    pub pending_handshake_secs: u64,
+}
+
+/// A per-source token bucket for handshakes and registrations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandshakeRateLimit {
+    /// Tokens added per second. 1..=1000000. Default 20.
+    pub per_second: u32,
+    /// Bucket size: how many may arrive at once. 1..=1000000. Default 50.
+    pub burst: u32,
+}
+
+/// A per-source token bucket for "unknown session" hints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HintRateLimit {
+    /// Tokens added per second. 1..=1000000. Default 2.
+    pub per_second: u32,
+    /// Bucket size. 1..=1000000. Default 4.
+    pub burst: u32,
+}
+
+/// The default `listen` port.
+pub const DEFAULT_PORT: u16 = 51888;
+/// The default `private_key_file`.
+pub const DEFAULT_PRIVATE_KEY_FILE: &str = "/var/lib/lanrage-relay/private.key";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
+            private_key_file: PathBuf::from(DEFAULT_PRIVATE_KEY_FILE),
+            metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9588))),
+            log: "info".to_owned(),
+            socket: SocketConfig::default(),
+            batch_size: 64,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            handshake_rate_limit: HandshakeRateLimit::default(),
+            hint_rate_limit: HintRateLimit::default(),
+            under_load_handshakes_per_second: 5000,
+        }
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_registrations: 100_000,
+            max_routes: 1_000_000,
+            max_pending_handshakes: 100_000,
+            max_rate_limited_sources: 100_000,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            route_idle_secs: 180,
+            registration_secs: 90,
+            pending_handshake_secs: 10,
+        }
+    }
+}
+
+impl Default for HandshakeRateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 20,
+            burst: 50,
+        }
+    }
+}
+
+impl Default for HintRateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 2,
+            burst: 4,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        // A file of only comments is an empty document; serde_norway would
+        // call that "EOF while parsing", but it means "all defaults".
+        let config = if is_blank_yaml(text) {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+                path: origin.to_owned(),
+                source,
+            })?
+        };
+        config.validate().map_err(|source| ConfigError::Invalid {
+            path: origin.to_owned(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks every range; the error names the first field out of range.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if self.private_key_file.as_os_str().is_empty() {
+            return Err(InvalidField {
+                field: "private_key_file",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(InvalidField {
+                field: "log",
+                reason: format!("is not a valid tracing filter ({e}), got {:?}", self.log),
+            });
+        }
+        const BUFFER: RangeInclusive<usize> = 4096..=1 << 30;
+        in_range(
+            "socket.recv_buffer_bytes",
+            self.socket.recv_buffer_bytes,
+            BUFFER,
+        )?;
+        in_range(
+            "socket.send_buffer_bytes",
+            self.socket.send_buffer_bytes,
+            BUFFER,
+        )?;
+        in_range("batch_size", self.batch_size, 1..=1024)?;
+
+        let l = &self.limits;
+        in_range(
+            "limits.max_registrations",
+            l.max_registrations,
+            1..=10_000_000,
+        )?;
+        in_range("limits.max_routes", l.max_routes, 1..=100_000_000)?;
+        in_range(
+            "limits.max_pending_handshakes",
+            l.max_pending_handshakes,
+            1..=10_000_000,
+        )?;
+        in_range(
+            "limits.max_rate_limited_sources",
+            l.max_rate_limited_sources,
+            1..=10_000_000,
+        )?;
+
+        let t = &self.timeouts;
+        in_range("timeouts.route_idle_secs", t.route_idle_secs, 10..=3600)?;
+        in_range("timeouts.registration_secs", t.registration_secs, 10..=3600)?;
+        in_range(
+            "timeouts.pending_handshake_secs",
+            t.pending_handshake_secs,
+            1..=300,
+        )?;
+
+        const RATE: RangeInclusive<u32> = 1..=1_000_000;
+        let h = &self.handshake_rate_limit;
+        in_range("handshake_rate_limit.per_second", h.per_second, RATE)?;
+        in_range("handshake_rate_limit.burst", h.burst, RATE)?;
+        let h = &self.hint_rate_limit;
+        in_range("hint_rate_limit.per_second", h.per_second, RATE)?;
+        in_range("hint_rate_limit.burst", h.burst, RATE)?;
+        in_range(
+            "under_load_handshakes_per_second",
+            self.under_load_handshakes_per_second,
+            0..=10_000_000,
+        )?;
+        Ok(())
+    }
+
+    /// The router's view of this configuration.
+    pub fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            route_idle_timeout: Duration::from_secs(self.timeouts.route_idle_secs),
+            registration_timeout: Duration::from_secs(self.timeouts.registration_secs),
+            pending_handshake_timeout: Duration::from_secs(self.timeouts.pending_handshake_secs),
+            max_registrations: self.limits.max_registrations,
+            max_routes: self.limits.max_routes,
+            max_pending_handshakes: self.limits.max_pending_handshakes,
+            handshake_rate_limit: RateLimit {
+                per_second: self.handshake_rate_limit.per_second,
+                burst: self.handshake_rate_limit.burst,
+            },
+            max_rate_limited_sources: self.limits.max_rate_limited_sources,
+            under_load_handshakes_per_second: self.under_load_handshakes_per_second,
+            hint_rate_limit: RateLimit {
+                per_second: self.hint_rate_limit.per_second,
+                burst: self.hint_rate_limit.burst,
+            },
+        }
+    }
+
+    /// Where the private key lives, after applying `--state-dir`.
+    ///
+    /// `state_dir` replaces the directory of the default path and is the base
+    /// of a relative path; an explicit absolute path is the operator's choice
+    /// and stays as written.
+    pub fn private_key_path(&self, state_dir: Option<&Path>) -> PathBuf {
+        let file = &self.private_key_file;
+        match state_dir {
+            Some(dir) if file == Path::new(DEFAULT_PRIVATE_KEY_FILE) => {
+                dir.join(file.file_name().unwrap_or(file.as_os_str()))
+            }
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.clone(),
+        }
+    }
+}
+
+fn in_range<T: PartialOrd + Display>(
+    field: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), InvalidField> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(InvalidField {
+        field,
+        reason: format!(
+            "must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ),
+    })
+}
+
+/// True if the text holds no YAML content: only blank lines, comments and
+/// document markers.
+fn is_blank_yaml(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#') || line == "---" || line == "...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    fn invalid_field(text: &str) -> &'static str {
+        match parse(text) {
+            Err(ConfigError::Invalid { source, .. }) => source.field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_round_trip_through_yaml() {
+        let text = serde_yaml::to_string(&Config::default()).expect("serialize");
+        assert_eq!(parse(&text).expect("parse"), Config::default());
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_defaults() {
+        assert_eq!(parse("").expect("empty"), Config::default());
+        assert_eq!(parse("# nothing\n\n").expect("comments"), Config::default());
+        assert_eq!(parse("{}").expect("empty map"), Config::default());
+    }
+
+    #[test]
+    fn example_file_lists_the_defaults() {
+        let text = include_str!("../../systemd/relay.example.yaml");
+        assert_eq!(parse(text).expect("example parses"), Config::default());
+        // Every field is spelled out in the example, so it documents them all.
+        let defaults = serde_yaml::to_string(&Config::default()).expect("serialize");
+        for line in defaults.lines() {
+            let key = line.trim().split(':').next().unwrap_or_default();
+            assert!(text.contains(&format!("{key}:")), "example lacks {key}");
+        }
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = parse(
+            "listen: \"[::]:4000\"\nlimits:\n  max_routes: 5\nhint_rate_limit:\n  per_second: 7\n",
+        )
+        .expect("parse");
+        assert_eq!(config.listen, "[::]:4000".parse().expect("addr"));
+        assert_eq!(config.limits.max_routes, 5);
+        assert_eq!(config.limits.max_registrations, 100_000);
+        assert_eq!(
+            config.hint_rate_limit,
+            HintRateLimit {
+                per_second: 7,
+                burst: 4
+            }
+        );
+        assert_eq!(config.handshake_rate_limit, HandshakeRateLimit::default());
+    }
+
+    #[test]
+    fn null_metrics_listen_disables_metrics() {
+        let config = parse("metrics_listen: null\n").expect("parse");
+        assert_eq!(config.metrics_listen, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        let err = parse("listen_addr: 0.0.0.0:1\n").expect_err("top level");
+        let text = err.to_string();
+        assert!(text.contains("listen_addr"), "{text}");
+        assert!(text.contains("test.yaml"), "{text}");
+
+        let err = parse("limits:\n  max_routs: 3\n").expect_err("nested");
+        let text = err.to_string();
+        assert!(text.contains("max_routs"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let err = parse("batch_size: lots\n").expect_err("type");
+        assert!(err.to_string().contains("batch_size"), "{err}");
+        let err = parse("listen: localhost:80\n").expect_err("hostname");
+        assert!(matches!(err, ConfigError::Yaml { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_range_names_its_field() {
+        let cases = [
+            ("private_key_file: \"\"", "private_key_file"),
+            ("log: \"foo=bar=baz\"", "log"),
+            (
+                "socket: { recv_buffer_bytes: 10 }",
+                "socket.recv_buffer_bytes",
+            ),
+            (
+                "socket: { send_buffer_bytes: 2147483648 }",
+                "socket.send_buffer_bytes",
+            ),
+            ("batch_size: 0", "batch_size"),
+            ("batch_size: 1025", "batch_size"),
+            (
+                "limits: { max_registrations: 0 }",
+                "limits.max_registrations",
+            ),
+            ("limits: { max_routes: 0 }", "limits.max_routes"),
+            (
+                "limits: { max_pending_handshakes: 0 }",
+                "limits.max_pending_handshakes",
+            ),
+            (
+                "limits: { max_rate_limited_sources: 0 }",
+                "limits.max_rate_limited_sources",
+            ),
+            (
+                "timeouts: { route_idle_secs: 5 }",
+                "timeouts.route_idle_secs",
+            ),
+            (
+                "timeouts: { registration_secs: 4000 }",
+                "timeouts.registration_secs",
+            ),
+            (
+                "timeouts: { pending_handshake_secs: 0 }",
+                "timeouts.pending_handshake_secs",
+            ),
+            (
+                "handshake_rate_limit: { per_second: 0 }",
+                "handshake_rate_limit.per_second",
+            ),
+            (
+                "handshake_rate_limit: { burst: 0 }",
+                "handshake_rate_limit.burst",
+            ),
+            (
+                "hint_rate_limit: { per_second: 0 }",
+                "hint_rate_limit.per_second",
+            ),
+            (
+                "hint_rate_limit: { burst: 2000000 }",
+                "hint_rate_limit.burst",
+            ),
+            (
+                "under_load_handshakes_per_second: 10000001",
+                "under_load_handshakes_per_second",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(invalid_field(text), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn validation_message_has_range_and_value() {
+        let err = parse("limits:\n  max_routes: 0\n").expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "config file test.yaml: limits.max_routes must be between 1 and 100000000, got 0"
+        );
+    }
+
+    #[test]
+    fn zero_under_load_threshold_is_allowed() {
+        let config = parse("under_load_handshakes_per_second: 0").expect("parse");
+        assert_eq!(config.router_config().under_load_handshakes_per_second, 0);
+    }
+
+    #[test]
+    fn router_config_maps_every_field() {
+        let config = Config::default();
+        let r = config.router_config();
+        assert_eq!(r.route_idle_timeout, Duration::from_secs(180));
+        assert_eq!(r.registration_timeout, Duration::from_secs(90));
+        assert_eq!(r.pending_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(r.max_registrations, 100_000);
+        assert_eq!(r.max_routes, 1_000_000);
+        assert_eq!(r.max_pending_handshakes, 100_000);
+        assert_eq!(r.max_rate_limited_sources, 100_000);
+        assert_eq!(
+            r.handshake_rate_limit,
+            RateLimit {
+                per_second: 20,
+                burst: 50
+            }
+        );
+        assert_eq!(
+            r.hint_rate_limit,
+            RateLimit {
+                per_second: 2,
+                burst: 4
+            }
+        );
+        assert_eq!(r.under_load_handshakes_per_second, 5000);
+    }
+
+    #[test]
+    fn state_dir_moves_default_and_relative_key_paths_only() {
+        let dir = Path::new("/tmp/state");
+        let mut config = Config::default();
+        assert_eq!(
+            config.private_key_path(None),
+            Path::new(DEFAULT_PRIVATE_KEY_FILE)
+        );
+        assert_eq!(config.private_key_path(Some(dir)), dir.join("private.key"));
+        config.private_key_file = PathBuf::from("keys/relay.key");
+        assert_eq!(
+            config.private_key_path(Some(dir)),
+            dir.join("keys/relay.key")
+        );
+        assert_eq!(config.private_key_path(None), Path::new("keys/relay.key"));
+        config.private_key_file = PathBuf::from("/etc/lanrage/relay.key");
+        assert_eq!(
+            config.private_key_path(Some(dir)),
+            Path::new("/etc/lanrage/relay.key")
+        );
+    }
+}
