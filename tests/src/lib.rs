@@ -1,0 +1,13 @@
+//! `lanrage-tests` holds LANrage's end-to-end tests (`tests/`) and the small
+//! lab they share: a real relay process on loopback with its metrics, and test
+//! peers that speak the real protocol with real boringtun tunnels over real UDP
+//! sockets. Nothing here mocks the code under test.
+//!
+//! Every loop in this crate is bounded in count and time, and traffic goes only
+//! to loopback addresses.
+
+pub mod peer;
+pub mod relay_process;
+
+pub use peer::{Incoming, TestPeer};
+pub use relay_process::{RelayProcess, RelaySetup};

@@ -1,0 +1,290 @@
+//! A test peer: one UDP socket on loopback, the LANrage registration protocol,
+//! and a real boringtun tunnel to one remote peer through the relay. It plays
+//! the client's role well enough to test the relay end to end, including the
+//! recovery a real client does on an unknown-session hint.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use boringtun::noise::{Tunn, TunnResult};
+use lanrage_proto::control::{
+    ControlMessage, RegisterAck, Registration, SessionKeys, UnknownSession,
+};
+use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::{classify, DatagramKind, PeerKey};
+
+/// What one received datagram turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A decrypted IP packet from the tunnel.
+    Packet(Vec<u8>),
+    /// WireGuard handled it internally (handshake, keepalive, cookie).
+    Handled,
+    Ack(RegisterAck),
+    Hint(UnknownSession),
+    /// Anything the peer could not use; the raw bytes.
+    Other(Vec<u8>),
+}
+
+pub struct TestPeer {
+    secret: StaticSecret,
+    pub key: PeerKey,
+    pub socket: UdpSocket,
+    relay: SocketAddr,
+    keys: SessionKeys,
+    timestamp: u64,
+    consent: Vec<PeerKey>,
+    tunn: Option<Tunn>,
+    /// React to unknown-session hints like a real client: re-register if the
+    /// relay lost us, then re-handshake.
+    pub auto_recover: bool,
+    handshake_after_ack: bool,
+    last_recovery: Option<Instant>,
+    pub hints_received: u32,
+    pub last_ack: Option<RegisterAck>,
+}
+
+/// WireGuard's largest datagram here: 1420-byte MTU plus 32 bytes of overhead,
+/// rounded up; handshake messages are smaller.
+const BUF_LEN: usize = 2048;
+
+impl TestPeer {
+    pub fn new(relay: SocketAddr, relay_public: &PublicKey, seed: [u8; 32]) -> Result<Self> {
+        let secret = StaticSecret::from(seed);
+        let keys = SessionKeys::for_client(&secret, relay_public)
+            .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        Ok(Self {
+            key: PeerKey::from(&PublicKey::from(&secret)),
+            secret,
+            socket,
+            relay,
+            keys,
+            // Unix time in nanoseconds, as real clients use: strictly increasing
+            // across this peer's registrations and across relay restarts.
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64,
+            consent: Vec::new(),
+            tunn: None,
+            auto_recover: true,
+            handshake_after_ack: false,
+            last_recovery: None,
+            hints_received: 0,
+            last_ack: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    pub fn set_consent(&mut self, peers: &[PeerKey]) {
+        self.consent = peers.to_vec();
+    }
+
+    /// A freshly timestamped, sealed registration.
+    pub fn registration(&mut self) -> Vec<u8> {
+        self.timestamp += 1;
+        Registration {
+            client: self.key,
+            timestamp: self.timestamp,
+            observed: Some(self.local_addr()),
+            consent: self.consent.clone(),
+        }
+        .seal(&self.keys)
+        .expect("consent list within the protocol limit")
+    }
+
+    /// Registers and waits for the ack (3 tries of 1 s).
+    pub fn register(&mut self) -> Result<RegisterAck> {
+        for _ in 0..3 {
+            let msg = self.registration();
+            self.socket.send_to(&msg, self.relay)?;
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+                if let Some(Incoming::Ack(ack)) = self.recv(remaining)? {
+                    if ack.echoed_timestamp == self.timestamp {
+                        return Ok(ack);
+                    }
+                }
+            }
+        }
+        bail!("no registration ack from {}", self.relay)
+    }
+
+    /// Sets up the tunnel to `peer`. `index` seeds boringtun's session indices.
+    pub fn tunnel_to(&mut self, peer: PeerKey, index: u32) {
+        self.tunn = Some(Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer),
+            None,
+            None,
+            index,
+            None,
+        ));
+    }
+
+    /// Sends a handshake initiation now, even if one is in progress.
+    pub fn initiate(&mut self) -> Result<()> {
+        let mut out = [0u8; BUF_LEN];
+        let tunn = self.tunn.as_mut().context("no tunnel")?;
+        if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut out, true) {
+            self.socket.send_to(p, self.relay)?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts an IP packet into the tunnel (or queues it behind a handshake).
+    pub fn send_packet(&mut self, packet: &[u8]) -> Result<()> {
+        let mut out = [0u8; BUF_LEN];
+        let tunn = self.tunn.as_mut().context("no tunnel")?;
+        match tunn.encapsulate(packet, &mut out) {
+            TunnResult::WriteToNetwork(p) => {
+                self.socket.send_to(p, self.relay)?;
+            }
+            TunnResult::Done => {}
+            TunnResult::Err(e) => bail!("encapsulate: {e:?}"),
+            other => bail!("unexpected encapsulate result {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// Runs WireGuard's timers (retries, keepalives); call every ~100 ms.
+    pub fn tick(&mut self) -> Result<()> {
+        let mut out = [0u8; BUF_LEN];
+        if let Some(tunn) = self.tunn.as_mut() {
+            if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut out) {
+                self.socket.send_to(p, self.relay)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives and processes at most one datagram, waiting up to `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        let mut buf = [0u8; BUF_LEN];
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_micros(100))))?;
+        let (len, from) = match self.socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let datagram = &buf[..len];
+        if from != self.relay {
+            return Ok(Some(Incoming::Other(datagram.to_vec())));
+        }
+        match classify(datagram) {
+            DatagramKind::WireGuard => self.on_wireguard(datagram).map(Some),
+            DatagramKind::Control => self.on_control(datagram).map(Some),
+            _ => Ok(Some(Incoming::Other(datagram.to_vec()))),
+        }
+    }
+
+    fn on_wireguard(&mut self, datagram: &[u8]) -> Result<Incoming> {
+        let Some(tunn) = self.tunn.as_mut() else {
+            return Ok(Incoming::Other(datagram.to_vec()));
+        };
+        let mut out = [0u8; BUF_LEN];
+        let relay_ip = Some(self.relay.ip());
+        let result = match tunn.decapsulate(relay_ip, datagram, &mut out) {
+            TunnResult::WriteToTunnelV4(p, _) => Incoming::Packet(p.to_vec()),
+            TunnResult::WriteToNetwork(p) => {
+                self.socket.send_to(p, self.relay)?;
+                // boringtun may have queued packets behind the handshake.
+                loop {
+                    let mut more = [0u8; BUF_LEN];
+                    match tunn.decapsulate(None, &[], &mut more) {
+                        TunnResult::WriteToNetwork(p) => {
+                            self.socket.send_to(p, self.relay)?;
+                        }
+                        _ => break,
+                    }
+                }
+                Incoming::Handled
+            }
+            TunnResult::Done => Incoming::Handled,
+            TunnResult::Err(_) | TunnResult::WriteToTunnelV6(..) => {
+                Incoming::Other(datagram.to_vec())
+            }
+        };
+        Ok(result)
+    }
+
+    fn on_control(&mut self, datagram: &[u8]) -> Result<Incoming> {
+        match ControlMessage::parse(datagram) {
+            Ok(ControlMessage::RegisterAck(view)) => match view.verify(&self.keys) {
+                Ok(ack) => {
+                    self.last_ack = Some(ack);
+                    if std::mem::take(&mut self.handshake_after_ack) && self.tunn.is_some() {
+                        self.initiate()?;
+                    }
+                    Ok(Incoming::Ack(ack))
+                }
+                Err(_) => Ok(Incoming::Other(datagram.to_vec())),
+            },
+            Ok(ControlMessage::UnknownSession(hint)) => {
+                self.hints_received += 1;
+                if self.auto_recover {
+                    self.recover(hint)?;
+                }
+                Ok(Incoming::Hint(hint))
+            }
+            _ => Ok(Incoming::Other(datagram.to_vec())),
+        }
+    }
+
+    /// A real client's reaction to a hint: re-register if the relay doesn't
+    /// know us, then re-handshake; at most once per 100 ms.
+    fn recover(&mut self, hint: UnknownSession) -> Result<()> {
+        let recently = self
+            .last_recovery
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
+        if recently {
+            return Ok(());
+        }
+        self.last_recovery = Some(Instant::now());
+        if hint.registered {
+            self.initiate()
+        } else {
+            self.handshake_after_ack = true;
+            let msg = self.registration();
+            self.socket.send_to(&msg, self.relay)?;
+            Ok(())
+        }
+    }
+}
+
+/// An IPv4/UDP packet 10.66.0.1 → 10.66.0.2 carrying `payload`, valid enough
+/// for boringtun's checks on the receiving side.
+pub fn ipv4_packet(payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 66, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 66, 0, 2]);
+    p[20..22].copy_from_slice(&4445u16.to_be_bytes());
+    p[22..24].copy_from_slice(&4445u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// The payload of a packet built by [`ipv4_packet`].
+pub fn payload_of(packet: &[u8]) -> &[u8] {
+    packet.get(28..).unwrap_or(&[])
+}
