@@ -13,4 +13,5 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod rate_limit;
+pub mod route_table;
 pub mod router;

@@ -33,6 +33,8 @@ use lanrage_proto::{classify, DatagramKind, PeerKey, WgMessage};
 use crate::metrics::{DropReason, Event, Metrics};
 pub use crate::rate_limit::RateLimit;
 use crate::rate_limit::RateLimiter;
+pub use crate::route_table::RouteKey;
+use crate::route_table::{Route, RouteTable};
 
 /// What to do with a datagram after [`Router::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,26 +131,6 @@ impl Reply {
     }
 }
 
-/// A transport route key: the endpoint a packet comes from and the receiver
-/// index it carries. Keying by endpoint too means two clients' indices never
-/// collide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RouteKey {
-    pub src: SocketAddr,
-    pub index: u32,
-}
-
-#[derive(Debug, Clone)]
-struct Route {
-    dst: SocketAddr,
-    /// The peer that sends on this route, and the one it reaches.
-    from: PeerKey,
-    to: PeerKey,
-    /// The opposite direction of the same session.
-    reverse: RouteKey,
-    last_used: Instant,
-}
-
 struct Client {
     endpoint: SocketAddr,
     keys: SessionKeys,
@@ -190,7 +172,7 @@ pub struct Router {
     nonce_counter: u64,
     clients: HashMap<PeerKey, Client>,
     by_endpoint: HashMap<SocketAddr, PeerKey>,
-    routes: HashMap<RouteKey, Route>,
+    routes: RouteTable,
     pending: HashMap<(PeerKey, u32), Pending>,
     handshake_limiter: RateLimiter,
     hint_limiter: RateLimiter,
@@ -224,7 +206,7 @@ impl Router {
             nonce_counter: 0,
             clients: HashMap::new(),
             by_endpoint: HashMap::new(),
-            routes: HashMap::new(),
+            routes: RouteTable::default(),
             pending: HashMap::new(),
             handshake_limiter,
             hint_limiter,
@@ -346,10 +328,9 @@ impl Router {
             src,
             index: t.receiver_index(),
         };
-        if let Some(route) = self.routes.get_mut(&key) {
-            route.last_used = now;
+        if let Some(dst) = self.routes.forward(&key, now) {
             self.metrics.record(Event::ForwardedTransport);
-            return Ok(Outcome::Forward(route.dst));
+            return Ok(Outcome::Forward(dst));
         }
         // Tell the source so it re-handshakes (or re-registers) now instead of
         // after WireGuard's timeouts. Rate-limited, and smaller than the
@@ -478,7 +459,7 @@ impl Router {
         }
         let new_entries = [to_responder, to_initiator]
             .iter()
-            .filter(|k| !self.routes.contains_key(k))
+            .filter(|k| !self.routes.contains(k))
             .count();
         if self.routes.len() + new_entries > self.config.max_routes {
             return Err(DropReason::RouteTableFull);
@@ -831,16 +812,8 @@ impl Router {
     /// A session's two routes expire together, when neither carried traffic
     /// for the idle timeout.
     fn expire_routes(&mut self, now: Instant) {
-        let timeout = self.config.route_idle_timeout;
-        let idle = |r: &Route| now.saturating_duration_since(r.last_used) >= timeout;
-        let expired: Vec<RouteKey> = self
-            .routes
-            .iter()
-            .filter(|(_, r)| idle(r) && self.routes.get(&r.reverse).is_none_or(idle))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
-            if self.routes.contains_key(&key) {
+        for key in self.routes.idle_pairs(now, self.config.route_idle_timeout) {
+            if self.routes.contains(&key) {
                 self.remove_route_pair(key);
                 self.metrics.record(Event::RouteExpired);
             }
