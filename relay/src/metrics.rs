@@ -189,34 +189,79 @@ const EVENTS: [(Event, &str, &str); 11] = [
     ),
 ];
 
-/// Counters and gauges, updated with relaxed atomics: they are statistics, not
-/// synchronisation.
+/// The most worker threads that get a counter shard of their own; more share.
+pub const MAX_SHARDS: usize = 64;
+
+thread_local! {
+    /// This thread's counter shard; workers set it once at start.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread record into shard `worker % MAX_SHARDS`. Each data
+/// plane worker calls this once, so two cores never write one cache line.
+pub fn bind_thread_to_shard(worker: usize) {
+    SHARD.with(|s| s.set(worker % MAX_SHARDS));
+}
+
+/// One thread's counters, on cache lines of their own.
 #[derive(Debug, Default)]
-pub struct Metrics {
+#[repr(align(128))]
+struct Shard {
     received: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     events: [AtomicU64; EVENTS.len()],
-    registrations: AtomicU64,
-    routes: AtomicU64,
-    pending_handshakes: AtomicU64,
     send_errors: AtomicU64,
 }
 
+/// Counters and gauges, updated with relaxed atomics: they are statistics, not
+/// synchronisation. Counters are sharded per worker thread (see
+/// [`bind_thread_to_shard`]) and summed when read.
+#[derive(Debug)]
+pub struct Metrics {
+    shards: Box<[Shard]>,
+    registrations: AtomicU64,
+    routes: AtomicU64,
+    pending_handshakes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            shards: (0..MAX_SHARDS).map(|_| Shard::default()).collect(),
+            registrations: AtomicU64::new(0),
+            routes: AtomicU64::new(0),
+            pending_handshakes: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
+    #[inline]
+    fn shard(&self) -> &Shard {
+        &self.shards[SHARD.with(|s| s.get())]
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn record_received(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
+        self.shard().received.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_drop(&self, reason: DropReason) {
-        self.dropped[reason.slot()].fetch_add(1, Ordering::Relaxed);
+        self.shard().dropped[reason.slot()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record(&self, event: Event) {
-        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.shard().events[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_send_error(&self) {
-        self.send_errors.fetch_add(1, Ordering::Relaxed);
+        self.shard().send_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Table sizes, set by the router after each change.
@@ -228,24 +273,32 @@ impl Metrics {
             .store(pending as u64, Ordering::Relaxed);
     }
 
+    pub fn received(&self) -> u64 {
+        self.sum(|s| &s.received)
+    }
+
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped[reason.slot()].load(Ordering::Relaxed)
+        self.sum(|s| &s.dropped[reason.slot()])
     }
 
     pub fn event_count(&self, event: Event) -> u64 {
-        self.events[event as usize].load(Ordering::Relaxed)
+        self.sum(|s| &s.events[event as usize])
+    }
+
+    pub fn send_errors(&self) -> u64 {
+        self.sum(|s| &s.send_errors)
     }
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauge = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP lanrage_relay_received_total Datagrams received."
         );
         let _ = writeln!(out, "# TYPE lanrage_relay_received_total counter");
-        let _ = writeln!(out, "lanrage_relay_received_total {}", load(&self.received));
+        let _ = writeln!(out, "lanrage_relay_received_total {}", self.received());
         let _ = writeln!(
             out,
             "# HELP lanrage_relay_dropped_total Datagrams dropped, by reason."
@@ -256,7 +309,7 @@ impl Metrics {
                 out,
                 "lanrage_relay_dropped_total{{reason=\"{}\"}} {}",
                 reason.as_str(),
-                load(&self.dropped[reason.slot()])
+                self.dropped(reason)
             );
         }
         let _ = writeln!(
@@ -264,13 +317,13 @@ impl Metrics {
             "# HELP lanrage_relay_forwarded_total WireGuard messages forwarded, by kind."
         );
         let _ = writeln!(out, "# TYPE lanrage_relay_forwarded_total counter");
-        for (slot, (_, name, help)) in EVENTS.iter().enumerate() {
+        for (event, name, help) in EVENTS.iter() {
             if !help.is_empty() {
                 let base = name.split('{').next().unwrap_or(name);
                 let _ = writeln!(out, "# HELP {base} {help}");
                 let _ = writeln!(out, "# TYPE {base} counter");
             }
-            let _ = writeln!(out, "{name} {}", load(&self.events[slot]));
+            let _ = writeln!(out, "{name} {}", self.event_count(*event));
         }
         for (name, help, value) in [
             (
@@ -291,7 +344,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {}", load(value));
+            let _ = writeln!(out, "{name} {}", gauge(value));
         }
         let _ = writeln!(
             out,
@@ -301,7 +354,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "lanrage_relay_send_errors_total {}",
-            load(&self.send_errors)
+            self.send_errors()
         );
         out
     }
@@ -319,6 +372,26 @@ mod tests {
         for (i, (event, _, _)) in EVENTS.iter().enumerate() {
             assert_eq!(*event as usize, i);
         }
+    }
+
+    #[test]
+    fn shards_sum_across_threads() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..3)
+            .map(|worker| {
+                let m = std::sync::Arc::clone(&m);
+                std::thread::spawn(move || {
+                    bind_thread_to_shard(worker);
+                    for _ in 0..1000 {
+                        m.record(Event::ForwardedTransport);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("worker thread");
+        }
+        assert_eq!(m.event_count(Event::ForwardedTransport), 3000);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lanrage_proto::control::{
@@ -162,20 +162,39 @@ struct LoadMeter {
     previous: u32,
 }
 
+/// One data-plane worker's handle on the router. Every worker has its own
+/// (see [`Router::worker`]); all share one [`Core`] and one route table.
+///
+/// Transport messages, the per-packet path, take no lock: they are one lookup
+/// in the lock-free route table. Everything else (registrations, handshakes,
+/// expiry) runs under the core's mutex, at handshake rates.
 pub struct Router {
+    core: Arc<Mutex<Core>>,
+    routes: Arc<RouteTable>,
+    metrics: Arc<Metrics>,
+    /// Per worker: sources are pinned to a worker by `SO_REUSEPORT` hashing, so
+    /// a per-worker budget is a per-source budget without sharing.
+    hint_limiter: RateLimiter,
+    hint_limit: RateLimit,
+    max_sources: usize,
+    epoch: u64,
+    public: PeerKey,
+}
+
+/// The slow path's state: registrations, pending handshakes, rate limits,
+/// cookies, and the write side of the route table.
+struct Core {
     config: RouterConfig,
     secret: StaticSecret,
-    public: PeerKey,
     epoch: u64,
     seed: [u8; 32],
     started: Instant,
     nonce_counter: u64,
     clients: HashMap<PeerKey, Client>,
     by_endpoint: HashMap<SocketAddr, PeerKey>,
-    routes: RouteTable,
+    routes: Arc<RouteTable>,
     pending: HashMap<(PeerKey, u32), Pending>,
     handshake_limiter: RateLimiter,
-    hint_limiter: RateLimiter,
     load: LoadMeter,
     next_sweep: Instant,
     metrics: Arc<Metrics>,
@@ -194,30 +213,60 @@ impl Router {
         let public = PeerKey::from(&PublicKey::from(&secret));
         let handshake_limiter =
             RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
-        let hint_limiter =
-            RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources);
-        Self {
+        let hint_limit = config.hint_rate_limit;
+        let max_sources = config.max_rate_limited_sources;
+        let routes = Arc::new(RouteTable::new(now));
+        let metrics = Arc::new(Metrics::default());
+        let core = Core {
             config,
             secret,
-            public,
             epoch,
             seed,
             started: now,
             nonce_counter: 0,
             clients: HashMap::new(),
             by_endpoint: HashMap::new(),
-            routes: RouteTable::default(),
+            routes: Arc::clone(&routes),
             pending: HashMap::new(),
             handshake_limiter,
-            hint_limiter,
             load: LoadMeter {
                 window_start: now,
                 current: 0,
                 previous: 0,
             },
             next_sweep: now + SWEEP_INTERVAL,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::clone(&metrics),
+        };
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            routes,
+            metrics,
+            hint_limiter: RateLimiter::new(hint_limit, max_sources),
+            hint_limit,
+            max_sources,
+            epoch,
+            public,
         }
+    }
+
+    /// Another worker's handle on the same router state.
+    pub fn worker(&self) -> Router {
+        Router {
+            core: Arc::clone(&self.core),
+            routes: Arc::clone(&self.routes),
+            metrics: Arc::clone(&self.metrics),
+            hint_limiter: RateLimiter::new(self.hint_limit, self.max_sources),
+            hint_limit: self.hint_limit,
+            max_sources: self.max_sources,
+            epoch: self.epoch,
+            public: self.public,
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A worker that panicked mid-update leaves tables that are still
+        // memory-safe and at worst briefly inconsistent; keep serving.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn public_key(&self) -> PeerKey {
@@ -228,6 +277,7 @@ impl Router {
         self.epoch
     }
 
+    /// Counters of all workers (sharded per thread, summed when read).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -236,8 +286,13 @@ impl Router {
     /// the router may rewrite it (zeroing mac2) or overwrite its head with a reply.
     pub fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
         let outcome = match classify(buf) {
-            DatagramKind::WireGuard => self.handle_wireguard(now, src, buf),
-            DatagramKind::Control => self.handle_control(now, src, buf),
+            DatagramKind::WireGuard => match WgMessage::parse(buf) {
+                // The per-packet path: one lock-free lookup, no rewrite.
+                Ok(WgMessage::Transport(t)) => self.route_transport(now, src, t),
+                Ok(handshake) => self.core().handle_handshake(now, src, handshake),
+                Err(_) => Err(DropReason::MalformedWireGuard),
+            },
+            DatagramKind::Control => self.core().handle_control(now, src, buf),
             DatagramKind::Stun => Err(DropReason::StunUnsupported),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
@@ -267,57 +322,6 @@ impl Router {
         Verdict::Drop(reason)
     }
 
-    /// The next time `handle_timeout` has work to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.next_sweep)
-    }
-
-    /// Expires routes, registrations, pending handshakes and idle rate-limit
-    /// entries. Cheap to call early; it does nothing before `poll_timeout()`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if now < self.next_sweep {
-            return;
-        }
-        self.next_sweep = now + SWEEP_INTERVAL;
-        self.expire_pending(now);
-        self.expire_registrations(now);
-        self.expire_routes(now);
-        self.handshake_limiter.forget_idle(now);
-        self.hint_limiter.forget_idle(now);
-        self.update_gauges();
-    }
-
-    /// Number of installed route entries (two per session).
-    pub fn route_count(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn registration_count(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// The endpoint a registered client is reachable at.
-    pub fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
-        self.clients.get(key).map(|c| c.endpoint)
-    }
-
-    // ---- WireGuard ----------------------------------------------------------
-
-    fn handle_wireguard(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        buf: &[u8],
-    ) -> Result<Outcome, DropReason> {
-        match WgMessage::parse(buf).map_err(|_| DropReason::MalformedWireGuard)? {
-            // The per-packet path: one lookup, no rewrite.
-            WgMessage::Transport(transport) => self.route_transport(now, src, transport),
-            WgMessage::Initiation(handshake) => self.route_initiation(now, src, handshake),
-            WgMessage::Response(handshake) => self.route_response(now, src, handshake),
-            WgMessage::CookieReply(reply) => self.route_cookie_reply(src, reply),
-        }
-    }
-
     fn route_transport(
         &mut self,
         now: Instant,
@@ -342,11 +346,72 @@ impl Router {
         let hint = UnknownSession {
             receiver_index: key.index,
             relay_epoch: self.epoch,
-            registered: self.by_endpoint.contains_key(&src),
+            registered: self.core().by_endpoint.contains_key(&src),
         };
         self.metrics.record(Event::UnknownSessionHintSent);
         tracing::debug!(%src, index = key.index, registered = hint.registered, "unknown session hint");
         Ok(Outcome::Reply(Reply::new(&hint.encode())))
+    }
+
+    /// The next time `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.core().next_sweep)
+    }
+
+    /// Expires routes, registrations, pending handshakes and idle rate-limit
+    /// entries. Cheap to call early; it does nothing before `poll_timeout()`.
+    /// With several workers, whichever calls first does the sweep.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.core().handle_timeout(now) {
+            self.hint_limiter.forget_idle(now);
+        }
+    }
+
+    /// Number of installed route entries (two per session).
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn registration_count(&self) -> usize {
+        self.core().clients.len()
+    }
+
+    /// The endpoint a registered client is reachable at.
+    pub fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
+        self.core().clients.get(key).map(|c| c.endpoint)
+    }
+}
+
+impl Core {
+    /// Runs the periodic sweep if due; returns whether it ran.
+    fn handle_timeout(&mut self, now: Instant) -> bool {
+        if now < self.next_sweep {
+            return false;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        self.expire_pending(now);
+        self.expire_registrations(now);
+        self.expire_routes(now);
+        self.handshake_limiter.forget_idle(now);
+        self.update_gauges();
+        true
+    }
+
+    // ---- WireGuard ----------------------------------------------------------
+
+    fn handle_handshake(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        message: WgMessage<'_>,
+    ) -> Result<Outcome, DropReason> {
+        match message {
+            WgMessage::Initiation(handshake) => self.route_initiation(now, src, handshake),
+            WgMessage::Response(handshake) => self.route_response(now, src, handshake),
+            WgMessage::CookieReply(reply) => self.route_cookie_reply(src, reply),
+            // Transport never reaches the core: workers route it lock-free.
+            WgMessage::Transport(_) => Err(DropReason::NoRoute),
+        }
     }
 
     /// Routes an initiation to the mutually consenting peer whose mac1 verifies
@@ -495,9 +560,8 @@ impl Router {
             from,
             to,
             reverse,
-            last_used: now,
         };
-        if self.routes.insert(key, route).is_none() {
+        if self.routes.insert(key, route, now) {
             if let Some(client) = self.clients.get_mut(&from) {
                 client.routes.push(key);
             }
@@ -709,18 +773,17 @@ impl Router {
         let outbound = std::mem::take(&mut client.routes);
         let mut moved = Vec::with_capacity(outbound.len());
         for old_key in outbound {
-            let Some(route) = self.routes.remove(&old_key) else {
-                continue;
-            };
             let new_key = RouteKey {
                 src: new,
                 index: old_key.index,
             };
-            if let Some(reverse) = self.routes.get_mut(&route.reverse) {
+            let Some(route) = self.routes.rekey(&old_key, new_key) else {
+                continue;
+            };
+            self.routes.update(&route.reverse, |reverse| {
                 reverse.dst = new;
                 reverse.reverse = new_key;
-            }
-            self.routes.insert(new_key, route);
+            });
             moved.push(new_key);
         }
         if let Some(client) = self.clients.get_mut(key) {

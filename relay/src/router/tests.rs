@@ -330,16 +330,19 @@ fn roaming_moves_both_directions_of_a_session() {
     assert_eq!(s.router.metrics().event_count(Event::EndpointChanged), 1);
 
     let plain = ipv4_packet(&[5; 40]);
-    let mut to_a = encapsulate(&mut s.ba, &plain);
-    assert_eq!(
-        s.router.handle(s.now, s.b.endpoint, &mut to_a),
-        Verdict::Forward(s.a.endpoint)
-    );
     let mut from_a = encapsulate(&mut s.ab, &plain);
     assert_eq!(
         s.router.handle(s.now, s.a.endpoint, &mut from_a),
         Verdict::Forward(s.b.endpoint)
     );
+    assert_eq!(deliver(&mut s.ba, &from_a), Some(plain.clone()));
+    let mut to_a = encapsulate(&mut s.ba, &plain);
+    assert_eq!(to_a[0], 4, "B answers on the established session");
+    assert_eq!(
+        s.router.handle(s.now, s.b.endpoint, &mut to_a),
+        Verdict::Forward(s.a.endpoint)
+    );
+    assert_eq!(deliver(&mut s.ab, &to_a), Some(plain.clone()));
     let mut from_old = encapsulate(&mut s.ab, &plain);
     assert!(matches!(
         s.router.handle(s.now, old, &mut from_old),
@@ -659,4 +662,46 @@ mod properties {
             prop_assert_eq!(s.router.metrics().dropped(DropReason::ReplyLargerThanRequest), 0);
         }
     }
+}
+
+#[test]
+fn workers_share_registrations_and_routes() {
+    let now = Instant::now();
+    let mut first = router(now);
+    let mut second = first.worker();
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    // SO_REUSEPORT pins each client to one worker: A to the first, B to the second.
+    register(&mut first, now, &mut a, &[&b_view]);
+    register(&mut second, now, &mut b, &[&a_view]);
+    let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
+    let mut init = initiation(&mut ab);
+    assert_eq!(
+        first.handle(now, a.endpoint, &mut init),
+        Verdict::Forward(b.endpoint)
+    );
+    let mut response = deliver(&mut ba, &init).expect("B answers");
+    assert_eq!(
+        second.handle(now, b.endpoint, &mut response),
+        Verdict::Forward(a.endpoint)
+    );
+    let _ = deliver(&mut ab, &response);
+
+    let plain = ipv4_packet(&[8; 60]);
+    let mut to_b = encapsulate(&mut ab, &plain);
+    assert_eq!(
+        first.handle(now, a.endpoint, &mut to_b),
+        Verdict::Forward(b.endpoint)
+    );
+    // B's session is confirmed by A's first data packet; then B can send.
+    assert_eq!(deliver(&mut ba, &to_b), Some(plain.clone()));
+    let mut to_a = encapsulate(&mut ba, &plain);
+    assert_eq!(
+        second.handle(now, b.endpoint, &mut to_a),
+        Verdict::Forward(a.endpoint)
+    );
+    assert_eq!(first.route_count(), 2);
+    assert_eq!(second.registration_count(), 2);
+    assert_eq!(first.metrics().event_count(Event::ForwardedTransport), 2);
 }
