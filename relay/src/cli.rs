@@ -19,8 +19,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
-use crate::backend::{self, Backend, Options, StopHandle};
 use crate::config::{Config, ConfigError};
+use crate::data_plane::{self, DataPlane, StopAll};
 use crate::http;
 use crate::keys::{self, KeyOrigin};
 use crate::router::Router;
@@ -169,26 +169,20 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
 
     // Bind everything before announcing readiness, so a port conflict fails
     // the start instead of a later request.
-    let socket = backend::bind_udp(config.listen, &config.socket)
-        .with_context(|| format!("cannot bind the UDP socket on {} (listen)", config.listen))?;
+    data_plane::check_backend(config.backend).map_err(|why| {
+        anyhow::anyhow!("backend: io_uring was asked for but is not available: {why}")
+    })?;
+    let data_plane = DataPlane::bind(&config)
+        .with_context(|| format!("cannot bind the UDP sockets on {} (listen)", config.listen))?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(http::bind(addr).with_context(|| {
             format!("cannot bind the metrics listener on {addr} (metrics_listen)")
         })?),
         None => None,
     };
-    let backend = Backend::new(
-        socket,
-        Options {
-            batch_size: config.batch_size,
-        },
-    )
-    .context("cannot set up the epoll backend")?;
-    let listen = backend
-        .local_addr()
-        .context("cannot read the UDP socket's address")?;
+    let listen = data_plane.local_addr();
     // Signals first: a SIGTERM right after READY=1 must already stop cleanly.
-    spawn_signal_thread(backend.stop_handle()).context("cannot install signal handlers")?;
+    spawn_signal_thread(data_plane.stop_handle()).context("cannot install signal handlers")?;
 
     let mut seed = [0u8; 32];
     rand::rngs::OsRng
@@ -199,7 +193,7 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let mut router = Router::new(config.router_config(), secret, epoch, seed, Instant::now());
+    let router = Router::new(config.router_config(), secret, epoch, seed, Instant::now());
 
     let metrics = match metrics_listener {
         Some(listener) => {
@@ -213,15 +207,16 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         None => "disabled".to_owned(),
     };
 
-    tracing::debug!(
-        backend = backend.name(),
+    tracing::info!(
+        backend = data_plane.backend_name(),
+        workers = data_plane.workers(),
         batch_size = config.batch_size,
-        "io backend"
+        "data plane"
     );
     // Operators and the end-to-end tests read this exact line; keep its shape.
     tracing::info!(%listen, %metrics, %public_key, "relay ready");
     notify(&[sd_notify::NotifyState::Ready]);
-    let result = backend.run(&mut router);
+    let result = data_plane.run(router);
     notify(&[sd_notify::NotifyState::Stopping]);
     result.context("the relay loop failed")?;
     tracing::info!("relay stopped");
@@ -237,7 +232,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 
 /// SIGINT/SIGTERM stop the relay after the batch in hand; a second one exits
 /// at once (for a wedged shutdown). SIGHUP is acknowledged but does nothing yet.
-fn spawn_signal_thread(stop: StopHandle) -> io::Result<()> {
+fn spawn_signal_thread(stop: StopAll) -> io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     thread::Builder::new()
         .name("signals".to_owned())

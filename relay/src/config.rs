@@ -77,6 +77,13 @@ pub struct Config {
     pub socket: SocketConfig,
     /// Datagrams received (and sent) per system call. 1..=1024. Default 64.
     pub batch_size: usize,
+    /// Data-plane backend: `auto` (io_uring when the kernel offers what it
+    /// needs, else epoll; the choice and the reason are logged), `io_uring`
+    /// (fail at start without it), or `epoll`. Default `auto`.
+    pub backend: BackendChoice,
+    /// Data-plane worker threads, each with its own `SO_REUSEPORT` socket.
+    /// 0 means one per CPU core. 0..=256. Default 0.
+    pub workers: usize,
     /// Table sizes; memory use is bounded by these.
     pub limits: Limits,
     /// Expiry of soft state.
@@ -92,6 +99,16 @@ pub struct Config {
     /// WireGuard responders do under load. 0 means always demand cookies.
     /// 0..=10000000. Default 5000.
     pub under_load_handshakes_per_second: u32,
+}
+
+/// Which data-plane backend runs the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    Auto,
+    #[serde(rename = "io_uring")]
+    IoUring,
+    Epoll,
 }
 
 /// UDP socket options.
@@ -171,11 +188,23 @@ impl Default for Config {
             log: "info".to_owned(),
             socket: SocketConfig::default(),
             batch_size: 64,
+            backend: BackendChoice::Auto,
+            workers: 0,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             handshake_rate_limit: HandshakeRateLimit::default(),
             hint_rate_limit: HintRateLimit::default(),
             under_load_handshakes_per_second: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// The worker count to run: `workers`, or one per available core for 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -283,6 +312,7 @@ impl Config {
             BUFFER,
         )?;
         in_range("batch_size", self.batch_size, 1..=1024)?;
+        in_range("workers", self.workers, 0..=256)?;
 
         let l = &self.limits;
         in_range(

@@ -344,7 +344,7 @@ impl Batch {
 mod tests {
     use super::*;
     use crate::backend::{bind_udp, Backend};
-    use crate::config::SocketConfig;
+    use crate::config::{BackendChoice, SocketConfig};
     use crate::metrics::{DropReason, Metrics};
     use std::sync::Arc;
     use std::thread;
@@ -403,7 +403,7 @@ mod tests {
         sink: SocketAddr,
     ) -> io::Result<(SocketAddr, StopHandle, thread::JoinHandle<Fake>)> {
         let socket = bind_udp(listen.parse().expect("addr"), &SocketConfig::default())?;
-        let backend = Backend::new(socket, Options { batch_size: 4 })?;
+        let backend = Backend::new(socket, Options { batch_size: 4 }, BackendChoice::Epoll)?;
         let addr = backend.local_addr()?;
         let stop = backend.stop_handle();
         let mut fake = Fake {
@@ -517,7 +517,8 @@ mod tests {
             &SocketConfig::default(),
         )
         .expect("bind");
-        let backend = Backend::new(socket, Options { batch_size: 1 }).expect("backend");
+        let backend =
+            Backend::new(socket, Options { batch_size: 1 }, BackendChoice::Epoll).expect("backend");
         backend.stop_handle().stop();
         let mut fake = Fake {
             sink: "127.0.0.1:9".parse().expect("addr"),

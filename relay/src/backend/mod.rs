@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::SocketConfig;
+use crate::config::{BackendChoice, SocketConfig};
 use crate::metrics::Metrics;
 use crate::router::{Router, Verdict};
 
@@ -72,9 +72,24 @@ enum Inner {
 }
 
 impl Backend {
-    /// Takes over a socket from [`bind_udp`]. Today this is always the epoll
-    /// backend; an io_uring backend will be chosen here when the kernel allows.
-    pub fn new(socket: UdpSocket, options: Options) -> io::Result<Self> {
+    /// Takes over a socket from [`bind_udp`] with the backend `choice` asks
+    /// for. `auto` uses io_uring where [`io_uring_available`] says so, else epoll.
+    pub fn new(socket: UdpSocket, options: Options, choice: BackendChoice) -> io::Result<Self> {
+        let use_uring = match choice {
+            BackendChoice::Epoll => false,
+            BackendChoice::Auto => io_uring_available().is_ok(),
+            BackendChoice::IoUring => {
+                io_uring_available().map_err(|why| {
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("backend: io_uring was asked for but is not available: {why}"),
+                    )
+                })?;
+                true
+            }
+        };
+        // `io_uring_available` refuses until the io_uring backend lands.
+        debug_assert!(!use_uring);
         let inner = Inner::Epoll(epoll::EpollBackend::new(socket, options)?);
         Ok(Self { inner })
     }
@@ -107,6 +122,11 @@ impl Backend {
             Inner::Epoll(b) => b.run(handler),
         }
     }
+}
+
+/// Whether the io_uring backend can run here, or why not.
+pub fn io_uring_available() -> Result<(), String> {
+    Err("the io_uring backend is not built yet".to_owned())
 }
 
 /// Stops a running backend: sets a flag and wakes its poll.

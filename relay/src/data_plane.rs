@@ -1,0 +1,120 @@
+//! The data plane: one worker thread per core (or per `workers`), each with
+//! its own `SO_REUSEPORT` socket on the relay's port, its own backend loop and
+//! its own [`Router`] handle onto the shared router state.
+//!
+//! The kernel spreads clients over the sockets by a hash of their address, so
+//! a client always lands on the same worker; any worker can send to any
+//! destination, because every socket has the same local address.
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread;
+
+use crate::backend::{self, Backend, Options, StopHandle};
+use crate::config::{BackendChoice, Config};
+use crate::metrics;
+use crate::router::Router;
+
+/// Bound sockets and backends, ready to run.
+pub struct DataPlane {
+    backends: Vec<Backend>,
+    listen: SocketAddr,
+}
+
+impl DataPlane {
+    /// Binds `config.worker_count()` sockets on `config.listen` and picks the
+    /// backend per `config.backend`. With port 0, the first socket's port is
+    /// used for the rest.
+    pub fn bind(config: &Config) -> io::Result<Self> {
+        let workers = config.worker_count().max(1);
+        let first = backend::bind_udp(config.listen, &config.socket)?;
+        let listen = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(backend::bind_udp(listen, &config.socket)?);
+        }
+        let options = Options {
+            batch_size: config.batch_size,
+        };
+        let backends = sockets
+            .into_iter()
+            .map(|socket| Backend::new(socket, options, config.backend))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { backends, listen })
+    }
+
+    /// The relay's UDP address (with the real port if `listen` asked for 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn workers(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// The backend the workers run, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        self.backends.first().map_or("none", Backend::name)
+    }
+
+    /// Stops every worker.
+    pub fn stop_handle(&self) -> StopAll {
+        StopAll(self.backends.iter().map(Backend::stop_handle).collect())
+    }
+
+    /// Runs every worker until stopped: worker 0 on the calling thread, the
+    /// others on threads of their own. Returns the first worker error.
+    pub fn run(self, router: Router) -> io::Result<()> {
+        let mut backends = self.backends.into_iter();
+        let Some(first) = backends.next() else {
+            return Ok(());
+        };
+        let mut threads = Vec::new();
+        for (i, backend) in backends.enumerate() {
+            let worker = i + 1;
+            let mut handle = router.worker();
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("relay-worker-{worker}"))
+                    .spawn(move || {
+                        metrics::bind_thread_to_shard(worker);
+                        backend.run(&mut handle)
+                    })?,
+            );
+        }
+        metrics::bind_thread_to_shard(0);
+        let mut router = router;
+        let mut result = first.run(&mut router);
+        for thread in threads {
+            let joined = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a relay worker panicked")));
+            result = result.and(joined);
+        }
+        result
+    }
+}
+
+/// Stops all workers of a [`DataPlane`].
+#[derive(Clone)]
+pub struct StopAll(Vec<StopHandle>);
+
+impl StopAll {
+    pub fn stop(&self) {
+        for handle in &self.0 {
+            handle.stop();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.iter().any(StopHandle::is_stopped)
+    }
+}
+
+/// Whether `choice` can be honoured here; `auto` always can.
+pub fn check_backend(choice: BackendChoice) -> Result<(), String> {
+    match choice {
+        BackendChoice::Auto | BackendChoice::Epoll => Ok(()),
+        BackendChoice::IoUring => backend::io_uring_available(),
+    }
+}
