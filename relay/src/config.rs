@@ -81,6 +81,10 @@ pub struct Config {
     /// needs, else epoll; the choice and the reason are logged), `io_uring`
     /// (fail at start without it), or `epoll`. Default `auto`.
     pub backend: BackendChoice,
+    /// Coalesce consecutive datagrams to one destination with one size into a
+    /// single UDP GSO send (`UDP_SEGMENT`, Linux ≥ 4.18; ignored where the
+    /// kernel lacks it). Default `true`.
+    pub gso: bool,
     /// Data-plane worker threads, each with its own `SO_REUSEPORT` socket.
     /// 0 means one per CPU core. 0..=256. Default 0.
     pub workers: usize,
@@ -189,6 +193,7 @@ impl Default for Config {
             socket: SocketConfig::default(),
             batch_size: 64,
             backend: BackendChoice::Auto,
+            gso: true,
             workers: 0,
             limits: Limits::default(),
             timeouts: Timeouts::default(),

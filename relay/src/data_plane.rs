@@ -35,6 +35,7 @@ impl DataPlane {
         }
         let options = Options {
             batch_size: config.batch_size,
+            gso: config.gso,
         };
         let backends = sockets
             .into_iter()

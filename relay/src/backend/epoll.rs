@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use libc::{iovec, mmsghdr, sockaddr_storage, socklen_t};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{sockaddr, Handler, Options, StopHandle};
+use super::{gso, sockaddr, Handler, Options, StopHandle};
 use crate::metrics::DropReason;
 use crate::router::Verdict;
 
@@ -47,6 +47,7 @@ pub struct EpollBackend {
     v6_socket: bool,
     stop: StopHandle,
     batch_size: usize,
+    gso: bool,
 }
 
 impl EpollBackend {
@@ -65,6 +66,7 @@ impl EpollBackend {
             v6_socket,
             stop: StopHandle::new(waker),
             batch_size: options.batch_size.max(1),
+            gso: options.gso,
         })
     }
 
@@ -81,6 +83,7 @@ impl EpollBackend {
         let mut events = Events::with_capacity(8);
         let mut batch = Batch::new(self.batch_size);
         let fd = self.socket.as_raw_fd();
+        batch.gso = self.gso && gso::supported(fd);
         loop {
             if self.stop.is_stopped() {
                 return Ok(());
@@ -163,6 +166,12 @@ struct Batch {
     send_addrs: Box<[sockaddr_storage]>,
     send_iovs: Box<[iovec]>,
     send_hdrs: Box<[mmsghdr]>,
+    /// One `UDP_SEGMENT` control message per send header.
+    send_cmsgs: Box<[gso::SegmentCmsg]>,
+    /// How many datagrams each send header carries (1, or a GSO run).
+    send_segments: Box<[usize]>,
+    /// Whether to coalesce runs with GSO; cleared if the kernel refuses it.
+    gso: bool,
 }
 
 impl Batch {
@@ -185,6 +194,9 @@ impl Batch {
             send_addrs: (0..size).map(|_| zeroed()).collect(),
             send_iovs: (0..size).map(|_| iov()).collect(),
             send_hdrs: (0..size).map(|_| hdr()).collect(),
+            send_cmsgs: vec![gso::SegmentCmsg::default(); size].into_boxed_slice(),
+            send_segments: vec![0; size].into_boxed_slice(),
+            gso: false,
         }
     }
 
@@ -261,41 +273,68 @@ impl Batch {
         }
     }
 
-    /// Sends the queued datagrams with as few `sendmmsg` calls as the kernel allows.
+    /// Sends the queued datagrams with as few `sendmmsg` calls as the kernel
+    /// allows, coalescing runs to one destination into GSO sends.
     fn send<H: Handler>(&mut self, fd: RawFd, v6_socket: bool, handler: &H) {
-        let mut count = 0;
-        for out in &self.outgoing {
+        let mut count = 0; // send headers
+        let mut iovs = 0; // iovecs used, one per datagram
+        let mut start = 0;
+        while start < self.outgoing.len() {
+            let end = if self.gso {
+                gso::run_end(&self.outgoing, start, |o| o.dst, |o| o.len)
+            } else {
+                start + 1
+            };
+            let first = self.outgoing[start];
             let Some(name_len) =
-                sockaddr::from_std(out.dst, v6_socket, &mut self.send_addrs[count])
+                sockaddr::from_std(first.dst, v6_socket, &mut self.send_addrs[count])
             else {
                 // An IPv6 peer on an IPv4-only socket: unreachable from here.
-                tracing::trace!(dst = %out.dst, "cannot send to this address family");
-                handler.metrics().record_send_error();
+                tracing::trace!(dst = %first.dst, "cannot send to this address family");
+                for _ in start..end {
+                    handler.metrics().record_send_error();
+                }
+                start = end;
                 continue;
             };
-            self.send_iovs[count] = iovec {
-                iov_base: self.bufs[out.buf].as_mut_ptr().cast(),
-                iov_len: out.len,
-            };
+            let first_iov = iovs;
+            for out in &self.outgoing[start..end] {
+                self.send_iovs[iovs] = iovec {
+                    iov_base: self.bufs[out.buf].as_mut_ptr().cast(),
+                    iov_len: out.len,
+                };
+                iovs += 1;
+            }
+            let segments = end - start;
             let hdr = &mut self.send_hdrs[count];
             hdr.msg_hdr.msg_name = ptr::from_mut(&mut self.send_addrs[count]).cast();
             hdr.msg_hdr.msg_namelen = name_len;
-            hdr.msg_hdr.msg_iov = ptr::from_mut(&mut self.send_iovs[count]);
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_iov = ptr::from_mut(&mut self.send_iovs[first_iov]);
+            hdr.msg_hdr.msg_iovlen = segments as _;
+            if segments > 1 {
+                // Datagrams are at most MAX_DATAGRAM (2048) bytes: fits a u16.
+                let controllen = self.send_cmsgs[count].write(first.len as u16);
+                hdr.msg_hdr.msg_control = self.send_cmsgs[count].as_mut_ptr();
+                hdr.msg_hdr.msg_controllen = controllen as _;
+            } else {
+                hdr.msg_hdr.msg_control = ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+            }
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
+            self.send_segments[count] = segments;
             count += 1;
+            start = end;
         }
 
         let mut sent = 0;
         let mut interrupts = 0;
         while sent < count {
             // SAFETY: headers `sent..count` were filled above from live,
-            // non-reallocating buffers; each points at `len <= MAX_DATAGRAM`
-            // initialised bytes and a sockaddr of `name_len` bytes. The kernel
-            // only reads them (and writes `msg_len`).
+            // non-reallocating buffers: each points at its iovecs (each
+            // `len <= MAX_DATAGRAM` initialised bytes in `bufs`), a sockaddr of
+            // `name_len` bytes, and for GSO runs a control message in
+            // `send_cmsgs`. The kernel only reads them (and writes `msg_len`).
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
@@ -313,6 +352,8 @@ impl Batch {
             } else {
                 io::Error::last_os_error()
             };
+            let datagrams =
+                |range: std::ops::Range<usize>| -> usize { self.send_segments[range].iter().sum() };
             match err.kind() {
                 io::ErrorKind::Interrupted if interrupts < MAX_SEND_INTERRUPTS => {
                     interrupts += 1;
@@ -321,18 +362,28 @@ impl Batch {
                 | io::ErrorKind::Interrupted
                 | io::ErrorKind::WriteZero => {
                     // The send buffer is full: drop the rest rather than block.
-                    tracing::trace!(dropped = count - sent, "send buffer full");
-                    for _ in sent..count {
+                    let dropped = datagrams(sent..count);
+                    tracing::trace!(dropped, "send buffer full");
+                    for _ in 0..dropped {
                         handler.metrics().record_send_error();
                     }
                     return;
                 }
                 _ => {
-                    // sendmmsg reports an error only for the first datagram it
+                    // sendmmsg reports an error only for the first message it
                     // couldn't send (e.g. EPERM from a firewall, ENETUNREACH):
                     // skip that one and carry on with the rest.
+                    let segments = self.send_segments[sent];
+                    if segments > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+                    {
+                        // The device or kernel refuses GSO: stop using it.
+                        tracing::warn!(error = %err, "UDP GSO send refused; sending datagrams one by one from now on");
+                        self.gso = false;
+                    }
                     tracing::trace!(error = %err, "send failed");
-                    handler.metrics().record_send_error();
+                    for _ in 0..segments {
+                        handler.metrics().record_send_error();
+                    }
                     sent += 1;
                 }
             }
@@ -402,8 +453,23 @@ mod tests {
         listen: &str,
         sink: SocketAddr,
     ) -> io::Result<(SocketAddr, StopHandle, thread::JoinHandle<Fake>)> {
+        start_with(listen, sink, 4)
+    }
+
+    fn start_with(
+        listen: &str,
+        sink: SocketAddr,
+        batch_size: usize,
+    ) -> io::Result<(SocketAddr, StopHandle, thread::JoinHandle<Fake>)> {
         let socket = bind_udp(listen.parse().expect("addr"), &SocketConfig::default())?;
-        let backend = Backend::new(socket, Options { batch_size: 4 }, BackendChoice::Epoll)?;
+        let backend = Backend::new(
+            socket,
+            Options {
+                batch_size,
+                gso: true,
+            },
+            BackendChoice::Epoll,
+        )?;
         let addr = backend.local_addr()?;
         let stop = backend.stop_handle();
         let mut fake = Fake {
@@ -418,6 +484,36 @@ mod tests {
             fake
         });
         Ok((addr, stop, thread))
+    }
+
+    /// Bursts of equal and mixed sizes to one destination (coalesced into GSO
+    /// sends where a batch holds several) arrive as the original datagrams,
+    /// in order, byte for byte.
+    #[test]
+    fn gso_runs_arrive_as_the_original_datagrams() {
+        let sink = client("127.0.0.1:0");
+        let peer = client("127.0.0.1:0");
+        let (relay, stop, thread) =
+            start_with("127.0.0.1:0", sink.local_addr().expect("addr"), 64).expect("start");
+        let datagram = |i: usize| {
+            // 40 of 300 bytes, then sizes that close and restart runs.
+            let len = if i < 40 { 300 } else { 100 + (i % 3) * 150 };
+            let mut d = vec![i as u8; len];
+            d[..3].copy_from_slice(b"fwd");
+            d
+        };
+        for i in 0..60 {
+            peer.send_to(&datagram(i), relay).expect("send");
+        }
+        for i in 0..60 {
+            assert_eq!(recv(&sink), (datagram(i), relay), "datagram {i}");
+        }
+        stop.stop();
+        let fake = thread.join().expect("backend thread");
+        assert!(fake
+            .metrics
+            .render_prometheus()
+            .contains("lanrage_relay_send_errors_total 0"));
     }
 
     #[test]
@@ -517,8 +613,15 @@ mod tests {
             &SocketConfig::default(),
         )
         .expect("bind");
-        let backend =
-            Backend::new(socket, Options { batch_size: 1 }, BackendChoice::Epoll).expect("backend");
+        let backend = Backend::new(
+            socket,
+            Options {
+                batch_size: 1,
+                gso: true,
+            },
+            BackendChoice::Epoll,
+        )
+        .expect("backend");
         backend.stop_handle().stop();
         let mut fake = Fake {
             sink: "127.0.0.1:9".parse().expect("addr"),

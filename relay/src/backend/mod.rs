@@ -11,6 +11,7 @@
 //! Linux only: the batch system calls are `recvmmsg`/`sendmmsg`.
 
 pub mod epoll;
+pub mod gso;
 mod sockaddr;
 
 use std::io;
@@ -58,6 +59,9 @@ impl Handler for Router {
 pub struct Options {
     /// Datagrams per receive and send system call.
     pub batch_size: usize,
+    /// Coalesce consecutive same-destination, same-size sends into one UDP
+    /// GSO send (where the kernel supports `UDP_SEGMENT`).
+    pub gso: bool,
 }
 
 /// A bound backend, ready to run. Creating it is separate from running it so
