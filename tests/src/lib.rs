@@ -6,8 +6,10 @@
 //! Every loop in this crate is bounded in count and time, and traffic goes only
 //! to loopback addresses.
 
+pub mod gate;
 pub mod peer;
 pub mod relay_process;
 
+pub use gate::Backend;
 pub use peer::{Incoming, TestPeer};
 pub use relay_process::{RelayProcess, RelaySetup};

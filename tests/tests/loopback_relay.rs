@@ -8,7 +8,41 @@ use anyhow::{bail, Context, Result};
 use lanrage_proto::control::{Registration, SessionKeys};
 use lanrage_proto::x25519::StaticSecret;
 use lanrage_tests::peer::{ipv4_packet, payload_of};
-use lanrage_tests::{Incoming, RelaySetup, TestPeer};
+use lanrage_tests::{Backend, Incoming, RelaySetup, TestPeer};
+
+/// Every end-to-end test runs once per relay backend.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod epoll {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    super::$test(lanrage_tests::Backend::Epoll)
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[test]
+                fn $test() -> anyhow::Result<()> {
+                    match lanrage_tests::Backend::IoUring.available(stringify!($test)) {
+                        Some(backend) => super::$test(backend),
+                        None => Ok(()),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    two_peers_exchange_a_thousand_packets_each_way,
+    tunnel_recovers_after_a_relay_restart,
+    unregistered_source_gets_nothing_forwarded,
+    forged_and_replayed_registrations_are_rejected,
+    a_peer_outside_the_consent_list_is_unreachable,
+    malformed_packets_are_dropped_counted_and_never_amplified,
+);
 
 /// Two registered, mutually consenting peers with tunnels to each other.
 fn pair(setup: &RelaySetup) -> Result<(TestPeer, TestPeer)> {
@@ -93,9 +127,8 @@ fn payload_for(tag: u8, seq: u32) -> Vec<u8> {
     p
 }
 
-#[test]
-fn two_peers_exchange_a_thousand_packets_each_way() -> Result<()> {
-    let setup = RelaySetup::new("")?;
+fn two_peers_exchange_a_thousand_packets_each_way(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
     let relay = setup.start()?;
     let (mut a, mut b) = pair(&setup)?;
     establish(&mut a, &mut b)?;
@@ -111,13 +144,14 @@ fn two_peers_exchange_a_thousand_packets_each_way() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn tunnel_recovers_after_a_relay_restart() -> Result<()> {
-    let setup = RelaySetup::new(if std::env::var_os("LANRAGE_DEBUG_RECOVERY").is_some() {
+fn tunnel_recovers_after_a_relay_restart(backend: Backend) -> Result<()> {
+    let debug = std::env::var_os("LANRAGE_DEBUG_RECOVERY").is_some();
+    let log = if debug {
         "log: \"lanrage_relay=trace\"\n"
     } else {
         ""
-    })?;
+    };
+    let setup = RelaySetup::new(&format!("{}{log}", backend.yaml()))?;
     let relay = setup.start()?;
     let (mut a, mut b) = pair(&setup)?;
     establish(&mut a, &mut b)?;
@@ -177,9 +211,8 @@ fn tunnel_recovers_after_a_relay_restart() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn unregistered_source_gets_nothing_forwarded() -> Result<()> {
-    let setup = RelaySetup::new("")?;
+fn unregistered_source_gets_nothing_forwarded(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
     let relay = setup.start()?;
     let (mut a, mut b) = pair(&setup)?;
     establish(&mut a, &mut b)?;
@@ -199,9 +232,8 @@ fn unregistered_source_gets_nothing_forwarded() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn forged_and_replayed_registrations_are_rejected() -> Result<()> {
-    let setup = RelaySetup::new("")?;
+fn forged_and_replayed_registrations_are_rejected(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
     let relay = setup.start()?;
     let (mut a, _b) = pair(&setup)?;
 
@@ -243,9 +275,8 @@ fn forged_and_replayed_registrations_are_rejected() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_peer_outside_the_consent_list_is_unreachable() -> Result<()> {
-    let setup = RelaySetup::new("")?;
+fn a_peer_outside_the_consent_list_is_unreachable(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
     let relay = setup.start()?;
     let (mut a, mut b) = pair(&setup)?;
     // C consents to A, but A never listed C.
@@ -265,9 +296,8 @@ fn a_peer_outside_the_consent_list_is_unreachable() -> Result<()> {
 /// Truncated, oversized and corrupted messages of every type, from a
 /// registered endpoint and from a stranger: each is dropped and counted, and no
 /// reply to anything is larger than what provoked it.
-#[test]
-fn malformed_packets_are_dropped_counted_and_never_amplified() -> Result<()> {
-    let setup = RelaySetup::new("")?;
+fn malformed_packets_are_dropped_counted_and_never_amplified(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
     let relay = setup.start()?;
     let (mut a, mut b) = pair(&setup)?;
     establish(&mut a, &mut b)?;
