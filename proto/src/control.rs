@@ -73,6 +73,10 @@ pub enum ControlError {
     TooManyConsents(usize),
     #[error("address family {0} is not 0, 4 or 6")]
     BadAddressFamily(u8),
+    #[error("address bytes that must be zero are not (family {0})")]
+    NonCanonicalAddress(u8),
+    #[error("a required address is missing (family 0)")]
+    MissingAddress,
     #[error("the message authentication code does not verify")]
     BadMac,
     #[error("the peer's public key is a low-order point (no shared secret)")]
@@ -136,7 +140,9 @@ fn key_at(bytes: &[u8], at: usize) -> PeerKey {
     PeerKey(k)
 }
 
-/// Encodes an optional socket address in [`ADDR_LEN`] bytes.
+/// Encodes an optional socket address in [`ADDR_LEN`] bytes. IPv6 flow
+/// labels and scope ids are not carried: a scope id names an interface on the
+/// sender's host and means nothing to the receiver.
 pub fn encode_addr(addr: Option<SocketAddr>) -> [u8; ADDR_LEN] {
     let mut out = [0u8; ADDR_LEN];
     let Some(addr) = addr else {
@@ -167,6 +173,7 @@ pub fn decode_addr(bytes: &[u8; ADDR_LEN]) -> Result<Option<SocketAddr>, Control
             let v4 = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
             Ok(Some(SocketAddr::new(v4.into(), port)))
         }
+        family @ (0 | 4) => Err(ControlError::NonCanonicalAddress(family)),
         6 => {
             let mut o = [0u8; 16];
             o.copy_from_slice(ip);
@@ -375,7 +382,7 @@ impl<'a> RegisterAckView<'a> {
         if !mac_matches(&keys.relay_to_client, body, tag) {
             return Err(ControlError::BadMac);
         }
-        let reflexive = addr_at(body, HEADER_LEN + 16)?.ok_or(ControlError::BadAddressFamily(0))?;
+        let reflexive = addr_at(body, HEADER_LEN + 16)?.ok_or(ControlError::MissingAddress)?;
         Ok(RegisterAck {
             echoed_timestamp: be_u64(body, HEADER_LEN),
             relay_epoch: be_u64(body, HEADER_LEN + 8),

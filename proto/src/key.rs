@@ -83,16 +83,17 @@ pub fn base64_decode_32(text: &str) -> Option<[u8; 32]> {
     }
     let mut out = [0u8; 33];
     let mut written = 0;
-    for chunk in text.chunks(4) {
+    for (chunk_index, chunk) in text.chunks(4).enumerate() {
         let mut n = 0u32;
-        for &c in chunk {
+        for (i, &c) in chunk.iter().enumerate() {
             let v = match c {
                 b'A'..=b'Z' => c - b'A',
                 b'a'..=b'z' => c - b'a' + 26,
                 b'0'..=b'9' => c - b'0' + 52,
                 b'+' => 62,
                 b'/' => 63,
-                b'=' => 0,
+                // Padding only as the very last character (32 bytes leave one).
+                b'=' if chunk_index * 4 + i == 43 => 0,
                 _ => return None,
             };
             n = (n << 6) | u32::from(v);
@@ -130,6 +131,11 @@ mod tests {
         assert_eq!(PeerKey::from_base64(&"A".repeat(44)), None);
         assert_eq!(
             PeerKey::from_base64("!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            None
+        );
+        // Padding anywhere but the end.
+        assert_eq!(
+            PeerKey::from_base64("=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
             None
         );
         // Non-canonical: unused low bits set in the last character.
