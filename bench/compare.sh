@@ -178,6 +178,7 @@ measure() { # workload target run
 }
 
 need_tools
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "building release binaries"
 (cd "$ROOT" && cargo build --release -q -p lanrage-relay -p lanrage-bench)
 
@@ -202,6 +203,9 @@ jq -r '[input_filename, .phases.forwarded.delivered_pps, .phases.forwarded.offer
     sort -k1,1 -k2,2 -k3,3n >"$TMP/all.tsv"
 
 echo
+# Other processes competing for the CPU show up as latency outliers and loss
+# in every target; a load average near the core count means rerun.
+echo "Load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
 echo "Per run (forwarded phase; $DURATION s each; latency one-way in µs):"
 printf '%-7s %-6s %4s %12s %12s %8s %9s %9s %10s\n' \
     workload target run "deliv pps" "offered pps" "loss %" p50 p99 p99.9
