@@ -37,9 +37,10 @@ impl DataPlane {
             batch_size: config.batch_size,
             gso: config.gso,
         };
+        let choice = resolve_backend(config.backend);
         let backends = sockets
             .into_iter()
-            .map(|socket| Backend::new(socket, options, config.backend))
+            .map(|socket| Backend::new(socket, options, choice))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self { backends, listen })
     }
@@ -117,5 +118,20 @@ pub fn check_backend(choice: BackendChoice) -> Result<(), String> {
     match choice {
         BackendChoice::Auto | BackendChoice::Epoll => Ok(()),
         BackendChoice::IoUring => backend::io_uring_available(),
+    }
+}
+
+/// Settles `auto` once for all workers, and says why when it can't be io_uring.
+fn resolve_backend(choice: BackendChoice) -> BackendChoice {
+    match choice {
+        BackendChoice::Auto => match backend::io_uring_available() {
+            Ok(()) => BackendChoice::IoUring,
+            Err(why) => {
+                // Operators and the fallback test read this line.
+                tracing::info!(reason = %why, "io_uring is not available; using the epoll backend");
+                BackendChoice::Epoll
+            }
+        },
+        other => other,
     }
 }

@@ -129,9 +129,20 @@ pub enum Event {
     RouteInstalled,
     RouteExpired,
     RegistrationExpired,
+    /// A send that carried two or more datagrams as UDP GSO segments.
+    GsoSend,
+    /// The kernel refused a GSO send; the backend stopped using GSO.
+    GsoRefused,
+    /// io_uring: the multishot receive ended and was armed again.
+    RecvRearmed,
+    /// io_uring: every provided receive buffer was in use (`ENOBUFS`).
+    RecvBuffersExhausted,
+    /// io_uring: the submission queue was full; sends were submitted early
+    /// or held in a backlog.
+    SubmissionQueueFull,
 }
 
-const EVENTS: [(Event, &str, &str); 11] = [
+const EVENTS: [(Event, &str, &str); 16] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -186,6 +197,31 @@ const EVENTS: [(Event, &str, &str); 11] = [
         Event::RegistrationExpired,
         "lanrage_relay_registrations_expired_total",
         "Registrations removed after no refresh.",
+    ),
+    (
+        Event::GsoSend,
+        "lanrage_relay_gso_sends_total",
+        "Sends that carried several datagrams as UDP GSO segments.",
+    ),
+    (
+        Event::GsoRefused,
+        "lanrage_relay_gso_refused_total",
+        "GSO sends the kernel refused (GSO is then switched off).",
+    ),
+    (
+        Event::RecvRearmed,
+        "lanrage_relay_uring_recv_rearms_total",
+        "io_uring: times the multishot receive ended and was armed again.",
+    ),
+    (
+        Event::RecvBuffersExhausted,
+        "lanrage_relay_uring_recv_buffers_exhausted_total",
+        "io_uring: times every receive buffer was in use (datagrams waited in the socket).",
+    ),
+    (
+        Event::SubmissionQueueFull,
+        "lanrage_relay_uring_sq_full_total",
+        "io_uring: times the submission queue was full (sends submitted early or backlogged).",
     ),
 ];
 
@@ -257,7 +293,11 @@ impl Metrics {
     }
 
     pub fn record(&self, event: Event) {
-        self.shard().events[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.record_n(event, 1);
+    }
+
+    pub fn record_n(&self, event: Event, n: u64) {
+        self.shard().events[event as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn record_send_error(&self) {

@@ -19,6 +19,14 @@ impl Backend {
         }
     }
 
+    /// The backend's name in the relay's logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        }
+    }
+
     /// The backend if it can run here; `None` means skip (already printed).
     /// Panics instead of skipping under `LANRAGE_REQUIRE_PRIVILEGED=1`.
     pub fn available(self, test: &str) -> Option<Self> {

@@ -105,6 +105,11 @@ impl RelaySetup {
 
     /// Starts the relay and waits (at most 20 s) until its health endpoint answers.
     pub fn start(&self) -> Result<RelayProcess> {
+        self.start_with_env(&[])
+    }
+
+    /// As [`RelaySetup::start`], with extra environment variables for the relay.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Result<RelayProcess> {
         let log_path = self.dir.path().join(format!(
             "relay-{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -113,6 +118,7 @@ impl RelaySetup {
         let child = Command::new(relay_binary())
             .arg("--config")
             .arg(&self.config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

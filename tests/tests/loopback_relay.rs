@@ -140,6 +140,15 @@ fn two_peers_exchange_a_thousand_packets_each_way(backend: Backend) -> Result<()
         "relay counted {forwarded} transport packets"
     );
     assert_eq!(relay.metric("lanrage_relay_routes")?, 2);
+    let log = relay.log();
+    let data_plane = log
+        .lines()
+        .find(|line| line.contains("data plane"))
+        .with_context(|| format!("no data plane line in:\n{log}"))?;
+    assert!(
+        data_plane.contains(backend.name()),
+        "asked for {backend:?}, got: {data_plane}"
+    );
     assert_eq!(relay.stop()?, 0, "SIGTERM is a clean shutdown");
     Ok(())
 }
@@ -399,6 +408,49 @@ fn bad_config_exits_nonzero_naming_the_field() -> Result<()> {
     assert!(stderr.contains("max_routez"), "stderr: {stderr}");
     Ok(())
 }
+
+/// `backend: auto` falls back to epoll, and says why, when the io_uring probe
+/// fails; the relay still forwards. The probe is forced to fail, so this runs
+/// on every kernel.
+#[test]
+fn auto_backend_falls_back_to_epoll_when_the_probe_fails() -> Result<()> {
+    let setup = RelaySetup::new("backend: auto\n")?;
+    let relay = setup.start_with_env(&[(FORCE_PROBE_FAIL, "1")])?;
+    let (mut a, mut b) = pair(&setup)?;
+    establish(&mut a, &mut b)?;
+    transfer(&mut a, &mut b, 10, 9)?;
+    let log = relay.log();
+    assert!(
+        log.contains("io_uring is not available") && log.contains(FORCE_PROBE_FAIL),
+        "the fallback reason is not logged:\n{log}"
+    );
+    let data_plane = log
+        .lines()
+        .find(|line| line.contains("data plane"))
+        .with_context(|| format!("no data plane line in:\n{log}"))?;
+    assert!(data_plane.contains("epoll"), "not on epoll: {data_plane}");
+    Ok(())
+}
+
+/// `backend: io_uring` never falls back: if the probe fails, the relay exits
+/// non-zero naming the field.
+#[test]
+fn io_uring_backend_refuses_to_start_when_the_probe_fails() -> Result<()> {
+    let setup = RelaySetup::new("backend: io_uring\n")?;
+    let out = std::process::Command::new(lanrage_tests::relay_process::relay_binary())
+        .arg("--config")
+        .arg(&setup.config_path)
+        .env(FORCE_PROBE_FAIL, "1")
+        .output()
+        .context("running the relay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "relay started without io_uring");
+    assert!(stderr.contains("backend"), "stderr: {stderr}");
+    assert!(stderr.contains(FORCE_PROBE_FAIL), "stderr: {stderr}");
+    Ok(())
+}
+
+const FORCE_PROBE_FAIL: &str = lanrage_relay::backend::uring::FORCE_PROBE_FAIL_ENV;
 
 /// A WireGuard-typed message of `len` bytes with a plausible header.
 fn wg(kind: u8, len: usize) -> Vec<u8> {

@@ -14,13 +14,13 @@ use std::mem;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::ptr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libc::{iovec, mmsghdr, sockaddr_storage, socklen_t};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{gso, sockaddr, Handler, Options, StopHandle};
-use crate::metrics::DropReason;
+use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
+use crate::metrics::{DropReason, Event};
 use crate::router::Verdict;
 
 /// Receive buffer per datagram. WireGuard over a 1500-byte path MTU sends at
@@ -30,10 +30,6 @@ pub const MAX_DATAGRAM: usize = 2048;
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
-
-/// How long to wait when a handler's deadline is still in the past right
-/// after `handle_timeout`: a guard against spinning, not a timer resolution.
-const OVERDUE_TIMER_BACKOFF: Duration = Duration::from_millis(1);
 
 /// `EINTR` retries per send before giving up on the batch, so a signal storm
 /// can't pin the loop.
@@ -126,20 +122,6 @@ impl EpollBackend {
             batch.dispatch(received, now, handler);
             batch.send(fd, self.v6_socket, handler);
         }
-    }
-}
-
-/// Runs `handle_timeout` if due, and returns how long the poll may sleep.
-fn fire_timers<H: Handler>(handler: &mut H, now: Instant) -> Option<Duration> {
-    let deadline = handler.poll_timeout()?;
-    if deadline > now {
-        return Some(deadline - now);
-    }
-    handler.handle_timeout(now);
-    match handler.poll_timeout() {
-        None => None,
-        Some(next) if next > now => Some(next - now),
-        Some(_) => Some(OVERDUE_TIMER_BACKOFF),
     }
 }
 
@@ -312,6 +294,7 @@ impl Batch {
             hdr.msg_hdr.msg_iov = ptr::from_mut(&mut self.send_iovs[first_iov]);
             hdr.msg_hdr.msg_iovlen = segments as _;
             if segments > 1 {
+                handler.metrics().record(Event::GsoSend);
                 // Datagrams are at most MAX_DATAGRAM (2048) bytes: fits a u16.
                 let controllen = self.send_cmsgs[count].write(first.len as u16);
                 hdr.msg_hdr.msg_control = self.send_cmsgs[count].as_mut_ptr();
@@ -378,6 +361,7 @@ impl Batch {
                     {
                         // The device or kernel refuses GSO: stop using it.
                         tracing::warn!(error = %err, "UDP GSO send refused; sending datagrams one by one from now on");
+                        handler.metrics().record(Event::GsoRefused);
                         self.gso = false;
                     }
                     tracing::trace!(error = %err, "send failed");
@@ -399,6 +383,7 @@ mod tests {
     use crate::metrics::{DropReason, Metrics};
     use std::sync::Arc;
     use std::thread;
+    use std::time::Duration;
 
     /// A stand-in router: `fwd…` goes to `sink`, `reply…` is answered with
     /// `ok`, anything else is dropped. Its timer is overdue until fired once.
