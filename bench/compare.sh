@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # compare.sh: the same load, in the same run on this machine, through
-#   (1) the LANrage relay (target/release/lanrage-relay, epoll backend),
+#   (1) the LANrage relay (target/release/lanrage-relay): target "relay" runs
+#       its configured default (backend: auto), "epoll" and "uring" pin the
+#       backend to epoll or io_uring,
 #   (2) naive-forwarder (one recv_from + one send_to per datagram),
 #   (3) nginx's UDP stream proxy (worker_processes 1),
 # for two workloads (prebuilt mode, so the generator is cheap):
@@ -11,7 +13,8 @@
 #
 # Environment: RUNS (3), DURATION seconds per measurement (10), OUT (a
 # directory to keep the JSON results in; default: a temp dir, removed),
-# TARGETS ("relay naive nginx"), WORKLOADS ("gaming bulk"), RELAY_EXTRA_YAML
+# TARGETS ("relay naive nginx"; also "epoll", "uring"), WORKLOADS ("gaming
+# bulk"; also "paced": bulk at PACED_RATE pps, default 100000), RELAY_EXTRA_YAML
 # (top-level lines appended to the relay's config, e.g. "workers: 1"),
 # NGINX_PROXY_RESPONSES (0; "none" leaves the directive out). With 0, nginx
 # ends a UDP session as soon as it has forwarded the datagram, so every
@@ -83,6 +86,9 @@ stop() {
 # ---- the three targets: start_X sets TARGET_PID and TARGET_ARGS (for loadgen) --
 # (Not called in $(...): a background child would hold the pipe open.)
 
+start_epoll() { RELAY_BACKEND="backend: epoll" start_relay; }
+start_uring() { RELAY_BACKEND="backend: io_uring" start_relay; }
+
 start_relay() {
     local port metrics dir=$TMP/relay
     port=$(free_port udp)
@@ -97,6 +103,7 @@ private_key_file: "$dir/private.key"
 log: warn
 handshake_rate_limit: { per_second: 1000000, burst: 1000000 }
 under_load_handshakes_per_second: 10000000
+${RELAY_BACKEND:-}
 ${RELAY_EXTRA_YAML:-}
 EOF
     local key
@@ -158,6 +165,9 @@ workload_args() {
     case $1 in
     gaming) echo "--preset gaming" ;;
     bulk) echo "--preset bulk" ;;
+    # The bulk flow paced at PACED_RATE pps (set it to half of the measured
+    # maximum), for latency under a load the relay can carry.
+    paced) echo "--preset bulk --rate ${PACED_RATE:-100000}" ;;
     esac
 }
 

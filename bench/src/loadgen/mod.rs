@@ -24,6 +24,7 @@ pub mod payload;
 pub mod receiver;
 pub mod report;
 pub mod route_memory;
+pub mod send_batch;
 pub mod sender;
 pub mod setup;
 

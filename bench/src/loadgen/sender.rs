@@ -9,6 +9,8 @@
 //! the count or at the phase's hard time limit, whichever comes first. With
 //! rate 0 it round-robins the pairs as fast as it can until the count or the
 //! time limit. Send timestamps are taken right before each packet is built.
+//! Prebuilt packets of one pair go out in `sendmmsg` batches (see
+//! [`super::send_batch`]); a batch never waits for more packets than are due.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use lanrage_proto::wireguard::write_transport_header;
 use super::payload::{
     ipv4_udp_template, wire_len, Stamp, INNER_HEADERS_LEN, STAMP_LEN, TRANSPORT_HEADER_LEN,
 };
+use super::send_batch::SendBatch;
 use super::setup::{RegState, BUF_LEN};
 
 /// How packets are made.
@@ -159,6 +162,7 @@ impl Sender {
         let total = plan.per_pair.map(|n| n * pairs).unwrap_or(u64::MAX);
         let total_rate = (plan.rate * pairs) as f64;
         let mut buf = vec![0u8; BUF_LEN.max(wire_len(self.size) + 64)];
+        let mut batch = SendBatch::default();
         let start = Instant::now();
         let deadline = start + plan.time_limit;
         let mut g: u64 = 0;
@@ -178,6 +182,7 @@ impl Sender {
                 ((elapsed * total_rate) as u64 + 1).min(total)
             };
             if g >= due {
+                self.flush(&mut batch, &mut report, progress);
                 let next = start + Duration::from_secs_f64(g as f64 / total_rate);
                 let wait = next.saturating_duration_since(Instant::now());
                 if wait >= Duration::from_micros(50) {
@@ -197,7 +202,14 @@ impl Sender {
                     seq,
                     sent_ns: nanos_since(plan.base),
                 };
-                match self.send_one(pair, &stamp, plan.dests[pair], &mut buf) {
+                if let Packets::Prebuilt { .. } = self.packets {
+                    if batch.is_full() || (!batch.is_empty() && batch.pair() != pair) {
+                        self.flush(&mut batch, &mut report, progress);
+                    }
+                    self.queue_prebuilt(pair, &stamp, plan.dests[pair], &mut batch);
+                    continue;
+                }
+                match self.send_sealed(pair, &stamp, plan.dests[pair], &mut buf) {
                     Ok(()) => {
                         report.sent_per_pair[pair] += 1;
                         progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -211,36 +223,60 @@ impl Sender {
                 }
             }
         }
+        self.flush(&mut batch, &mut report, progress);
         report.elapsed = start.elapsed();
         report
     }
 
-    fn send_one(
+    /// Builds pair's next prebuilt packet into `batch`.
+    fn queue_prebuilt(
+        &mut self,
+        pair: usize,
+        stamp: &Stamp,
+        dest: SocketAddr,
+        batch: &mut SendBatch,
+    ) {
+        let Packets::Prebuilt { indices, counters } = &mut self.packets else {
+            return;
+        };
+        let counter = counters[pair];
+        counters[pair] += 1;
+        batch.push(pair, dest, wire_len(self.size), |buf| {
+            let header: &mut [u8; TRANSPORT_HEADER_LEN] = (&mut buf[..TRANSPORT_HEADER_LEN])
+                .try_into()
+                .expect("a datagram holds a transport header");
+            write_transport_header(header, indices[pair], counter);
+            stamp.write(&mut buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + STAMP_LEN]);
+        });
+    }
+
+    /// Sends the queued prebuilt packets and accounts for them.
+    fn flush(&self, batch: &mut SendBatch, report: &mut SendReport, progress: &Progress) {
+        if batch.is_empty() {
+            return;
+        }
+        let (pair, queued) = (batch.pair(), batch.len() as u64);
+        let sent = batch.flush(&self.sockets[pair]).unwrap_or(0) as u64;
+        report.sent_per_pair[pair] += sent;
+        report.send_errors += queued - sent;
+        progress.sent.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Seals and sends one packet for `pair` (boringtun mode).
+    fn send_sealed(
         &mut self,
         pair: usize,
         stamp: &Stamp,
         dest: SocketAddr,
         buf: &mut [u8],
     ) -> Result<(), SendError> {
-        let socket = &self.sockets[pair];
-        let result = match &mut self.packets {
-            Packets::Prebuilt { indices, counters } => {
-                let len = wire_len(self.size);
-                let mut header = [0u8; TRANSPORT_HEADER_LEN];
-                write_transport_header(&mut header, indices[pair], counters[pair]);
-                counters[pair] += 1;
-                buf[..TRANSPORT_HEADER_LEN].copy_from_slice(&header);
-                stamp.write(&mut buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + STAMP_LEN]);
-                // The rest of the buffer stays zero: only these bytes change.
-                socket.send_to(&buf[..len], dest)
-            }
-            Packets::Sealed { tunns, template } => {
-                stamp.write(&mut template[INNER_HEADERS_LEN..INNER_HEADERS_LEN + STAMP_LEN]);
-                match tunns[pair].encapsulate(template, buf) {
-                    TunnResult::WriteToNetwork(packet) => socket.send_to(packet, dest),
-                    _ => return Err(SendError::Seal),
-                }
-            }
+        let Packets::Sealed { tunns, template } = &mut self.packets else {
+            return Err(SendError::Seal);
+        };
+        stamp.write(&mut template[INNER_HEADERS_LEN..INNER_HEADERS_LEN + STAMP_LEN]);
+        let result = match tunns[pair].encapsulate(template, buf) {
+            TunnResult::WriteToNetwork(packet) => self.sockets[pair].send_to(packet, dest),
+            _ => return Err(SendError::Seal),
         };
         result.map(|_| ()).map_err(|_| SendError::Io)
     }
