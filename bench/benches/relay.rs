@@ -93,7 +93,9 @@ struct Client {
 impl Client {
     fn new(n: u32) -> Self {
         let mut seed = [0x55u8; 32];
-        seed[..4].copy_from_slice(&n.to_le_bytes());
+        // Not bytes 0..4: X25519 clamps byte 0's low bits, so n and n + 1
+        // would make the same key there.
+        seed[4..8].copy_from_slice(&n.to_le_bytes());
         let secret = StaticSecret::from(seed);
         let relay = PublicKey::from(&StaticSecret::from(RELAY_SECRET));
         Self {
