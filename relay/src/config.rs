@@ -77,9 +77,9 @@ pub struct Config {
     pub socket: SocketConfig,
     /// Datagrams received (and sent) per system call. 1..=1024. Default 64.
     pub batch_size: usize,
-    /// Data-plane backend: `auto` (io_uring when the kernel offers what it
-    /// needs, else epoll; the choice and the reason are logged), `io_uring`
-    /// (fail at start without it), or `epoll`. Default `auto`.
+    /// Data-plane backend: `auto` (the one measured fastest that this kernel
+    /// offers, epoll for now; the choice and the reason are logged),
+    /// `io_uring` (fail at start without it), or `epoll`. Default `auto`.
     pub backend: BackendChoice,
     /// Coalesce consecutive datagrams to one destination with one size into a
     /// single UDP GSO send (`UDP_SEGMENT`, Linux ≥ 4.18; ignored where the
