@@ -14,7 +14,8 @@
 # Environment: RUNS (3), DURATION seconds per measurement (10), OUT (a
 # directory to keep the JSON results in; default: a temp dir, removed),
 # TARGETS ("relay naive nginx"; also "epoll", "uring"), WORKLOADS ("gaming
-# bulk"; also "paced": bulk at PACED_RATE pps, default 100000), RELAY_EXTRA_YAML
+# bulk"; also "paced": bulk at PACED_RATE pps, default 100000, and
+# "gamingmax": the gaming mix at GAMING_RATE pps per pair, default 250), RELAY_EXTRA_YAML
 # (top-level lines appended to the relay's config, e.g. "workers: 1"),
 # NGINX_PROXY_RESPONSES (0; "none" leaves the directive out). With 0, nginx
 # ends a UDP session as soon as it has forwarded the datagram, so every
@@ -168,6 +169,10 @@ workload_args() {
     # The bulk flow paced at PACED_RATE pps (set it to half of the measured
     # maximum), for latency under a load the relay can carry.
     paced) echo "--preset bulk --rate ${PACED_RATE:-100000}" ;;
+    # The gaming mix with every pair sending GAMING_RATE packets/s (default
+    # 250, i.e. 250,000 pps in all): small packets to 1000 destinations, so
+    # GSO can't coalesce and the per-datagram cost is what is measured.
+    gamingmax) echo "--preset gaming --rate ${GAMING_RATE:-250}" ;;
     esac
 }
 
