@@ -9,5 +9,12 @@
 //! BPF and needs no clang; only the layout types remain.
 
 mod layout;
+#[cfg(feature = "xdp")]
+mod loader;
 
 pub use layout::{Config, Counter, RouteKey, RouteValue};
+#[cfg(feature = "xdp")]
+pub use loader::{
+    monotonic_now_ns, Counters, TestRun, XdpError, XdpFastPath, XdpLoadConfig, XdpMode,
+    MAX_ROUTES_LIMIT,
+};
