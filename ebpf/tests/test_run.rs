@@ -681,3 +681,99 @@ fn udp_checksum_ok(frame: &[u8]) -> bool {
     pseudo.extend_from_slice(udp);
     ones_sum(&pseudo) == 0xffff
 }
+
+#[test]
+fn pinned_maps_survive_a_reload() {
+    let test = "pinned_maps_survive_a_reload";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail(
+            test,
+            "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)",
+        );
+        return;
+    }
+    let thread = std::thread::spawn(|| -> Result<(), String> {
+        // A bpffs of our own in a private mount namespace of this thread:
+        // nothing is pinned where anything else can see it, and it all goes
+        // away with the thread.
+        let dir = std::env::temp_dir().join(format!("lanrage-bpffs-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let _cleanup = RemoveDir(dir.clone());
+        let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain syscalls on valid NUL-terminated strings; they affect
+        // only this thread's (new) mount namespace.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(format!(
+                    "unshare(CLONE_NEWNS): {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            let root = c"/";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!(
+                    "making mounts private: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            if libc::mount(
+                c"bpf".as_ptr(),
+                c_dir.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!("mounting bpffs: {}", io::Error::last_os_error()));
+            }
+        }
+        let pins = dir.join("lanrage");
+        std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
+        let config = XdpLoadConfig {
+            max_routes: 8,
+            relay: relay(),
+            pin_path: Some(pins.clone()),
+        };
+        let key = RouteKey::new(alice(), BOB_INDEX);
+        let hit = Frame::udp(alice(), relay(), transport(BOB_INDEX, 64)).build();
+        {
+            let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
+            first.insert_route(&key, &RouteValue::new(bob())).unwrap();
+            assert_eq!(first.test_run(&hit, None).unwrap().action, XDP_TX);
+        }
+        for map in ["lrg_routes", "lrg_counters", "lrg_config"] {
+            assert!(pins.join(map).exists(), "{map} is pinned");
+        }
+        // A second load (a restarted relay) finds the route and the counters.
+        let second = XdpFastPath::load(config).expect("reload with pinned maps");
+        assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
+        assert_ne!(second.route_last_seen(&key).unwrap(), Some(0));
+        assert_eq!(second.test_run(&hit, None).unwrap().action, XDP_TX);
+        assert_eq!(second.counters().unwrap().forwarded(), 2);
+        drop(second);
+        // SAFETY: valid NUL-terminated path in this thread's mount namespace.
+        unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
+        Ok(())
+    });
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => skip_or_fail(test, &why),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
