@@ -37,7 +37,8 @@ impl DataPlane {
             batch_size: config.batch_size,
             gso: config.gso,
         };
-        let choice = resolve_backend(config.backend);
+        // Settled once, so `auto` probes and logs once, not per worker.
+        let choice = backend::resolve(config.backend);
         let backends = sockets
             .into_iter()
             .map(|socket| Backend::new(socket, options, choice))
@@ -118,34 +119,5 @@ pub fn check_backend(choice: BackendChoice) -> Result<(), String> {
     match choice {
         BackendChoice::Auto | BackendChoice::Epoll => Ok(()),
         BackendChoice::IoUring => backend::io_uring_available(),
-    }
-}
-
-/// What `auto` runs where io_uring is available. Epoll, because it forwarded
-/// more than io_uring in every side-by-side run so far (both with GSO; see
-/// `docs/benchmarks.md`, "Backends", for the figures and the profile: the
-/// per-datagram kernel work dominates, and io_uring's receive path paid more
-/// of it). Flip this when a measurement says otherwise.
-const AUTO_PREFERS: BackendChoice = BackendChoice::Epoll;
-
-/// Settles `auto` once for all workers, and logs what it chose and why.
-fn resolve_backend(choice: BackendChoice) -> BackendChoice {
-    if choice != BackendChoice::Auto {
-        return choice;
-    }
-    // Operators and the fallback test read these lines.
-    match backend::io_uring_available() {
-        Ok(()) if AUTO_PREFERS == BackendChoice::IoUring => BackendChoice::IoUring,
-        Ok(()) => {
-            tracing::info!(
-                "backend auto: epoll, measured faster than io_uring (docs/benchmarks.md); \
-                 io_uring is available here, set backend: io_uring to use it"
-            );
-            BackendChoice::Epoll
-        }
-        Err(why) => {
-            tracing::info!(reason = %why, "io_uring is not available; using the epoll backend");
-            BackendChoice::Epoll
-        }
     }
 }

@@ -39,6 +39,9 @@ fn serve(listener: &TcpListener, metrics: &Metrics, timeout: Duration) {
                     tracing::debug!(%peer, error = %e, "metrics request failed");
                 }
             }
+            // A signal is not a failure (io_uring task work can interrupt
+            // any thread of the process); accept again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on accept.
                 tracing::warn!(error = %e, "metrics listener accept failed");

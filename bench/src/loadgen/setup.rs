@@ -288,6 +288,10 @@ fn recv_matching(
             {
                 return Ok(None)
             }
+            // A signal (an embedded io_uring relay's task work can deliver
+            // one to any thread) is not a failure: the loop re-checks the
+            // deadline and waits again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
         if src == from && wanted(&buf[..len]) {

@@ -79,11 +79,10 @@ enum Inner {
 
 impl Backend {
     /// Takes over a socket from [`bind_udp`] with the backend `choice` asks
-    /// for. `auto` uses io_uring where [`io_uring_available`] says so, else epoll.
+    /// for; `auto` is settled by [`resolve`].
     pub fn new(socket: UdpSocket, options: Options, choice: BackendChoice) -> io::Result<Self> {
-        let use_uring = match choice {
-            BackendChoice::Epoll => false,
-            BackendChoice::Auto => io_uring_available().is_ok(),
+        let use_uring = match resolve(choice) {
+            BackendChoice::Epoll | BackendChoice::Auto => false,
             BackendChoice::IoUring => {
                 io_uring_available().map_err(|why| {
                     io::Error::new(
@@ -132,6 +131,37 @@ impl Backend {
         match self.inner {
             Inner::Epoll(b) => b.run(handler),
             Inner::Uring(b) => b.run(handler),
+        }
+    }
+}
+
+/// What `auto` runs where io_uring is available. Epoll, because it forwarded
+/// more than io_uring in every side-by-side run so far (both with GSO; see
+/// `docs/benchmarks.md`, "Backends", for the figures and the profile: the
+/// per-datagram kernel work dominates, and io_uring's receive path paid more
+/// of it). Flip this when a measurement says otherwise.
+const AUTO_PREFERS: BackendChoice = BackendChoice::Epoll;
+
+/// Settles `auto` into a concrete backend, and logs what it chose and why;
+/// other choices are returned as they are. Call it once per relay (the data
+/// plane does) so the probe and the log line happen once.
+pub fn resolve(choice: BackendChoice) -> BackendChoice {
+    if choice != BackendChoice::Auto {
+        return choice;
+    }
+    // Operators and the e2e tests read these lines.
+    match io_uring_available() {
+        Ok(()) if AUTO_PREFERS == BackendChoice::IoUring => BackendChoice::IoUring,
+        Ok(()) => {
+            tracing::info!(
+                "backend auto: epoll, measured faster than io_uring (docs/benchmarks.md); \
+                 io_uring is available here, set backend: io_uring to use it"
+            );
+            BackendChoice::Epoll
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "io_uring is not available; using the epoll backend");
+            BackendChoice::Epoll
         }
     }
 }
