@@ -378,60 +378,11 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::test_support::{client, recv, Fake};
     use crate::backend::{bind_udp, Backend};
     use crate::config::{BackendChoice, SocketConfig};
-    use crate::metrics::{DropReason, Metrics};
-    use std::sync::Arc;
     use std::thread;
     use std::time::Duration;
-
-    /// A stand-in router: `fwd…` goes to `sink`, `reply…` is answered with
-    /// `ok`, anything else is dropped. Its timer is overdue until fired once.
-    struct Fake {
-        sink: SocketAddr,
-        metrics: Arc<Metrics>,
-        seen: Vec<(SocketAddr, Vec<u8>)>,
-        deadline: Option<Instant>,
-        timeouts_fired: usize,
-    }
-
-    impl Handler for Fake {
-        fn handle(&mut self, _now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
-            self.seen.push((src, buf.to_vec()));
-            if buf.starts_with(b"fwd") {
-                Verdict::Forward(self.sink)
-            } else if buf.starts_with(b"reply") {
-                buf[..2].copy_from_slice(b"ok");
-                Verdict::Reply(2)
-            } else {
-                Verdict::Drop(DropReason::UnknownProtocol)
-            }
-        }
-        fn handle_timeout(&mut self, _now: Instant) {
-            self.timeouts_fired += 1;
-            self.deadline = None;
-        }
-        fn poll_timeout(&self) -> Option<Instant> {
-            self.deadline
-        }
-        fn metrics(&self) -> &Metrics {
-            &self.metrics
-        }
-    }
-
-    fn client(addr: &str) -> UdpSocket {
-        let socket = UdpSocket::bind(addr).expect("bind client");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        socket
-    }
-
-    fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-        let mut buf = [0u8; 4096];
-        let (len, from) = socket.recv_from(&mut buf).expect("datagram within 5 s");
-        (buf[..len].to_vec(), from)
-    }
 
     /// Starts a backend on `listen` with a [`Fake`] handler in a thread.
     fn start(
@@ -457,13 +408,7 @@ mod tests {
         )?;
         let addr = backend.local_addr()?;
         let stop = backend.stop_handle();
-        let mut fake = Fake {
-            sink,
-            metrics: Arc::default(),
-            seen: Vec::new(),
-            deadline: Some(Instant::now()),
-            timeouts_fired: 0,
-        };
+        let mut fake = Fake::new(sink, sink);
         let thread = thread::spawn(move || {
             backend.run(&mut fake).expect("run");
             fake
@@ -608,13 +553,9 @@ mod tests {
         )
         .expect("backend");
         backend.stop_handle().stop();
-        let mut fake = Fake {
-            sink: "127.0.0.1:9".parse().expect("addr"),
-            metrics: Arc::default(),
-            seen: Vec::new(),
-            deadline: None,
-            timeouts_fired: 0,
-        };
+        let nowhere = "127.0.0.1:9".parse().expect("addr");
+        let mut fake = Fake::new(nowhere, nowhere);
+        fake.deadline = None;
         backend.run(&mut fake).expect("run");
     }
 }

@@ -13,6 +13,8 @@
 pub mod epoll;
 pub mod gso;
 mod sockaddr;
+#[cfg(test)]
+mod test_support;
 pub mod uring;
 
 use std::io;
