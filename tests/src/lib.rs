@@ -4,9 +4,11 @@
 //! sockets. Nothing here mocks the code under test.
 //!
 //! Every loop in this crate is bounded in count and time, and traffic goes only
-//! to loopback addresses.
+//! to loopback addresses or between network namespaces the tests create
+//! ([`netns`], deleted on drop).
 
 pub mod gate;
+pub mod netns;
 pub mod peer;
 pub mod relay_process;
 

@@ -51,10 +51,20 @@ const BUF_LEN: usize = 2048;
 
 impl TestPeer {
     pub fn new(relay: SocketAddr, relay_public: &PublicKey, seed: [u8; 32]) -> Result<Self> {
+        Self::with_socket(relay, relay_public, seed, UdpSocket::bind("127.0.0.1:0")?)
+    }
+
+    /// As [`TestPeer::new`], on a socket the caller bound (e.g. inside a
+    /// network namespace, see [`crate::netns`]).
+    pub fn with_socket(
+        relay: SocketAddr,
+        relay_public: &PublicKey,
+        seed: [u8; 32],
+        socket: UdpSocket,
+    ) -> Result<Self> {
         let secret = StaticSecret::from(seed);
         let keys = SessionKeys::for_client(&secret, relay_public)
             .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
         Ok(Self {
             key: PeerKey::from(&PublicKey::from(&secret)),
             secret,
