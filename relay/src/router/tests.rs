@@ -705,3 +705,83 @@ fn workers_share_registrations_and_routes() {
     assert_eq!(second.registration_count(), 2);
     assert_eq!(first.metrics().event_count(Event::ForwardedTransport), 2);
 }
+
+/// The mirror (the XDP map in production) follows the router's routes
+/// through installs, roaming, kernel-side use, expiry and its own sweep.
+#[test]
+fn route_mirror_follows_installs_roaming_and_expiry() {
+    use crate::route_table::recording::RecordingMirror;
+
+    let now = Instant::now();
+    let mirror = Arc::new(RecordingMirror::default());
+    let dyn_mirror: Arc<dyn RouteMirror> = mirror.clone();
+    let mut router = Router::with_mirror(
+        RouterConfig::default(),
+        StaticSecret::from(RELAY_SECRET),
+        7,
+        [9; 32],
+        now,
+        Some(dyn_mirror),
+    );
+    let mut a = Peer::new(1, "198.51.100.1:40001");
+    let mut b = Peer::new(2, "198.51.100.2:40002");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[&a_view]);
+    let mut ab = a.tunnel_to(&b, 1);
+    let mut ba = b.tunnel_to(&a, 2);
+    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
+
+    // Installed: one route per direction, the same as the router's.
+    let routes = mirror.routes();
+    assert_eq!(routes.len(), 2);
+    let from_a = routes
+        .iter()
+        .find(|(k, _)| k.src == a.endpoint)
+        .map(|(k, d)| (*k, *d))
+        .expect("A's route mirrored");
+    assert_eq!(from_a.1, b.endpoint);
+    let from_b = routes
+        .iter()
+        .find(|(k, _)| k.src == b.endpoint)
+        .map(|(k, d)| (*k, *d))
+        .expect("B's route mirrored");
+    assert_eq!(from_b.1, a.endpoint);
+
+    // Roaming: A's route is re-keyed to its new source, B's re-aimed at it.
+    a.endpoint = addr("198.51.100.1:50000");
+    register(&mut router, now, &mut a, &[&b_view]);
+    let routes = mirror.routes();
+    assert_eq!(routes.len(), 2);
+    let moved = RouteKey {
+        src: a.endpoint,
+        index: from_a.0.index,
+    };
+    assert_eq!(routes.get(&moved), Some(&b.endpoint));
+    assert_eq!(routes.get(&from_b.0), Some(&a.endpoint));
+
+    // Only XDP carries the session: userspace sees no transport at all, but
+    // the kernel's last use keeps the pair alive past the idle timeout.
+    let mut t = now;
+    for _ in 0..8 {
+        t += Duration::from_secs(30);
+        register(&mut router, t, &mut a, &[&b_view]);
+        register(&mut router, t, &mut b, &[&a_view]);
+        mirror.set_idle(from_b.0, Duration::from_secs(1));
+        router.handle_timeout(t);
+    }
+    assert_eq!(router.route_count(), 2, "busy in XDP, kept in userspace");
+    assert!(*mirror.sweeps.lock().expect("lock") >= 1, "mirror swept");
+    assert_eq!(mirror.routes().len(), 2, "the sweep keeps known routes");
+
+    // The kernel stops forwarding: both directions expire, in both places.
+    mirror.idle.lock().expect("lock").clear();
+    for _ in 0..7 {
+        t += Duration::from_secs(30);
+        register(&mut router, t, &mut a, &[&b_view]);
+        register(&mut router, t, &mut b, &[&a_view]);
+        router.handle_timeout(t);
+    }
+    assert_eq!(router.route_count(), 0);
+    assert!(mirror.routes().is_empty(), "expiry removed the mirrored pair");
+}
