@@ -15,6 +15,6 @@ mod loader;
 pub use layout::{Config, Counter, RouteKey, RouteValue};
 #[cfg(feature = "xdp")]
 pub use loader::{
-    monotonic_now_ns, Counters, TestRun, XdpError, XdpFastPath, XdpLoadConfig, XdpMode,
-    MAX_ROUTES_LIMIT,
+    monotonic_now_ns, Counters, PinnedAttach, TestRun, XdpError, XdpFastPath, XdpLoadConfig,
+    XdpMode, MAX_ROUTES_LIMIT,
 };
