@@ -203,6 +203,7 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         Instant::now(),
         xdp.clone().map(|x| x.mirror),
     );
+    let xdp_pinned = xdp.as_ref().and_then(|x| x.pinned.clone());
     if let Some(xdp) = xdp {
         router.metrics().add_source(xdp.metrics);
     }
@@ -231,6 +232,13 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     let result = data_plane.run(router);
     notify(&[sd_notify::NotifyState::Stopping]);
     result.context("the relay loop failed")?;
+    if let Some(dir) = xdp_pinned {
+        tracing::info!(
+            pin_path = %dir.display(),
+            "XDP stays attached: established sessions keep flowing until the next start \
+             (delete the link_* files there to detach)"
+        );
+    }
     tracing::info!("relay stopped");
     Ok(())
 }
@@ -240,6 +248,8 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
 struct XdpParts {
     mirror: Arc<dyn crate::router::RouteMirror>,
     metrics: Arc<dyn crate::metrics::MetricsSource>,
+    /// The pin directory: the program stays attached after exit.
+    pinned: Option<PathBuf>,
 }
 
 /// Loads and attaches the XDP program if the config asks for it (`xdp:`),
@@ -272,6 +282,7 @@ fn start_xdp(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Op
     Ok(Some(XdpParts {
         mirror: mirror.clone(),
         metrics: mirror,
+        pinned: attached.pin_path,
     }))
 }
 
