@@ -4,8 +4,8 @@
 //!
 //! This crate owns the kernel side only. It makes no routing decisions: the
 //! relay's router decides which sessions exist, and mirrors them here with
-//! [`XdpFastPath::insert_route`] / [`XdpFastPath::remove_route`] (that wiring
-//! is not done yet; see `docs/xdp.md`). Without the `xdp` feature it builds no
+//! [`XdpFastPath::insert_route`] / [`XdpFastPath::remove_route`] (through the
+//! relay's `RouteMirror`, `relay/src/xdp.rs`; see `docs/xdp.md`). Without the `xdp` feature it builds no
 //! BPF and needs no clang; only the layout types remain.
 
 mod layout;
