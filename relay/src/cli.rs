@@ -159,6 +159,8 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         Some(path) => tracing::debug!(path = %path.display(), "loaded config"),
         None => tracing::info!("no config file given (--config); using the defaults"),
     }
+    // Before touching the key file or any socket.
+    require_xdp_support(&config)?;
 
     let key_path = config.private_key_path(state_dir);
     let (secret, origin) = keys::load_or_generate(&key_path)?;
@@ -288,14 +290,19 @@ fn start_xdp(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Op
 
 #[cfg(not(feature = "xdp"))]
 fn start_xdp(config: &Config, _listen: std::net::SocketAddr) -> anyhow::Result<Option<XdpParts>> {
-    if config.xdp.is_some() {
-        anyhow::bail!(UsageError(XDP_NOT_BUILT));
-    }
+    require_xdp_support(config)?;
     Ok(None)
 }
 
+/// Fails (exit 2) when the config asks for XDP and this build lacks it.
+fn require_xdp_support(config: &Config) -> anyhow::Result<()> {
+    if config.xdp.is_some() && !cfg!(feature = "xdp") {
+        anyhow::bail!(UsageError(XDP_NOT_BUILT));
+    }
+    Ok(())
+}
+
 /// The error for `xdp:` in the config of a relay built without XDP.
-#[cfg_attr(feature = "xdp", allow(dead_code))]
 const XDP_NOT_BUILT: &str = "xdp: the config asks for the XDP fast path, but this lanrage-relay \
     was built without it; rebuild with `cargo build --release -p lanrage-relay --features xdp` \
     (needs clang and libbpf-dev), or remove the xdp section";
