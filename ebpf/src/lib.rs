@@ -4,8 +4,8 @@
 //!
 //! This crate owns the kernel side only. It makes no routing decisions: the
 //! relay's router decides which sessions exist, and mirrors them here with
-//! [`XdpFastPath::insert_route`] / [`XdpFastPath::remove_route`] (that wiring
-//! is not done yet; see `docs/xdp.md`). Without the `xdp` feature it builds no
+//! [`XdpFastPath::insert_route`] / [`XdpFastPath::remove_route`] (through the
+//! relay's `RouteMirror`, `relay/src/xdp.rs`; see `docs/xdp.md`). Without the `xdp` feature it builds no
 //! BPF and needs no clang; only the layout types remain.
 
 mod layout;
@@ -15,6 +15,6 @@ mod loader;
 pub use layout::{Config, Counter, RouteKey, RouteValue};
 #[cfg(feature = "xdp")]
 pub use loader::{
-    monotonic_now_ns, Counters, TestRun, XdpError, XdpFastPath, XdpLoadConfig, XdpMode,
-    MAX_ROUTES_LIMIT,
+    monotonic_now_ns, Counters, PinnedAttach, TestRun, XdpError, XdpFastPath, XdpLoadConfig,
+    XdpMode, MAX_ROUTES_LIMIT,
 };

@@ -9,6 +9,8 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::PathBuf;
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
@@ -55,7 +57,8 @@ pub enum XdpMode {
 }
 
 impl XdpMode {
-    fn name(self) -> &'static str {
+    /// `native` or `skb`, as in the relay's config.
+    pub fn as_str(self) -> &'static str {
         match self {
             XdpMode::Native => "native",
             XdpMode::Skb => "skb",
@@ -105,7 +108,7 @@ pub enum XdpError {
         source: Box<MapError>,
     },
     /// Attaching failed.
-    #[error("attaching the XDP program to {interface:?} in {} mode failed", .mode.name())]
+    #[error("attaching the XDP program to {interface:?} in {} mode failed", .mode.as_str())]
     Attach {
         /// The interface name.
         interface: String,
@@ -118,6 +121,38 @@ pub enum XdpError {
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("BPF_PROG_TEST_RUN on the XDP program failed")]
     TestRun(#[source] io::Error),
+    /// Pinning, reusing or removing a pinned XDP link failed.
+    #[error("{op} the pinned XDP link {} failed", .path.display())]
+    Link {
+        /// What was attempted.
+        op: &'static str,
+        /// The link's pin file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What [`XdpFastPath::attach_pinned`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedAttach {
+    /// No link was pinned for this interface and mode: the program was
+    /// attached and its link pinned.
+    Attached,
+    /// A link left pinned by an earlier run now runs this program (an atomic
+    /// `bpf_link_update`: no packet sees the interface without a program).
+    Replaced,
+}
+
+impl PinnedAttach {
+    /// `attached` or `replaced`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinnedAttach::Attached => "attached",
+            PinnedAttach::Replaced => "replaced",
+        }
+    }
 }
 
 fn pin_note(pin_path: &Option<PathBuf>) -> String {
@@ -163,8 +198,9 @@ pub struct TestRun {
 /// The loaded (not necessarily attached) XDP fast path and its maps.
 pub struct XdpFastPath {
     // Dropping `ebpf` detaches and unloads the program; the typed maps hold
-    // their own fds.
+    // their own fds. A link pinned by `attach_pinned` outlives it.
     ebpf: Ebpf,
+    pinned_link: Option<PinnedLink>,
     routes: HashMap<MapData, RouteKey, RouteValue>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -241,6 +277,7 @@ impl XdpFastPath {
 
         Ok(Self {
             ebpf,
+            pinned_link: None,
             routes,
             counters,
         })
@@ -293,6 +330,24 @@ impl XdpFastPath {
         Ok(self.route(key)?.map(|v| v.last_seen_ns))
     }
 
+    /// Every route in the map with its value (a snapshot; the map may change
+    /// while it is read, so an entry can be missing or appear twice).
+    pub fn routes(&self) -> Result<Vec<(RouteKey, RouteValue)>, XdpError> {
+        self.routes
+            .iter()
+            .filter_map(|entry| match entry {
+                // Deleted between reading its key and its value.
+                Err(MapError::KeyNotFound) => None,
+                other => Some(other),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| XdpError::Map {
+                op: "listing routes",
+                map: MAP_ROUTES,
+                source: Box::new(source),
+            })
+    }
+
     /// The per-reason counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, XdpError> {
         let mut out = Counters::default();
@@ -325,6 +380,69 @@ impl XdpFastPath {
                 mode,
                 source: Box::new(source),
             })
+    }
+
+    /// Attaches the program to `interface` through a BPF link pinned under
+    /// `pin_dir` (file `link_<interface>_<mode>`), so it **stays attached
+    /// after this process exits**, and the maps pinned there keep serving
+    /// established sessions while userspace restarts.
+    ///
+    /// If an earlier run left that link pinned, this program replaces the
+    /// old one inside it atomically (`bpf_link_update`). Links pinned there
+    /// for another interface or mode are removed first (which detaches
+    /// them), so a config change doesn't leave a program behind.
+    /// To detach for good, stop the relay and delete the `link_*` files.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+        pin_dir: &std::path::Path,
+    ) -> Result<PinnedAttach, XdpError> {
+        let name = format!("link_{interface}_{}", mode.as_str());
+        let path = pin_dir.join(&name);
+        remove_stale_links(pin_dir, &name)?;
+        let link_error = |op: &'static str| {
+            let path = path.clone();
+            move |source: Box<dyn std::error::Error + Send + Sync>| XdpError::Link {
+                op,
+                path,
+                source,
+            }
+        };
+        if path.exists() {
+            let pinned =
+                PinnedLink::from_pin(&path).map_err(|e| link_error("opening")(Box::new(e)))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| link_error("opening")(Box::new(e)))?;
+            self.program_mut()?
+                .attach_to_link(link)
+                .map_err(|e| link_error("replacing the program in")(Box::new(e)))?;
+            return Ok(PinnedAttach::Replaced);
+        }
+        let flags = match mode {
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Skb => XdpFlags::SKB_MODE,
+        };
+        let program = self.program_mut()?;
+        let id = program
+            .attach(interface, flags)
+            .map_err(|source| XdpError::Attach {
+                interface: interface.to_owned(),
+                mode,
+                source: Box::new(source),
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| link_error("taking")(Box::new(e)))?;
+        // Kernels before 5.9 attach through netlink, which has no link to pin.
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            link_error("creating (needs Linux 5.9 or newer for BPF links)")(Box::new(e))
+        })?;
+        let pinned = fd_link
+            .pin(&path)
+            .map_err(|e| link_error("pinning")(Box::new(e)))?;
+        self.pinned_link = Some(pinned);
+        Ok(PinnedAttach::Attached)
     }
 
     /// Runs the program once on `packet` with `BPF_PROG_TEST_RUN`, as if it
@@ -411,6 +529,41 @@ pub fn monotonic_now_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC always exists on Linux");
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Unpins (and so detaches, once nothing else holds them) the links under
+/// `pin_dir` other than `keep`.
+fn remove_stale_links(pin_dir: &std::path::Path, keep: &str) -> Result<(), XdpError> {
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(XdpError::Link {
+                op: "listing",
+                path: pin_dir.to_owned(),
+                source: Box::new(e),
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("link_") || name == keep {
+            continue;
+        }
+        let path = entry.path();
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| XdpError::Link {
+            op: "opening a stale",
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        pinned.unpin().map_err(|e| XdpError::Link {
+            op: "removing a stale",
+            path,
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, XdpError> {

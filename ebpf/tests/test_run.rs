@@ -14,7 +14,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 
 use lanrage_ebpf::{
-    monotonic_now_ns, Counter, Counters, RouteKey, RouteValue, XdpError, XdpFastPath, XdpLoadConfig,
+    monotonic_now_ns, Counter, Counters, PinnedAttach, RouteKey, RouteValue, XdpError, XdpFastPath,
+    XdpLoadConfig, XdpMode,
 };
 
 const XDP_PASS: u32 = 2;
@@ -776,4 +777,131 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.0);
     }
+}
+
+/// `attach_pinned`: the program stays attached to the interface after its
+/// `XdpFastPath` is gone (a relay that exited), a second `attach_pinned`
+/// re-points the same link at its own program (a restart: the interface
+/// never runs without one), and a different mode replaces the stale link.
+/// On a veth in a private network namespace, with a private bpffs.
+#[test]
+fn pinned_link_keeps_the_program_attached_across_a_restart() {
+    let test = "pinned_link_keeps_the_program_attached_across_a_restart";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail(
+            test,
+            "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs and a netns)",
+        );
+        return;
+    }
+    let thread = std::thread::spawn(|| -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("lanrage-bpffs-link-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let _cleanup = RemoveDir(dir.clone());
+        let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain syscalls on valid NUL-terminated strings; they affect
+        // only this thread's (new) mount and network namespaces.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
+                return Err(format!(
+                    "unshare(CLONE_NEWNS | CLONE_NEWNET): {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!(
+                    "making mounts private: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            if libc::mount(
+                c"bpf".as_ptr(),
+                c_dir.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!("mounting bpffs: {}", io::Error::last_os_error()));
+            }
+        }
+        ip(&["link", "add", "xl0", "type", "veth", "peer", "name", "xl1"]);
+        ip(&["link", "set", "xl0", "up"]);
+        ip(&["link", "set", "xl1", "up"]);
+        let pins = dir.join("lanrage");
+        std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
+        let config = XdpLoadConfig {
+            max_routes: 8,
+            relay: relay(),
+            pin_path: Some(pins.clone()),
+        };
+        let key = RouteKey::new(alice(), BOB_INDEX);
+
+        let first_id = {
+            let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
+            first.insert_route(&key, &RouteValue::new(bob())).unwrap();
+            let how = first
+                .attach_pinned("xl0", XdpMode::Skb, &pins)
+                .expect("attach through a pinned link");
+            assert_eq!(how, PinnedAttach::Attached);
+            xdp_prog_id("xl0").expect("attached")
+        };
+        assert!(pins.join("link_xl0_skb").exists());
+        assert_eq!(
+            xdp_prog_id("xl0"),
+            Some(first_id),
+            "still attached after the loader is gone"
+        );
+
+        let mut second = XdpFastPath::load(config.clone()).expect("reload");
+        let how = second
+            .attach_pinned("xl0", XdpMode::Skb, &pins)
+            .expect("reuse the pinned link");
+        assert_eq!(how, PinnedAttach::Replaced);
+        let second_id = xdp_prog_id("xl0").expect("attached");
+        assert_ne!(second_id, first_id, "the new program runs in the old link");
+        assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
+        drop(second);
+        assert_eq!(xdp_prog_id("xl0"), Some(second_id));
+
+        // Another mode: the stale link goes, a new one is pinned.
+        let mut third = XdpFastPath::load(config).expect("reload");
+        let how = third
+            .attach_pinned("xl0", XdpMode::Native, &pins)
+            .expect("attach natively after removing the skb link");
+        assert_eq!(how, PinnedAttach::Attached);
+        assert!(!pins.join("link_xl0_skb").exists());
+        assert!(pins.join("link_xl0_native").exists());
+        drop(third);
+        // Unpinning is how an operator detaches for good.
+        std::fs::remove_file(pins.join("link_xl0_native")).expect("unpin");
+        assert_eq!(xdp_prog_id("xl0"), None, "detached once unpinned");
+        // SAFETY: valid NUL-terminated path in this thread's mount namespace.
+        unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
+        Ok(())
+    });
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => skip_or_fail(test, &why),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The id of the XDP program attached to `dev`, from `ip link show`.
+fn xdp_prog_id(dev: &str) -> Option<u32> {
+    let out = Command::new("ip")
+        .args(["link", "show", dev])
+        .output()
+        .expect("run `ip`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }

@@ -159,6 +159,8 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         Some(path) => tracing::debug!(path = %path.display(), "loaded config"),
         None => tracing::info!("no config file given (--config); using the defaults"),
     }
+    // Before touching the key file or any socket.
+    require_xdp_support(&config)?;
 
     let key_path = config.private_key_path(state_dir);
     let (secret, origin) = keys::load_or_generate(&key_path)?;
@@ -181,6 +183,8 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         None => None,
     };
     let listen = data_plane.local_addr();
+    // Before readiness too: a relay asked for XDP doesn't start without it.
+    let xdp = start_xdp(&config, listen)?;
     // Signals first: a SIGTERM right after READY=1 must already stop cleanly.
     spawn_signal_thread(data_plane.stop_handle()).context("cannot install signal handlers")?;
 
@@ -193,7 +197,18 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let router = Router::new(config.router_config(), secret, epoch, seed, Instant::now());
+    let router = Router::with_mirror(
+        config.router_config(),
+        secret,
+        epoch,
+        seed,
+        Instant::now(),
+        xdp.clone().map(|x| x.mirror),
+    );
+    let xdp_pinned = xdp.as_ref().and_then(|x| x.pinned.clone());
+    if let Some(xdp) = xdp {
+        router.metrics().add_source(xdp.metrics);
+    }
 
     let metrics = match metrics_listener {
         Some(listener) => {
@@ -219,9 +234,78 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     let result = data_plane.run(router);
     notify(&[sd_notify::NotifyState::Stopping]);
     result.context("the relay loop failed")?;
+    if let Some(dir) = xdp_pinned {
+        tracing::info!(
+            pin_path = %dir.display(),
+            "XDP stays attached: established sessions keep flowing until the next start \
+             (delete the link_* files there to detach)"
+        );
+    }
     tracing::info!("relay stopped");
     Ok(())
 }
+
+/// The XDP fast path as the router and the metrics see it.
+#[derive(Clone)]
+struct XdpParts {
+    mirror: Arc<dyn crate::router::RouteMirror>,
+    metrics: Arc<dyn crate::metrics::MetricsSource>,
+    /// The pin directory: the program stays attached after exit.
+    pinned: Option<PathBuf>,
+}
+
+/// Loads and attaches the XDP program if the config asks for it (`xdp:`),
+/// and logs how it is attached. Without the `xdp` feature, asking for it is
+/// an error that says how to build a relay that has it.
+#[cfg(feature = "xdp")]
+fn start_xdp(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Option<XdpParts>> {
+    let Some(xdp_config) = &config.xdp else {
+        return Ok(None);
+    };
+    let (mirror, attached) = crate::xdp::start(xdp_config, &config.limits, listen)?;
+    let pinned = match (&attached.pin_path, attached.pinned) {
+        (Some(dir), Some(how)) => format!("{} ({})", dir.display(), how.as_str()),
+        _ => "no".to_owned(),
+    };
+    let fib = if attached.fib_lookup {
+        "bpf_fib_lookup"
+    } else {
+        "swapped (forwarding is off on the interface; see docs/xdp.md)"
+    };
+    // Operators and the namespace tests read this line; keep its shape.
+    tracing::info!(
+        interface = %attached.interface,
+        mode = attached.mode.as_str(),
+        pinned = %pinned,
+        max_routes = attached.max_routes,
+        macs = fib,
+        "XDP attached"
+    );
+    Ok(Some(XdpParts {
+        mirror: mirror.clone(),
+        metrics: mirror,
+        pinned: attached.pin_path,
+    }))
+}
+
+#[cfg(not(feature = "xdp"))]
+fn start_xdp(config: &Config, _listen: std::net::SocketAddr) -> anyhow::Result<Option<XdpParts>> {
+    require_xdp_support(config)?;
+    Ok(None)
+}
+
+/// Fails (exit 2) when the config asks for XDP and this build lacks it.
+fn require_xdp_support(config: &Config) -> anyhow::Result<()> {
+    if config.xdp.is_some() && !cfg!(feature = "xdp") {
+        anyhow::bail!(UsageError(XDP_NOT_BUILT));
+    }
+    Ok(())
+}
+
+/// The error for `xdp:` in the config of a relay built without XDP.
+const XDP_NOT_BUILT: &str = "xdp: the config asks for the XDP fast path, but this lanrage-relay \
+    was built without it; rebuild with `cargo build --release -p lanrage-relay --features xdp` \
+    (needs clang and libbpf-dev), or remove the xdp section";
 
 /// Tells systemd about a state change; a no-op outside `Type=notify` units.
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -351,6 +435,26 @@ mod tests {
         );
         let error = anyhow::Error::from(UsageError("x"));
         assert_eq!(exit_code(&error), EXIT_CONFIG);
+    }
+
+    #[cfg(not(feature = "xdp"))]
+    #[test]
+    fn xdp_without_the_feature_fails_naming_xdp_and_the_build() {
+        let config = Config::from_yaml("xdp: { interface: lo }\n", Path::new("relay.yaml"))
+            .expect("valid config");
+        let error = match start_xdp(&config, "127.0.0.1:1".parse().expect("addr")) {
+            Err(e) => e,
+            Ok(_) => panic!("started XDP without the feature"),
+        };
+        assert_eq!(exit_code(&error), EXIT_CONFIG);
+        let text = render_error(&error);
+        assert!(text.starts_with("xdp: "), "{text}");
+        assert!(text.contains("--features xdp"), "{text}");
+        assert!(
+            start_xdp(&Config::default(), "127.0.0.1:1".parse().expect("addr"))
+                .expect("no xdp")
+                .is_none()
+        );
     }
 
     #[test]

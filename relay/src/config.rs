@@ -103,6 +103,120 @@ pub struct Config {
     /// WireGuard responders do under load. 0 means always demand cookies.
     /// 0..=10000000. Default 5000.
     pub under_load_handshakes_per_second: u32,
+    /// The XDP fast path (Linux; a binary built with the `xdp` feature):
+    /// established sessions forwarded inside the kernel. Absent or `null`:
+    /// off. Default `null`.
+    pub xdp: Option<XdpConfig>,
+}
+
+/// The XDP fast path (`docs/xdp.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    /// The network interface the relay's traffic arrives on (e.g. `eth0`).
+    /// Required.
+    pub interface: String,
+    /// `native` (in the driver; fails the start where the driver lacks XDP)
+    /// or `skb` (generic XDP: any interface, slower). Default `native`.
+    #[serde(default)]
+    pub mode: XdpModeChoice,
+    /// A directory on a bpffs (e.g. `/sys/fs/bpf/lanrage`): pin the maps and
+    /// the program's link there, so established sessions keep flowing through
+    /// XDP while the relay restarts. `null`: nothing pinned, the program is
+    /// detached when the relay stops. Absolute path. Default `null`.
+    #[serde(default)]
+    pub pin_path: Option<PathBuf>,
+    /// Size of the kernel route map (entries; two per session).
+    /// 1..=1048576. Default: `limits.max_routes`, capped at 1048576.
+    #[serde(default)]
+    pub max_routes: Option<u32>,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpModeChoice {
+    #[default]
+    Native,
+    Skb,
+}
+
+impl XdpModeChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpModeChoice::Native => "native",
+            XdpModeChoice::Skb => "skb",
+        }
+    }
+}
+
+/// The largest `xdp.max_routes` (the kernel map is preallocated: about 100
+/// bytes an entry). Equal to `lanrage_ebpf::MAX_ROUTES_LIMIT`.
+pub const XDP_MAX_ROUTES_LIMIT: u32 = 1 << 20;
+
+impl XdpConfig {
+    /// `max_routes`, or its default for these limits.
+    pub fn max_routes(&self, limits: &Limits) -> u32 {
+        self.max_routes.unwrap_or_else(|| {
+            u32::try_from(limits.max_routes)
+                .unwrap_or(u32::MAX)
+                .min(XDP_MAX_ROUTES_LIMIT)
+        })
+    }
+
+    fn validate(&self, listen: SocketAddr) -> Result<(), InvalidField> {
+        // IFNAMSIZ is 16 with the terminating NUL.
+        let name_ok = !self.interface.is_empty()
+            && self.interface.len() <= 15
+            && !self
+                .interface
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if !name_ok {
+            return Err(InvalidField {
+                field: "xdp.interface",
+                reason: format!(
+                    "must be a network interface name (1 to 15 characters, no '/', ':' or spaces), got {:?}",
+                    self.interface
+                ),
+            });
+        }
+        if let Some(path) = &self.pin_path {
+            if !path.is_absolute() {
+                return Err(InvalidField {
+                    field: "xdp.pin_path",
+                    reason: format!(
+                        "must be an absolute path on a bpffs (e.g. /sys/fs/bpf/lanrage), got {:?}",
+                        path.display().to_string()
+                    ),
+                });
+            }
+        }
+        if let Some(n) = self.max_routes {
+            in_range("xdp.max_routes", n, 1..=XDP_MAX_ROUTES_LIMIT)?;
+        }
+        if xdp_relay_addr(listen).is_none() {
+            return Err(InvalidField {
+                field: "listen",
+                reason: format!(
+                    "must be an IPv4 address or \"[::]:PORT\" when xdp is set (the XDP program handles IPv4 only), got {listen}"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The IPv4 endpoint the XDP program answers for, given the bound `listen`
+/// address: the address itself, `0.0.0.0` for a dual-stack `[::]`, the IPv4
+/// address of a v4-mapped one; `None` for a specific IPv6 address.
+pub fn xdp_relay_addr(listen: SocketAddr) -> Option<std::net::SocketAddrV4> {
+    let ip = match listen {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped()?,
+    };
+    Some(std::net::SocketAddrV4::new(ip, listen.port()))
 }
 
 /// Which data-plane backend runs the workers.
@@ -200,6 +314,7 @@ impl Default for Config {
             handshake_rate_limit: HandshakeRateLimit::default(),
             hint_rate_limit: HintRateLimit::default(),
             under_load_handshakes_per_second: 5000,
+            xdp: None,
         }
     }
 }
@@ -358,6 +473,9 @@ impl Config {
             self.under_load_handshakes_per_second,
             0..=10_000_000,
         )?;
+        if let Some(xdp) = &self.xdp {
+            xdp.validate(self.listen)?;
+        }
         Ok(())
     }
 
@@ -585,6 +703,81 @@ mod tests {
             err.to_string(),
             "config file test.yaml: limits.max_routes must be between 1 and 100000000, got 0"
         );
+    }
+
+    #[test]
+    fn xdp_section_parses_with_defaults() {
+        let config = parse("xdp:\n  interface: eth0\n").expect("parse");
+        let xdp = config.xdp.expect("xdp set");
+        assert_eq!(xdp.interface, "eth0");
+        assert_eq!(xdp.mode, XdpModeChoice::Native);
+        assert_eq!(xdp.pin_path, None);
+        assert_eq!(xdp.max_routes, None);
+        assert_eq!(xdp.max_routes(&Limits::default()), 1_000_000);
+        let big = Limits {
+            max_routes: 5_000_000,
+            ..Limits::default()
+        };
+        assert_eq!(xdp.max_routes(&big), XDP_MAX_ROUTES_LIMIT);
+        let small = Limits {
+            max_routes: 5000,
+            ..Limits::default()
+        };
+        assert_eq!(xdp.max_routes(&small), 5000);
+
+        let config = parse(
+            "listen: \"[::]:4000\"\nxdp: { interface: veth0, mode: skb, pin_path: /sys/fs/bpf/lr, max_routes: 64 }\n",
+        )
+        .expect("parse");
+        let xdp = config.xdp.expect("xdp set");
+        assert_eq!(xdp.mode, XdpModeChoice::Skb);
+        assert_eq!(xdp.pin_path.as_deref(), Some(Path::new("/sys/fs/bpf/lr")));
+        assert_eq!(xdp.max_routes(&Limits::default()), 64);
+        assert_eq!(parse("xdp: null\n").expect("null").xdp, None);
+    }
+
+    #[test]
+    fn xdp_errors_name_the_field() {
+        let err = parse("xdp: { mode: skb }\n").expect_err("no interface");
+        assert!(err.to_string().contains("interface"), "{err}");
+        let err = parse("xdp: { interface: eth0, mode: turbo }\n").expect_err("mode");
+        assert!(err.to_string().contains("turbo"), "{err}");
+        let err = parse("xdp: { interface: eth0, pinpath: /x }\n").expect_err("unknown");
+        assert!(err.to_string().contains("pinpath"), "{err}");
+
+        let cases = [
+            ("xdp: { interface: \"\" }", "xdp.interface"),
+            ("xdp: { interface: averyveryverylongname }", "xdp.interface"),
+            ("xdp: { interface: \"a/b\" }", "xdp.interface"),
+            ("xdp: { interface: eth0, pin_path: bpf/lr }", "xdp.pin_path"),
+            ("xdp: { interface: eth0, max_routes: 0 }", "xdp.max_routes"),
+            (
+                "xdp: { interface: eth0, max_routes: 1048577 }",
+                "xdp.max_routes",
+            ),
+            (
+                "listen: \"[2001:db8::1]:51888\"\nxdp: { interface: eth0 }",
+                "listen",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(invalid_field(text), field, "{text}");
+        }
+        let err = parse("xdp: { interface: eth0, max_routes: 0 }").expect_err("range");
+        assert_eq!(
+            err.to_string(),
+            "config file test.yaml: xdp.max_routes must be between 1 and 1048576, got 0"
+        );
+    }
+
+    #[test]
+    fn xdp_relay_addr_maps_listen_to_ipv4() {
+        let addr = |s: &str| xdp_relay_addr(s.parse().expect("addr")).map(|a| a.to_string());
+        assert_eq!(addr("0.0.0.0:1"), Some("0.0.0.0:1".to_owned()));
+        assert_eq!(addr("192.0.2.1:2"), Some("192.0.2.1:2".to_owned()));
+        assert_eq!(addr("[::]:3"), Some("0.0.0.0:3".to_owned()));
+        assert_eq!(addr("[::ffff:192.0.2.9]:4"), Some("192.0.2.9:4".to_owned()));
+        assert_eq!(addr("[2001:db8::1]:5"), None);
     }
 
     #[test]

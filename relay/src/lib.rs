@@ -16,3 +16,5 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod route_table;
 pub mod router;
+#[cfg(feature = "xdp")]
+pub mod xdp;

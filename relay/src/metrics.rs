@@ -3,6 +3,14 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// More metrics, rendered at scrape time after the relay's own (the XDP fast
+/// path reads its kernel counters this way).
+pub trait MetricsSource: Send + Sync {
+    /// Appends complete `# HELP`/`# TYPE`/sample lines to `out`.
+    fn render_prometheus(&self, out: &mut String);
+}
 
 /// Why the router dropped a datagram. Each variant is one Prometheus label
 /// value of `lanrage_relay_dropped_total{reason="…"}`.
@@ -258,6 +266,13 @@ pub struct Metrics {
     registrations: AtomicU64,
     routes: AtomicU64,
     pending_handshakes: AtomicU64,
+    sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
+}
+
+impl std::fmt::Debug for dyn MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource")
+    }
 }
 
 impl Default for Metrics {
@@ -267,6 +282,7 @@ impl Default for Metrics {
             registrations: AtomicU64::new(0),
             routes: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
+            sources: RwLock::new(Vec::new()),
         }
     }
 }
@@ -311,6 +327,14 @@ impl Metrics {
         self.routes.store(routes as u64, Ordering::Relaxed);
         self.pending_handshakes
             .store(pending as u64, Ordering::Relaxed);
+    }
+
+    /// Adds metrics rendered after the relay's own on every scrape.
+    pub fn add_source(&self, source: Arc<dyn MetricsSource>) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
     }
 
     pub fn received(&self) -> u64 {
@@ -396,6 +420,14 @@ impl Metrics {
             "lanrage_relay_send_errors_total {}",
             self.send_errors()
         );
+        for source in self
+            .sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            source.render_prometheus(&mut out);
+        }
         out
     }
 }
@@ -432,6 +464,19 @@ mod tests {
             t.join().expect("worker thread");
         }
         assert_eq!(m.event_count(Event::ForwardedTransport), 3000);
+    }
+
+    #[test]
+    fn sources_render_after_the_relay_s_own() {
+        struct Fixed;
+        impl MetricsSource for Fixed {
+            fn render_prometheus(&self, out: &mut String) {
+                out.push_str("extra_total 3\n");
+            }
+        }
+        let m = Metrics::default();
+        m.add_source(Arc::new(Fixed));
+        assert!(m.render_prometheus().ends_with("extra_total 3\n"));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::metrics::{DropReason, Event, Metrics};
 pub use crate::rate_limit::RateLimit;
 use crate::rate_limit::RateLimiter;
 pub use crate::route_table::RouteKey;
+pub use crate::route_table::RouteMirror;
 use crate::route_table::{Route, RouteTable};
 
 /// What to do with a datagram after [`Router::handle`].
@@ -104,6 +105,9 @@ impl Default for RouterConfig {
 const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
 /// How often `handle_timeout` sweeps the tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the route mirror (XDP map) is swept for routes this run doesn't
+/// know. It walks the whole kernel map, so far less often than the tables.
+const MIRROR_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a handler decided, before it touches the buffer again.
 enum Outcome {
@@ -197,6 +201,7 @@ struct Core {
     handshake_limiter: RateLimiter,
     load: LoadMeter,
     next_sweep: Instant,
+    next_mirror_sweep: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -210,12 +215,26 @@ impl Router {
         seed: [u8; 32],
         now: Instant,
     ) -> Self {
+        Self::with_mirror(config, secret, epoch, seed, now, None)
+    }
+
+    /// [`Router::new`] with route changes copied to `mirror` (the XDP fast
+    /// path): installs, roaming and expiry reach it through the route table,
+    /// and expiry asks it when it last forwarded on a route.
+    pub fn with_mirror(
+        config: RouterConfig,
+        secret: StaticSecret,
+        epoch: u64,
+        seed: [u8; 32],
+        now: Instant,
+        mirror: Option<Arc<dyn RouteMirror>>,
+    ) -> Self {
         let public = PeerKey::from(&PublicKey::from(&secret));
         let handshake_limiter =
             RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
         let hint_limit = config.hint_rate_limit;
         let max_sources = config.max_rate_limited_sources;
-        let routes = Arc::new(RouteTable::new(now));
+        let routes = Arc::new(RouteTable::with_mirror(now, mirror));
         let metrics = Arc::new(Metrics::default());
         let core = Core {
             config,
@@ -235,6 +254,7 @@ impl Router {
                 previous: 0,
             },
             next_sweep: now + SWEEP_INTERVAL,
+            next_mirror_sweep: now + MIRROR_SWEEP_INTERVAL,
             metrics: Arc::clone(&metrics),
         };
         Self {
@@ -392,6 +412,10 @@ impl Core {
         self.expire_pending(now);
         self.expire_registrations(now);
         self.expire_routes(now);
+        if now >= self.next_mirror_sweep {
+            self.next_mirror_sweep = now + MIRROR_SWEEP_INTERVAL;
+            self.routes.sweep_mirror(self.config.route_idle_timeout);
+        }
         self.handshake_limiter.forget_idle(now);
         self.update_gauges();
         true
