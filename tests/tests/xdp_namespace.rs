@@ -9,9 +9,8 @@
 //! by XDP: the XDP `tx` counter equals the packets sent, and the userspace
 //! forwarder sees none of them.
 //!
-//! `relay_*` (ignored until the relay's `xdp:` config exists) run the real
-//! relay binary with XDP inside the relay namespace; [`contract`] names what
-//! they expect of it.
+//! `relay_*` run the real relay binary with XDP inside the relay namespace;
+//! [`contract`] names what they expect of it (config, metric names).
 //!
 //! Needs root, iproute2 and the `xdp` feature (clang); skips with a notice
 //! otherwise, or fails under `LANRAGE_REQUIRE_PRIVILEGED=1`. All traffic stays
@@ -386,7 +385,6 @@ const E2E_PACKETS: u32 = 200;
 const STREAM: u32 = 3_000;
 
 #[test]
-#[ignore = "needs the relay's `xdp:` config and XDP metrics (branch xdp-wire); run with --ignored"]
 fn relay_native_xdp_forwards_transport_in_the_kernel() -> Result<()> {
     relay_forwards_through_xdp(
         "relay_native_xdp_forwards_transport_in_the_kernel",
@@ -395,7 +393,6 @@ fn relay_native_xdp_forwards_transport_in_the_kernel() -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs the relay's `xdp:` config and XDP metrics (branch xdp-wire); run with --ignored"]
 fn relay_skb_xdp_forwards_transport_in_the_kernel() -> Result<()> {
     relay_forwards_through_xdp("relay_skb_xdp_forwards_transport_in_the_kernel", "skb")
 }
@@ -426,7 +423,6 @@ fn relay_forwards_through_xdp(test: &str, mode: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs the relay's `xdp:` config, pinned maps and a program that stays attached across a restart (branch xdp-wire); run with --ignored"]
 fn relay_restart_loses_no_transport_packet_with_pinned_xdp() -> Result<()> {
     let test = "relay_restart_loses_no_transport_packet_with_pinned_xdp";
     let Some(e2e) = E2e::new(test, "native")? else {
