@@ -1,0 +1,211 @@
+//! The veth topology every case runs on, and what the benchmark pins where.
+//!
+//! `lanrage_tests::netns::Switched` with three hosts on one bridge:
+//!
+//! ```text
+//!   relay 10.77.0.1       a 10.77.0.2 (senders)     b 10.77.0.3 (receivers)
+//!        eth0                   eth0                       eth0
+//!         |                      |                          |
+//!        p0 -------------------- p1 ----------------------- p2   switch: br0
+//! ```
+//!
+//! On top of the lab: permanent neighbour entries between the three hosts
+//! (no ARP during a run; `bpf_fib_lookup` finds B's MAC without the relay ever
+//! having talked to B), `net.ipv4.conf.eth0.forwarding=1` in the relay
+//! namespace (else `bpf_fib_lookup` answers `FWD_DISABLED`, docs/xdp.md), and,
+//! with steering on, RPS masks that put the whole forwarding path on one CPU:
+//!
+//! - `p1` (A's frames entering the switch) → the forwarding CPU. Everything
+//!   after A's `veth_xmit` then runs in that CPU's softirq: the bridge, the
+//!   relay's `eth0` receive (native XDP: its veth NAPI is scheduled there;
+//!   generic XDP and the socket path: the backlog is processed there), XDP_TX
+//!   into `p0` and the bridge again.
+//! - B's `eth0` → the generator CPU, so delivering to B's sockets is not
+//!   charged to the forwarding CPU in any case.
+//!
+//! The userspace relay process is pinned to the forwarding CPU (`taskset`),
+//! the generator (sender and receiver threads) to the other one.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use lanrage_ebpf::{XdpFastPath, XdpLoadConfig, XdpMode};
+use lanrage_tests::netns::{Host, Netns, Switched};
+
+/// The relay's UDP port on 10.77.0.1.
+pub const RELAY_PORT: u16 = 51820;
+
+pub struct Lab {
+    pub lab: Switched,
+}
+
+impl Lab {
+    pub fn new(steer: Option<(usize, usize)>) -> Result<Self> {
+        let lab = Switched::new(&["relay", "a", "b"])?;
+        let this = Self { lab };
+        let macs = this
+            .lab
+            .hosts
+            .iter()
+            .map(|h| Ok((h.addr, mac_of(&h.ns, &h.iface)?)))
+            .collect::<Result<Vec<(Ipv4Addr, String)>>>()?;
+        for host in &this.lab.hosts {
+            for (addr, mac) in &macs {
+                if *addr != host.addr {
+                    host.ns.ip(&format!(
+                        "neigh replace {addr} lladdr {mac} dev {} nud permanent",
+                        host.iface
+                    ))?;
+                }
+            }
+        }
+        let relay = this.relay();
+        relay
+            .ns
+            .sysctl(&format!("net.ipv4.conf.{}.forwarding", relay.iface), "1")?;
+        if let Some((gen_cpu, fwd_cpu)) = steer {
+            let a_port = this.a().port.clone();
+            set_rps(&this.lab.switch, &a_port, 1 << fwd_cpu)?;
+            let b = this.b();
+            set_rps(&b.ns, &b.iface, 1 << gen_cpu)?;
+        }
+        Ok(this)
+    }
+
+    pub fn relay(&self) -> &Host {
+        self.lab.host("relay")
+    }
+    pub fn a(&self) -> &Host {
+        self.lab.host("a")
+    }
+    pub fn b(&self) -> &Host {
+        self.lab.host("b")
+    }
+
+    /// The LANrage XDP program on the relay's `eth0` in `mode` (for native
+    /// mode also on the bridge port `p0` with no routes, which passes
+    /// everything: native XDP_TX on veth needs an XDP program on the peer).
+    /// Detached when the returned values drop.
+    pub fn attach_xdp(
+        &self,
+        mode: XdpMode,
+        max_routes: u32,
+    ) -> Result<(XdpFastPath, Option<XdpFastPath>)> {
+        let relay = self.relay();
+        let relay_ep = std::net::SocketAddrV4::new(relay.addr, RELAY_PORT);
+        let peer_pass = if mode == XdpMode::Native {
+            let port = relay.port.clone();
+            Some(self.lab.switch.run(move || -> Result<XdpFastPath> {
+                let mut pass = XdpFastPath::load(XdpLoadConfig {
+                    max_routes: 1,
+                    relay: relay_ep,
+                    pin_path: None,
+                })?;
+                pass.attach(&port, XdpMode::Native)?;
+                Ok(pass)
+            })??)
+        } else {
+            None
+        };
+        let iface = relay.iface.clone();
+        let xdp = relay.ns.run(move || -> Result<XdpFastPath> {
+            let mut xdp = XdpFastPath::load(XdpLoadConfig {
+                max_routes,
+                relay: relay_ep,
+                pin_path: None,
+            })?;
+            xdp.attach(&iface, mode)?;
+            Ok(xdp)
+        })??;
+        Ok((xdp, peer_pass))
+    }
+}
+
+/// The MAC address of `iface` in `ns` (`ip -o link show`).
+fn mac_of(ns: &Netns, iface: &str) -> Result<String> {
+    let out = ns
+        .command("ip")?
+        .args(["-o", "link", "show", "dev", iface])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC for {iface} in {}: {text}", ns.name()))
+}
+
+/// Receive packet steering for `dev`'s (single) rx queue in `ns`. sysfs shows
+/// the devices of the namespace it was mounted in, so this goes through
+/// `ip netns exec`, which mounts a fresh sysfs for the command.
+fn set_rps(ns: &Netns, dev: &str, mask: u32) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c"])
+        .arg(format!(
+            "echo {mask:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"
+        ))
+        .output()
+        .context("ip netns exec")?;
+    if !out.status.success() {
+        bail!(
+            "setting rps_cpus of {dev} in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Pins the calling thread (and threads it spawns later) to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write only into it,
+    // and sched_setaffinity(0, ...) reads it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+/// Per-CPU time from `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    pub total: u64,
+    pub idle: u64,
+    pub softirq: u64,
+}
+
+pub fn cpu_times(cpu: usize) -> Result<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("no {label} in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice;
+    // guest time is already part of user.
+    let total = v.iter().take(8).sum();
+    Ok(CpuTimes {
+        total,
+        idle: v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0),
+        softirq: v.get(6).copied().unwrap_or(0),
+    })
+}
+
+/// Busy and softirq fractions of one CPU between two readings.
+pub fn busy_between(before: CpuTimes, after: CpuTimes) -> (f64, f64) {
+    let total = after.total.saturating_sub(before.total).max(1) as f64;
+    let idle = after.idle.saturating_sub(before.idle) as f64;
+    let soft = after.softirq.saturating_sub(before.softirq) as f64;
+    ((1.0 - idle / total).clamp(0.0, 1.0), soft / total)
+}
