@@ -209,3 +209,156 @@ pub fn busy_between(before: CpuTimes, after: CpuTimes) -> (f64, f64) {
     let soft = after.softirq.saturating_sub(before.softirq) as f64;
     ((1.0 - idle / total).clamp(0.0, 1.0), soft / total)
 }
+
+/// Where packets were dropped, as counters to difference around a trial.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Drops {
+    /// `/proc/net/softnet_stat` "dropped" (backlog full, e.g. an RPS target
+    /// CPU that falls behind) on the forwarding and the generator CPU.
+    pub backlog_fwd_cpu: u64,
+    pub backlog_gen_cpu: u64,
+    /// UDP `RcvbufErrors` in the relay's namespace (the userspace relay's
+    /// socket was full) and in B's (the receiver's sockets were full).
+    pub relay_rcvbuf: u64,
+    pub b_rcvbuf: u64,
+    /// UDP `SndbufErrors` in the relay's namespace.
+    pub relay_sndbuf: u64,
+}
+
+impl Drops {
+    pub fn read(lab: &Lab, gen_cpu: usize, fwd_cpu: usize) -> Result<Self> {
+        let softnet = std::fs::read_to_string("/proc/net/softnet_stat")?;
+        let dropped = |cpu: usize| {
+            softnet
+                .lines()
+                .nth(cpu)
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|x| u64::from_str_radix(x, 16).ok())
+                .unwrap_or(0)
+        };
+        let relay = udp_stats(&lab.relay().ns)?;
+        let b = udp_stats(&lab.b().ns)?;
+        Ok(Self {
+            backlog_fwd_cpu: dropped(fwd_cpu),
+            backlog_gen_cpu: dropped(gen_cpu),
+            relay_rcvbuf: relay.0,
+            b_rcvbuf: b.0,
+            relay_sndbuf: relay.1,
+        })
+    }
+
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            backlog_fwd_cpu: self.backlog_fwd_cpu.wrapping_sub(before.backlog_fwd_cpu),
+            backlog_gen_cpu: self.backlog_gen_cpu.wrapping_sub(before.backlog_gen_cpu),
+            relay_rcvbuf: self.relay_rcvbuf.wrapping_sub(before.relay_rcvbuf),
+            b_rcvbuf: self.b_rcvbuf.wrapping_sub(before.b_rcvbuf),
+            relay_sndbuf: self.relay_sndbuf.wrapping_sub(before.relay_sndbuf),
+        }
+    }
+}
+
+/// `(RcvbufErrors, SndbufErrors)` of UDP in `ns` (`/proc/thread-self/net`
+/// is the reading thread's namespace; `/proc/self/net` would be the
+/// process's).
+fn udp_stats(ns: &Netns) -> Result<(u64, u64)> {
+    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp lines in snmp of {}", ns.name());
+    };
+    let field = |name: &str| {
+        names
+            .split_whitespace()
+            .position(|n| n == name)
+            .and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("RcvbufErrors"), field("SndbufErrors")))
+}
+
+/// An nftables `netdev` ingress rule on B's `eth0` that counts and drops
+/// the transport packets the relay forwards to B (WireGuard type 4 from
+/// 10.77.0.1:51820), before IP and UDP: a sink far cheaper than B's sockets,
+/// so the generator CPU only sends. Handshakes and control still pass.
+/// Removed on drop.
+pub struct Sink<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> Sink<'a> {
+    pub fn install(lab: &'a Lab) -> Result<Self> {
+        let b = lab.b();
+        let rules = format!(
+            "table netdev lrgsink {{\n\
+               chain in {{\n\
+                 type filter hook ingress device \"{}\" priority 0;\n\
+                 ip saddr {} udp sport {RELAY_PORT} @th,64,8 4 counter drop\n\
+               }}\n\
+             }}\n",
+            b.iface,
+            lab.relay().addr
+        );
+        nft(&b.ns, &["-f", "-"], Some(&rules))
+            .context("installing the sink (apt-get install nftables)")?;
+        Ok(Self { ns: &b.ns })
+    }
+
+    /// The rule's counter so far: `(skbs, bytes)` (bytes from the IPv4
+    /// header on).
+    pub fn count(&self) -> Result<(u64, u64)> {
+        let out = nft(self.ns, &["list", "chain", "netdev", "lrgsink", "in"], None)?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .windows(5)
+            .find(|w| w[0] == "counter" && w[1] == "packets" && w[3] == "bytes")
+            .and_then(|w| Some((w[2].parse().ok()?, w[4].parse().ok()?)))
+            .with_context(|| format!("no counter in {out}"))
+    }
+
+    /// Datagrams of `udp_payload` bytes in `(skbs, bytes)` counted by
+    /// [`Sink::count`]. The userspace relay sends with UDP GSO, and veth
+    /// carries a GSO skb unsegmented up to B's ingress, where it is one
+    /// "packet" of one IPv4+UDP header and many payloads; so count by bytes.
+    pub fn datagrams((skbs, bytes): (u64, u64), udp_payload: usize) -> u64 {
+        bytes.saturating_sub(28 * skbs) / udp_payload.max(1) as u64
+    }
+}
+
+impl Drop for Sink<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = nft(self.ns, &["delete", "table", "netdev", "lrgsink"], None) {
+            eprintln!("warning: removing the sink: {e:#}");
+        }
+    }
+}
+
+fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = ns
+        .command("nft")?
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

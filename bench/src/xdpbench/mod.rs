@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::loadgen::accounting::Accounting;
 use crate::loadgen::cli::{Mode, Settings, Target};
-use crate::loadgen::payload::{wire_len, PHASE_FORWARDED};
+use crate::loadgen::payload::{wire_len, PHASE_DIRECT, PHASE_FORWARDED};
 use crate::loadgen::receiver::{Opener, Receiver, Window};
 use crate::loadgen::report::{Percentiles, PhaseReport};
 use crate::loadgen::sender::{Packets, Plan, Progress, Refresher, Sender};
@@ -61,14 +61,21 @@ pub struct Args {
     /// Workloads, comma-separated: bulk (1 pair, 1200-byte payloads, as fast
     /// as possible), gaming (1000 pairs x 64 pps, 100-byte payloads),
     /// gamingmax (1000 pairs, 100-byte payloads, as fast as possible),
-    /// paced (bulk at --paced-rate pps).
-    #[arg(long, default_value = "bulk,gaming,gamingmax")]
+    /// paced (bulk at --paced-rate pps), bulkcap and gamingcap (the highest
+    /// rate of bulk / the gaming mix carried with at most 0.1 % loss),
+    /// bulksink and gamingsink (the same, counted and dropped at B's ingress
+    /// by nftables instead of received on sockets: no latency, but the
+    /// generator's CPU only sends).
+    #[arg(long, default_value = "bulk,gaming,gamingmax,paced,bulkcap")]
     workloads: String,
     #[arg(long, default_value_t = 3)]
     runs: u32,
     /// Seconds of sending per measurement.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds per trial of a capacity search (7 trials).
+    #[arg(long, default_value_t = 2.0)]
+    trial_secs: f64,
     /// Packets per second of the paced workload.
     #[arg(long, default_value_t = 100_000)]
     paced_rate: u64,
@@ -124,15 +131,24 @@ struct Workload {
     /// Packets per second per pair; 0 = as fast as possible.
     rate: u64,
     size: usize,
+    /// Search the highest rate with at most 0.1 % loss instead of one phase.
+    search: bool,
+    /// Count and drop at B's ingress (nftables) instead of receiving on B's
+    /// sockets: no latency, but the generator CPU only sends.
+    sink: bool,
 }
 
 impl Workload {
     fn parse(s: &str, paced_rate: u64) -> Result<Self> {
-        let (pairs, rate, size) = match s {
-            "bulk" => (1, 0, 1200),
-            "gaming" => (1000, 64, 100),
-            "gamingmax" => (1000, 0, 100),
-            "paced" => (1, paced_rate, 1200),
+        let (pairs, rate, size, search, sink) = match s {
+            "bulk" => (1, 0, 1200, false, false),
+            "gaming" => (1000, 64, 100, false, false),
+            "gamingmax" => (1000, 0, 100, false, false),
+            "paced" => (1, paced_rate, 1200, false, false),
+            "bulkcap" => (1, 0, 1200, true, false),
+            "gamingcap" => (1000, 0, 100, true, false),
+            "bulksink" => (1, 0, 1200, true, true),
+            "gamingsink" => (1000, 0, 100, true, true),
             other => bail!("unknown workload {other:?}"),
         };
         Ok(Self {
@@ -140,6 +156,8 @@ impl Workload {
             pairs,
             rate,
             size,
+            search,
+            sink,
         })
     }
 }
@@ -171,6 +189,12 @@ struct Row {
     /// delivered pps / fwd_cpu_busy: packets per second of forwarding-CPU
     /// time (the capacity of one forwarding core if it scaled linearly).
     pps_per_fwd_core: f64,
+    /// Capacity workloads: the highest rate carried with at most 0.1 % loss
+    /// (the row's other fields are that trial's), and every trial.
+    capacity_pps: Option<f64>,
+    trials: Option<Vec<TrialSummary>>,
+    /// Drop counters during the (chosen) trial.
+    drops: lab::Drops,
     /// XDP cases: packets the program forwarded (`tx` + `tx_fib_fallback`),
     /// the fallback part, and everything it passed.
     xdp_tx: Option<u64>,
@@ -222,6 +246,12 @@ fn run(args: &Args) -> Result<()> {
         // Before any thread exists: every thread of this process inherits it.
         lab::pin_current_thread(gen)?;
     }
+    // SIGINT/SIGTERM stop the run between measurements (each is bounded), so
+    // the namespaces are deleted on the way out instead of left behind.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop))?;
+    }
     let lab = Lab::new(steer)?;
     let scratch = Scratch::new()?;
     eprintln!(
@@ -238,6 +268,9 @@ fn run(args: &Args) -> Result<()> {
     for run in 1..=args.runs {
         for wl in &workloads {
             for &case in &cases {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    bail!("interrupted; namespaces removed");
+                }
                 eprintln!(
                     "run {run}/{}: {} through {}",
                     args.runs,
@@ -443,23 +476,6 @@ fn measure(
     };
     let setup_seconds = setup_started.elapsed().as_secs_f64();
 
-    let settings = Settings {
-        target: Target::Forwarder {
-            addr: relay_addr,
-            sink_port: 0,
-        },
-        preset: None,
-        pairs: wl.pairs,
-        rate: wl.rate,
-        size: wl.size,
-        duration: Duration::from_secs_f64(args.duration),
-        per_pair: None,
-        seed: args.seed,
-        mode: Mode::Prebuilt,
-        baseline: false,
-        json: true,
-        grace: Duration::from_millis(500),
-    };
     let mut sender = Sender {
         sockets: a_sockets,
         packets: Packets::prebuilt(indices),
@@ -471,11 +487,30 @@ fn measure(
         Some((fast, _)) => Some(fast.counters()?),
         None => None,
     };
-    let fwd_before = lab::cpu_times(args.fwd_cpu)?;
-    let gen_before = lab::cpu_times(args.gen_cpu)?;
-    let report = phase(&settings, &mut sender, &mut receiver, relay_addr)?;
-    let (fwd_busy, fwd_soft) = lab::busy_between(fwd_before, lab::cpu_times(args.fwd_cpu)?);
-    let (gen_busy, _) = lab::busy_between(gen_before, lab::cpu_times(args.gen_cpu)?);
+    // After the handshakes: the sink drops transport packets, and A's
+    // confirming keepalive is one.
+    let sink = if wl.sink {
+        Some(lab::Sink::install(lab)?)
+    } else {
+        None
+    };
+    let mut rig = TrialRig {
+        args,
+        lab,
+        sink: sink.as_ref(),
+        wl,
+        dest: relay_addr,
+        sender: &mut sender,
+        receiver: &mut receiver,
+        trials: 0,
+    };
+    let (best, capacity, trials) = if wl.search {
+        let (best, trials) = rig.capacity()?;
+        (best.clone(), Some(best.report.delivered_pps), Some(trials))
+    } else {
+        let secs = args.duration;
+        (rig.trial(wl.rate, secs)?, None, None)
+    };
     let (mut xdp_tx, mut xdp_fallback, mut xdp_pass) = (None, None, None);
     if let (Some((fast, _)), Some(before)) = (&xdp, xdp_before) {
         let after = fast.counters()?;
@@ -486,14 +521,16 @@ fn measure(
         xdp_fallback = Some(delta(Counter::TxFibFallback));
         xdp_pass = Some(all - tx);
     }
+    drop(sink);
     drop(xdp);
 
+    let report = &best.report;
     Ok(Row {
         workload: wl.name.clone(),
         case: case.name(),
         run,
         pairs: wl.pairs,
-        rate_per_pair: wl.rate,
+        rate_per_pair: best.rate_per_pair,
         wire_bytes: wire_len(wl.size),
         seconds: report.seconds,
         offered_pps: report.offered_pps,
@@ -505,10 +542,13 @@ fn measure(
         strays: report.strays,
         send_errors: report.send_errors,
         latency_us: report.latency_us,
-        fwd_cpu_busy: round3(fwd_busy),
-        fwd_cpu_softirq: round3(fwd_soft),
-        gen_cpu_busy: round3(gen_busy),
-        pps_per_fwd_core: (report.delivered_pps / fwd_busy.max(1e-3)).round(),
+        fwd_cpu_busy: round3(best.fwd_busy),
+        fwd_cpu_softirq: round3(best.fwd_softirq),
+        gen_cpu_busy: round3(best.gen_busy),
+        pps_per_fwd_core: (report.delivered_pps / best.fwd_busy.max(1e-3)).round(),
+        capacity_pps: capacity,
+        trials,
+        drops: best.drops,
         xdp_tx,
         xdp_tx_fib_fallback: xdp_fallback,
         xdp_pass,
@@ -520,46 +560,242 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// One traffic phase, as `loadgen::phase`: the sender in a scoped thread,
-/// the receiver on this one.
-fn phase(
-    settings: &Settings,
-    sender: &mut Sender,
-    receiver: &mut Receiver,
+/// The most loss a capacity trial may show and still pass.
+const MAX_LOSS: f64 = 0.001;
+/// Trials of the capacity search after the first (flood) one.
+const SEARCH_STEPS: u32 = 6;
+
+/// One traffic phase's outcome, with the CPU use during its sending window.
+#[derive(Debug, Clone)]
+struct Trial {
+    rate_per_pair: u64,
+    report: PhaseReport,
+    fwd_busy: f64,
+    fwd_softirq: f64,
+    gen_busy: f64,
+    drops: lab::Drops,
+}
+
+/// A capacity-search trial in the JSON: the rate asked for (all pairs) and
+/// what happened.
+#[derive(Debug, Serialize)]
+struct TrialSummary {
+    target_pps: u64,
+    offered_pps: f64,
+    delivered_pps: f64,
+    loss_ratio: f64,
+    pass: bool,
+    drops: lab::Drops,
+}
+
+/// Sender and receiver of one (case, workload, run), reused for several
+/// phases. Consecutive phases alternate between two stamp tags, so the
+/// receiver counts late packets of the previous phase as strays.
+struct TrialRig<'a> {
+    args: &'a Args,
+    lab: &'a Lab,
+    sink: Option<&'a lab::Sink<'a>>,
+    wl: &'a Workload,
     dest: SocketAddr,
-) -> Result<PhaseReport> {
-    let dests = vec![dest; settings.pairs];
-    let base = Instant::now();
-    let plan = Plan {
-        phase: PHASE_FORWARDED,
-        dests: &dests,
-        rate: settings.rate,
-        per_pair: settings.per_pair,
-        time_limit: settings.send_time_limit(),
-        base,
-    };
-    let progress = Progress::default();
-    let mut acct = Accounting::new(settings.pairs, settings.seq_limit());
-    let window = Window {
-        phase: PHASE_FORWARDED,
-        base,
-        grace: settings.grace,
-        hard_limit: settings.send_time_limit() + settings.grace + Duration::from_secs(1),
-        progress_label: None,
-    };
-    let (sent, recv) = std::thread::scope(|scope| {
-        let sending = scope.spawn(|| sender.run(&plan, &progress));
-        let recv = receiver.run(&window, &mut acct, &progress);
-        (sending.join(), recv)
-    });
-    let sent = sent.map_err(|_| anyhow::anyhow!("the sender thread panicked"))?;
-    let recv = recv?;
-    let totals = acct.totals(&sent.sent_per_pair);
-    Ok(PhaseReport::new(
-        settings,
-        &sent,
-        &totals,
-        acct.latency_ns(),
-        &recv,
-    ))
+    sender: &'a mut Sender,
+    receiver: &'a mut Receiver,
+    trials: u32,
+}
+
+impl TrialRig<'_> {
+    fn trial(&mut self, rate_per_pair: u64, secs: f64) -> Result<Trial> {
+        let settings = Settings {
+            target: Target::Forwarder {
+                addr: self.dest,
+                sink_port: 0,
+            },
+            preset: None,
+            pairs: self.wl.pairs,
+            rate: rate_per_pair,
+            size: self.wl.size,
+            duration: Duration::from_secs_f64(secs),
+            per_pair: None,
+            seed: self.args.seed,
+            mode: Mode::Prebuilt,
+            baseline: false,
+            json: true,
+            grace: Duration::from_millis(500),
+        };
+        let tag = if self.trials % 2 == 0 {
+            PHASE_FORWARDED
+        } else {
+            PHASE_DIRECT
+        };
+        self.trials += 1;
+        let (fwd, gen) = (self.args.fwd_cpu, self.args.gen_cpu);
+        let dests = vec![self.dest; settings.pairs];
+        let base = Instant::now();
+        let plan = Plan {
+            phase: tag,
+            dests: &dests,
+            rate: settings.rate,
+            per_pair: settings.per_pair,
+            time_limit: settings.send_time_limit(),
+            base,
+        };
+        let progress = Progress::default();
+        let mut acct = Accounting::new(settings.pairs, settings.seq_limit());
+        let window = Window {
+            phase: tag,
+            base,
+            grace: settings.grace,
+            hard_limit: settings.send_time_limit() + settings.grace + Duration::from_secs(1),
+            progress_label: None,
+        };
+        let drops_before = lab::Drops::read(self.lab, gen, fwd)?;
+        if let Some(sink) = self.sink {
+            return self.sink_trial(sink, &settings, &plan, &progress, drops_before);
+        }
+        let sender = &mut *self.sender;
+        let receiver = &mut *self.receiver;
+        // CPU use is read around the sender's window only: the receiver's
+        // grace period afterwards would dilute it.
+        let (sent, recv) = std::thread::scope(|scope| {
+            let sending = scope.spawn(|| -> Result<_> {
+                let before = (lab::cpu_times(fwd)?, lab::cpu_times(gen)?);
+                let sent = sender.run(&plan, &progress);
+                let after = (lab::cpu_times(fwd)?, lab::cpu_times(gen)?);
+                Ok((sent, before, after))
+            });
+            let recv = receiver.run(&window, &mut acct, &progress);
+            (sending.join(), recv)
+        });
+        let (sent, before, after) =
+            sent.map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
+        let recv = recv?;
+        let totals = acct.totals(&sent.sent_per_pair);
+        let report = PhaseReport::new(&settings, &sent, &totals, acct.latency_ns(), &recv);
+        let (fwd_busy, fwd_softirq) = lab::busy_between(before.0, after.0);
+        let (gen_busy, _) = lab::busy_between(before.1, after.1);
+        let drops = lab::Drops::read(self.lab, gen, fwd)?.since(drops_before);
+        Ok(Trial {
+            drops,
+            rate_per_pair,
+            report,
+            fwd_busy,
+            fwd_softirq,
+            gen_busy,
+        })
+    }
+
+    /// A trial whose packets are counted by the sink: the sender alone, then
+    /// a short wait for queues to drain.
+    fn sink_trial(
+        &mut self,
+        sink: &lab::Sink<'_>,
+        settings: &Settings,
+        plan: &Plan<'_>,
+        progress: &Progress,
+        drops_before: lab::Drops,
+    ) -> Result<Trial> {
+        let (fwd, gen) = (self.args.fwd_cpu, self.args.gen_cpu);
+        let counted_before = sink.count()?;
+        let before = (lab::cpu_times(fwd)?, lab::cpu_times(gen)?);
+        let sent = self.sender.run(plan, progress);
+        let after = (lab::cpu_times(fwd)?, lab::cpu_times(gen)?);
+        std::thread::sleep(Duration::from_millis(300));
+        let now = sink.count()?;
+        let counted = lab::Sink::datagrams(
+            (now.0 - counted_before.0, now.1 - counted_before.1),
+            wire_len(settings.size),
+        );
+        let drops = lab::Drops::read(self.lab, gen, fwd)?.since(drops_before);
+        let total: u64 = sent.sent_per_pair.iter().sum();
+        let secs = sent.elapsed.as_secs_f64().max(1e-9);
+        let received = counted.min(total);
+        let mbit = |bytes: usize| received as f64 * bytes as f64 * 8.0 / secs / 1e6;
+        let report = PhaseReport {
+            seconds: round3(secs),
+            offered_pps: (total as f64 / secs).round(),
+            delivered_pps: (received as f64 / secs).round(),
+            mbit_s: mbit(wire_len(settings.size)),
+            goodput_mbit_s: mbit(settings.size),
+            sent: total,
+            received,
+            lost: total - received,
+            loss_ratio: if total == 0 {
+                0.0
+            } else {
+                (total - received) as f64 / total as f64
+            },
+            reordered: 0,
+            duplicates: 0,
+            strays: counted.saturating_sub(total),
+            send_errors: sent.send_errors,
+            undecryptable: 0,
+            latency_us: Percentiles {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+            },
+        };
+        let (fwd_busy, fwd_softirq) = lab::busy_between(before.0, after.0);
+        let (gen_busy, _) = lab::busy_between(before.1, after.1);
+        Ok(Trial {
+            drops,
+            rate_per_pair: settings.rate,
+            report,
+            fwd_busy,
+            fwd_softirq,
+            gen_busy,
+        })
+    }
+
+    /// The highest rate carried with at most [`MAX_LOSS`] (RFC 2544-style):
+    /// a flood trial first (if it passes, the generator is the limit), then
+    /// a bisection between 0 and what the flood offered. Returns the best
+    /// passing trial (the lowest one tried if none passed) and all trials.
+    fn capacity(&mut self) -> Result<(Trial, Vec<TrialSummary>)> {
+        let secs = self.args.trial_secs;
+        let pairs = self.wl.pairs as u64;
+        let mut summaries = Vec::new();
+        let passes = |t: &Trial, target: u64| {
+            t.report.loss_ratio <= MAX_LOSS
+                && (target == 0 || t.report.offered_pps >= 0.97 * target as f64)
+        };
+        let flood = self.trial(0, secs)?;
+        let pass = passes(&flood, 0);
+        summaries.push(summary(&flood, 0, pass));
+        if pass {
+            return Ok((flood, summaries));
+        }
+        let (mut lo, mut hi) = (0u64, flood.report.offered_pps as u64);
+        let mut best: Option<Trial> = None;
+        let mut lowest = flood;
+        for _ in 0..SEARCH_STEPS {
+            let target = ((lo + hi) / 2).max(pairs);
+            let rate = (target / pairs).max(1);
+            let t = self.trial(rate, secs)?;
+            let pass = passes(&t, rate * pairs);
+            summaries.push(summary(&t, rate * pairs, pass));
+            if pass {
+                lo = rate * pairs;
+                best = Some(t);
+            } else {
+                hi = rate * pairs;
+                if t.report.offered_pps < lowest.report.offered_pps {
+                    lowest = t;
+                }
+            }
+        }
+        Ok((best.unwrap_or(lowest), summaries))
+    }
+}
+
+fn summary(t: &Trial, target_pps: u64, pass: bool) -> TrialSummary {
+    TrialSummary {
+        target_pps,
+        offered_pps: t.report.offered_pps.round(),
+        delivered_pps: t.report.delivered_pps.round(),
+        loss_ratio: t.report.loss_ratio,
+        pass,
+        drops: t.drops,
+    }
 }
