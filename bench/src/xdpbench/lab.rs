@@ -172,16 +172,26 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// Per-CPU time from `/proc/stat`, in clock ticks.
-#[derive(Debug, Clone, Copy, Default)]
+/// One CPU's idle and softirq time from `/proc/stat` (clock ticks), and when
+/// it was read.
+///
+/// Busy time is wall time minus idle. With a tickless kernel, idle time is
+/// measured from timestamps at idle entry and exit (and an interrupt ends an
+/// idle period), so it is exact even when a CPU wakes only to run softirqs;
+/// the busy categories (user, system, softirq) are sampled at ticks, and a CPU
+/// that idles between bursts of softirq work may never be ticked while busy.
+/// So "busy" is wall − idle, and the softirq share is a tick-sampled estimate
+/// (this kernel has no `CONFIG_IRQ_TIME_ACCOUNTING`).
+#[derive(Debug, Clone, Copy)]
 pub struct CpuTimes {
-    pub total: u64,
+    pub at: std::time::Instant,
     pub idle: u64,
     pub softirq: u64,
 }
 
 pub fn cpu_times(cpu: usize) -> Result<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/stat")?;
+    let at = std::time::Instant::now();
     let label = format!("cpu{cpu}");
     let line = stat
         .lines()
@@ -192,11 +202,9 @@ pub fn cpu_times(cpu: usize) -> Result<CpuTimes> {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice;
-    // guest time is already part of user.
-    let total = v.iter().take(8).sum();
+    // user nice system idle iowait irq softirq steal ...
     Ok(CpuTimes {
-        total,
+        at,
         idle: v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0),
         softirq: v.get(6).copied().unwrap_or(0),
     })
@@ -204,10 +212,15 @@ pub fn cpu_times(cpu: usize) -> Result<CpuTimes> {
 
 /// Busy and softirq fractions of one CPU between two readings.
 pub fn busy_between(before: CpuTimes, after: CpuTimes) -> (f64, f64) {
-    let total = after.total.saturating_sub(before.total).max(1) as f64;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = (after.at.duration_since(before.at).as_secs_f64() * hz).max(1e-9);
     let idle = after.idle.saturating_sub(before.idle) as f64;
     let soft = after.softirq.saturating_sub(before.softirq) as f64;
-    ((1.0 - idle / total).clamp(0.0, 1.0), soft / total)
+    (
+        (1.0 - idle / ticks).clamp(0.0, 1.0),
+        (soft / ticks).clamp(0.0, 1.0),
+    )
 }
 
 /// Where packets were dropped, as counters to difference around a trial.

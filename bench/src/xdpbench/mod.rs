@@ -65,7 +65,8 @@ pub struct Args {
     /// rate of bulk / the gaming mix carried with at most 0.1 % loss),
     /// bulksink and gamingsink (the same, counted and dropped at B's ingress
     /// by nftables instead of received on sockets: no latency, but the
-    /// generator's CPU only sends).
+    /// generator's CPU only sends), bulkflood (one flood phase of bulk into
+    /// the sink, for profiling).
     #[arg(long, default_value = "bulk,gaming,gamingmax,paced,bulkcap")]
     workloads: String,
     #[arg(long, default_value_t = 3)]
@@ -149,6 +150,8 @@ impl Workload {
             "gamingcap" => (1000, 0, 100, true, false),
             "bulksink" => (1, 0, 1200, true, true),
             "gamingsink" => (1000, 0, 100, true, true),
+            // One flood phase into the sink (for profiling the forwarding CPU).
+            "bulkflood" => (1, 0, 1200, false, true),
             other => bail!("unknown workload {other:?}"),
         };
         Ok(Self {
