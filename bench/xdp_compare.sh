@@ -24,7 +24,8 @@
 #
 # Environment: RUNS (3), DURATION seconds per measurement (10), TRIAL_SECS
 # (2), WORKLOADS ("bulk gaming gamingmax paced bulkcap gamingcap"), CASES ("epoll io_uring xdp-native
-# xdp-skb"), PACED_RATE (50000), GEN_CPU (0), FWD_CPU (1), NO_PIN, OUT (a
+# xdp-skb"), PACED_RATE (50000), GEN_CPU (0), FWD_CPU (1), NO_PIN,
+# BRIDGE_NF_OFF (1: no netfilter on the switch's bridged frames), OUT (a
 # directory to keep results.jsonl and the log in; default: a temp dir,
 # removed). Needs root, clang, libbpf-dev, iproute2, python3.
 # Traffic stays in namespaces the benchmark creates and deletes.
@@ -66,6 +67,7 @@ log "building release binaries (lanrage-relay; lanrage-bench with --features xdp
 
 PIN_ARGS=(--gen-cpu "${GEN_CPU:-0}" --fwd-cpu "${FWD_CPU:-1}")
 [ -n "${NO_PIN:-}" ] && PIN_ARGS+=(--no-pin)
+[ -n "${BRIDGE_NF_OFF:-}" ] && PIN_ARGS+=(--bridge-nf-off)
 "$BIN/lanrage-xdpbench" --relay-bin "$BIN/lanrage-relay" \
     --runs "$RUNS" --duration "$DURATION" --paced-rate "${PACED_RATE:-50000}" \
     --trial-secs "${TRIAL_SECS:-2}" \

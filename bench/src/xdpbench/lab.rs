@@ -41,9 +41,20 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new(steer: Option<(usize, usize)>) -> Result<Self> {
+    /// `bridge_nf_off`: stop the switch's bridge from running bridged IPv4
+    /// frames through netfilter (`net.bridge.bridge-nf-call-*`, on by default
+    /// here because `br_netfilter` is built in). The switch stands for the
+    /// network, not the relay host, but its work lands on the forwarding CPU.
+    pub fn new(steer: Option<(usize, usize)>, bridge_nf_off: bool) -> Result<Self> {
         let lab = Switched::new(&["relay", "a", "b"])?;
         let this = Self { lab };
+        if bridge_nf_off {
+            for family in ["iptables", "ip6tables", "arptables"] {
+                this.lab
+                    .switch
+                    .sysctl(&format!("net.bridge.bridge-nf-call-{family}"), "0")?;
+            }
+        }
         let macs = this
             .lab
             .hosts

@@ -90,6 +90,10 @@ pub struct Args {
     /// No pinning and no RPS steering: the kernel decides.
     #[arg(long)]
     no_pin: bool,
+    /// Turn off bridge netfilter in the switch namespace (see
+    /// `lab::Lab::new`).
+    #[arg(long)]
+    bridge_nf_off: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Lines appended to the userspace relay's config.
@@ -255,14 +259,19 @@ fn run(args: &Args) -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, std::sync::Arc::clone(&stop))?;
     }
-    let lab = Lab::new(steer)?;
+    let lab = Lab::new(steer, args.bridge_nf_off)?;
     let scratch = Scratch::new()?;
     eprintln!(
-        "lab up: relay {} in {}, A in {}, B in {}; pinning {}",
+        "lab up: relay {} in {}, A in {}, B in {}; bridge netfilter {}; pinning {}",
         lab.relay().addr,
         lab.relay().ns.name(),
         lab.a().ns.name(),
         lab.b().ns.name(),
+        if args.bridge_nf_off {
+            "off"
+        } else {
+            "on (default)"
+        },
         match steer {
             Some((g, f)) => format!("generator CPU {g}, forwarding CPU {f}"),
             None => "off".into(),
