@@ -15,6 +15,8 @@
 #   bulkcap, gamingcap: the highest rate of bulk / the gaming mix carried with
 #              at most 0.1 % loss (a flood trial, then 6 bisection trials of
 #              TRIAL_SECS each; the row is the best passing trial)
+#   bulksink, gamingsink: the same capacities, counted and dropped at B's
+#              ingress by nftables (no latency; the generator CPU only sends)
 # RUNS times each (cases interleaved within a run), then a table of medians
 # with ratios to the best userspace backend of each workload.
 #
@@ -23,17 +25,18 @@
 # A's frames enter the bridge) on FWD_CPU. NO_PIN=1 lets the kernel decide.
 #
 # Environment: RUNS (3), DURATION seconds per measurement (10), TRIAL_SECS
-# (2), WORKLOADS ("bulk gaming gamingmax paced bulkcap gamingcap"), CASES ("epoll io_uring xdp-native
-# xdp-skb"), PACED_RATE (50000), GEN_CPU (0), FWD_CPU (1), NO_PIN,
+# (2), WORKLOADS ("bulk gaming gamingmax paced bulkcap gamingcap bulksink
+# gamingsink"), CASES ("epoll io_uring xdp-native xdp-skb"), PACED_RATE (50000), GEN_CPU (0), FWD_CPU (1), NO_PIN,
 # BRIDGE_NF_OFF (1: no netfilter on the switch's bridged frames), OUT (a
 # directory to keep results.jsonl and the log in; default: a temp dir,
-# removed). Needs root, clang, libbpf-dev, iproute2, python3.
+# removed). Needs root, clang, libbpf-dev, iproute2, nftables (sink
+# workloads), python3.
 # Traffic stays in namespaces the benchmark creates and deletes.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
-WORKLOADS=${WORKLOADS:-bulk gaming gamingmax paced bulkcap gamingcap}
+WORKLOADS=${WORKLOADS:-bulk gaming gamingmax paced bulkcap gamingcap bulksink gamingsink}
 CASES=${CASES:-epoll io_uring xdp-native xdp-skb}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
