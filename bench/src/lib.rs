@@ -3,3 +3,5 @@
 //! library anyone depends on: nothing here is part of the relay or the client.
 
 pub mod loadgen;
+#[cfg(feature = "xdp")]
+pub mod xdpbench;
