@@ -380,6 +380,53 @@ mod contract {
     pub const USERSPACE_TRANSPORT_SLACK: u64 = 2;
 }
 
+/// XDP asked for but impossible (here: an interface that doesn't exist in
+/// the relay's namespace) is a failed start naming the cause, not a relay
+/// that runs without its fast path.
+#[test]
+fn relay_exits_with_the_reason_when_xdp_cannot_attach() -> Result<()> {
+    let test = "relay_exits_with_the_reason_when_xdp_cannot_attach";
+    let Some(e2e) = E2e::new(test, "skb")? else {
+        return Ok(());
+    };
+    let iface = &e2e.lab.host("relay").iface;
+    let config = std::fs::read_to_string(&e2e.config)?
+        .replace(&format!("interface: {iface}"), "interface: lrgnothere0");
+    std::fs::write(&e2e.config, config)?;
+    let stderr_path = e2e.dir.path().join("refused.log");
+    let mut child = e2e
+        .lab
+        .host("relay")
+        .ns
+        .command(lanrage_tests::relay_process::relay_binary())?
+        .arg("--config")
+        .arg(&e2e.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .spawn()
+        .context("spawning the relay in its namespace")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the relay kept running without its XDP fast path");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path)?;
+    assert!(!status.success(), "relay started anyway: {stderr}");
+    assert!(
+        stderr.contains("lrgnothere0") && stderr.to_lowercase().contains("xdp"),
+        "the reason doesn't name XDP and the interface: {stderr}"
+    );
+    Ok(())
+}
+
 const E2E_PACKETS: u32 = 200;
 /// Packets in the restart test's stream, one every millisecond.
 const STREAM: u32 = 3_000;
