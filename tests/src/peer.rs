@@ -184,7 +184,11 @@ impl TestPeer {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        // A signal (io_uring task work) is not a failure;
+                        // callers poll again until their own deadline.
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 return Ok(None)

@@ -495,6 +495,9 @@ fn drain(socket: &std::net::UdpSocket, window: Duration) -> Result<Vec<Vec<u8>>>
         socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
         match socket.recv_from(&mut buf) {
             Ok((len, _)) => replies.push(buf[..len].to_vec()),
+            // A signal must not end the window early: that would let a
+            // "nothing arrives" check pass without waiting.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }

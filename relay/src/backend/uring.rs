@@ -114,7 +114,18 @@ pub fn probe() -> Result<(), String> {
     if forced_failure(std::env::var_os(FORCE_PROBE_FAIL_ENV).as_deref()) {
         return Err(format!("forced by {FORCE_PROBE_FAIL_ENV}"));
     }
-    probe_kernel()
+    // On a thread of its own: tearing a ring down queues task work on the
+    // thread that used it, which later interrupts that thread's blocking
+    // system calls (EINTR). The probe's thread exits with it instead of the
+    // caller (the relay's main thread, a test, the load generator).
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("io-uring-probe".to_owned())
+            .spawn_scoped(scope, probe_kernel)
+            .map_err(|e| format!("cannot start the io_uring probe thread: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err("the io_uring probe panicked".to_owned()))
+    })
 }
 
 /// Counters of the io_uring loop itself, beyond the router's [`crate::metrics::Metrics`].
