@@ -193,7 +193,9 @@ pub fn bind_with_buffers(addr: SocketAddr) -> Result<UdpSocket> {
     Ok(socket.into())
 }
 
-fn register(
+/// Registers `socket`'s peer with the relay: sends a registration until
+/// its authenticated ack comes back.
+pub fn register(
     socket: &UdpSocket,
     relay: SocketAddr,
     reg: &mut RegState,
@@ -213,8 +215,9 @@ fn register(
 }
 
 /// Runs the handshake; returns B's sender index (A's transport messages
-/// carry it as their receiver index).
-fn handshake(
+/// carry it as their receiver index). Public so the XDP bench can run the
+/// same dance on sockets it bound in namespaces.
+pub fn handshake(
     a: &UdpSocket,
     b: &UdpSocket,
     relay: SocketAddr,
