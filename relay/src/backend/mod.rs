@@ -81,24 +81,17 @@ enum Inner {
 
 impl Backend {
     /// Takes over a socket from [`bind_udp`] with the backend `choice` asks
-    /// for; `auto` is settled by [`resolve`].
+    /// for; `auto` is settled by [`resolve`]. `io_uring` is taken as checked:
+    /// whoever chose it probed once (the CLI does, at start), so workers
+    /// don't repeat the probe.
     pub fn new(socket: UdpSocket, options: Options, choice: BackendChoice) -> io::Result<Self> {
-        let use_uring = match resolve(choice) {
-            BackendChoice::Epoll | BackendChoice::Auto => false,
+        let inner = match resolve(choice) {
             BackendChoice::IoUring => {
-                io_uring_available().map_err(|why| {
-                    io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        format!("backend: io_uring was asked for but is not available: {why}"),
-                    )
-                })?;
-                true
+                Inner::Uring(Box::new(uring::UringBackend::new(socket, options)?))
             }
-        };
-        let inner = if use_uring {
-            Inner::Uring(Box::new(uring::UringBackend::new(socket, options)?))
-        } else {
-            Inner::Epoll(epoll::EpollBackend::new(socket, options)?)
+            BackendChoice::Epoll | BackendChoice::Auto => {
+                Inner::Epoll(epoll::EpollBackend::new(socket, options)?)
+            }
         };
         Ok(Self { inner })
     }
