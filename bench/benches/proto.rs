@@ -112,6 +112,7 @@ fn registration(c: &mut Criterion) {
             client: PeerKey::from(&client_public),
             timestamp: 1_700_000_000_000_000_000,
             observed: Some(observed),
+            cookie: [0x11; 16],
             consent: (0..consent).map(|i| PeerKey([i as u8; 32])).collect(),
         }
         .seal(&at_client)

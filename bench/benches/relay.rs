@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lanrage_proto::control::{Registration, SessionKeys};
+use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
 use lanrage_relay::route_table::{Route, RouteKey, RouteTable};
@@ -106,20 +106,30 @@ impl Client {
         }
     }
 
+    /// Registers, answering the relay's return-routability challenge.
     fn register(&self, router: &mut Router, now: Instant, peer: PeerKey) {
-        let mut msg = Registration {
-            client: self.key,
-            timestamp: 1,
-            observed: None,
-            consent: vec![peer],
+        let mut cookie = NO_COOKIE;
+        for timestamp in 1..=2 {
+            let mut msg = Registration {
+                client: self.key,
+                timestamp,
+                observed: None,
+                cookie,
+                consent: vec![peer],
+            }
+            .seal(&self.keys)
+            .expect("one consent key");
+            let verdict = router.handle(now, self.endpoint, &mut msg);
+            let Verdict::Reply(len) = verdict else {
+                panic!("registration answered: {verdict:?}");
+            };
+            match ControlMessage::parse(&msg[..len]) {
+                Ok(ControlMessage::Challenge(c)) => cookie = c.cookie,
+                Ok(ControlMessage::RegisterAck(_)) => return,
+                other => panic!("unexpected reply {other:?}"),
+            }
         }
-        .seal(&self.keys)
-        .expect("one consent key");
-        let verdict = router.handle(now, self.endpoint, &mut msg);
-        assert!(
-            matches!(verdict, Verdict::Reply(_)),
-            "registered: {verdict:?}"
-        );
+        panic!("registration not acknowledged after answering the challenge");
     }
 }
 

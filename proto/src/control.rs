@@ -8,7 +8,12 @@
 //!
 //! Registration proves possession of the client's WireGuard static key: it is
 //! MACed under a key derived from `X25519(client_secret, relay_public)`, which the
-//! relay recomputes as `X25519(relay_secret, client_public)`.
+//! relay recomputes as `X25519(relay_secret, client_public)`. Before a relay
+//! binds a key to a new address it also wants proof that the source receives
+//! at that address (return-routability): it answers with a [`Challenge`]
+//! carrying a stateless cookie, which the client echoes inside the
+//! MAC-covered registration. The relay computes no X25519 for a source that
+//! has not echoed a cookie.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -22,13 +27,17 @@ use crate::x25519::{PublicKey, StaticSecret};
 /// The first four bytes of every control message. Byte 0 (0x4C) has top bits
 /// `01`, so it is never STUN, and it is not a WireGuard type.
 pub const MAGIC: [u8; 4] = *b"LRG!";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The protocol version this crate speaks. Version 2 added the registration
+/// cookie (return-routability), the challenge, and the liveness probe.
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 
 pub const TYPE_REGISTER: u8 = 1;
 pub const TYPE_REGISTER_ACK: u8 = 2;
 pub const TYPE_UNKNOWN_SESSION: u8 = 3;
+pub const TYPE_CHALLENGE: u8 = 4;
+pub const TYPE_PROBE: u8 = 5;
+pub const TYPE_PROBE_ACK: u8 = 6;
 
 /// The most peers a registration may consent to (a party's size limit).
 pub const MAX_CONSENT: usize = 64;
@@ -36,14 +45,33 @@ pub const MAX_CONSENT: usize = 64;
 /// Encoded socket address: family (0 none, 4, 6) | port (2) | address (16).
 pub const ADDR_LEN: usize = 19;
 
+/// A return-routability cookie: 16 bytes, all zero when the client has none.
+pub const COOKIE_LEN: usize = 16;
+/// The cookie field of a client that has not been challenged yet.
+pub const NO_COOKIE: RegistrationCookie = [0; COOKIE_LEN];
+/// A relay's return-routability cookie for one (source address, client key).
+pub type RegistrationCookie = [u8; COOKIE_LEN];
+
+/// Offsets inside a registration.
+const REGISTER_TIMESTAMP_AT: usize = HEADER_LEN + 32;
+const REGISTER_OBSERVED_AT: usize = REGISTER_TIMESTAMP_AT + 8;
+const REGISTER_COOKIE_AT: usize = REGISTER_OBSERVED_AT + ADDR_LEN;
 /// Fixed part of a registration before the consent keys: header, client key,
-/// timestamp, observed endpoint, consent count.
-const REGISTER_FIXED_LEN: usize = HEADER_LEN + 32 + 8 + ADDR_LEN + 1;
+/// timestamp, observed endpoint, cookie, consent count.
+const REGISTER_FIXED_LEN: usize = REGISTER_COOKIE_AT + COOKIE_LEN + 1;
 /// Smallest and largest registration on the wire.
 pub const REGISTER_MIN_LEN: usize = REGISTER_FIXED_LEN + MAC_LEN;
 pub const REGISTER_MAX_LEN: usize = REGISTER_MIN_LEN + MAX_CONSENT * 32;
 pub const REGISTER_ACK_LEN: usize = HEADER_LEN + 8 + 8 + ADDR_LEN + MAC_LEN;
 pub const UNKNOWN_SESSION_LEN: usize = HEADER_LEN + 4 + 8 + 4;
+pub const CHALLENGE_LEN: usize = HEADER_LEN + 8 + COOKIE_LEN;
+pub const PROBE_LEN: usize = HEADER_LEN + 32 + 8 + MAC_LEN;
+pub const PROBE_ACK_LEN: usize = HEADER_LEN + 8 + 8 + 4 + MAC_LEN;
+
+/// Bit 0 of a probe ack's flags: the probing key is registered at the probe's
+/// source, and the ack is authenticated. Clear: the relay does not know the
+/// key there (e.g. it restarted), and the MAC field is zero.
+pub const PROBE_FLAG_REGISTERED: u8 = 1;
 
 /// Bit 0 of the unknown-session hint's flags: the source is registered, so only
 /// the session is missing (re-handshake); clear means register first.
@@ -89,6 +117,9 @@ pub enum ControlMessage<'a> {
     Register(RegisterView<'a>),
     RegisterAck(RegisterAckView<'a>),
     UnknownSession(UnknownSession),
+    Challenge(Challenge),
+    Probe(ProbeView<'a>),
+    ProbeAck(ProbeAckView<'a>),
 }
 
 impl<'a> ControlMessage<'a> {
@@ -98,6 +129,9 @@ impl<'a> ControlMessage<'a> {
             TYPE_REGISTER => RegisterView::parse(bytes).map(Self::Register),
             TYPE_REGISTER_ACK => RegisterAckView::parse(bytes).map(Self::RegisterAck),
             TYPE_UNKNOWN_SESSION => UnknownSession::parse(bytes).map(Self::UnknownSession),
+            TYPE_CHALLENGE => Challenge::parse(bytes).map(Self::Challenge),
+            TYPE_PROBE => ProbeView::parse(bytes).map(Self::Probe),
+            TYPE_PROBE_ACK => ProbeAckView::parse(bytes).map(Self::ProbeAck),
             other => Err(ControlError::UnknownType(other)),
         }
     }
@@ -124,8 +158,7 @@ fn parse_header(bytes: &[u8]) -> Result<u8, ControlError> {
 }
 
 fn write_header(out: &mut Vec<u8>, kind: u8) {
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[VERSION, kind, 0, 0]);
+    out.extend_from_slice(&header(kind));
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> u64 {
@@ -258,6 +291,11 @@ pub struct Registration {
     /// The client's own view of its endpoint (its local socket address), for
     /// diagnostics. The relay routes by the datagram's source, never this field.
     pub observed: Option<SocketAddr>,
+    /// The cookie from the relay's last [`Challenge`] to this client at this
+    /// address, or [`NO_COOKIE`]. Needed whenever the relay must bind the key
+    /// to the source address (first registration, roaming, taking an address
+    /// over); a refresh from the already bound address needs none.
+    pub cookie: RegistrationCookie,
     /// The peers this client accepts traffic from (its party), at most 64.
     pub consent: Vec<PeerKey>,
 }
@@ -273,6 +311,7 @@ impl Registration {
         out.extend_from_slice(self.client.as_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         out.extend_from_slice(&encode_addr(self.observed));
+        out.extend_from_slice(&self.cookie);
         out.push(self.consent.len() as u8);
         for key in &self.consent {
             out.extend_from_slice(key.as_bytes());
@@ -311,13 +350,27 @@ impl<'a> RegisterView<'a> {
             });
         }
         // Decode the address now so a verified view can't fail later.
-        addr_at(bytes, HEADER_LEN + 40)?;
+        addr_at(bytes, REGISTER_OBSERVED_AT)?;
         Ok(Self { bytes })
     }
 
     /// The claimed client key (unauthenticated until `verify`).
     pub fn client(&self) -> PeerKey {
         key_at(self.bytes, HEADER_LEN)
+    }
+
+    /// The claimed timestamp (unauthenticated until `verify`): a challenge
+    /// echoes it so the client can match the challenge to its registration.
+    pub fn timestamp(&self) -> u64 {
+        be_u64(self.bytes, REGISTER_TIMESTAMP_AT)
+    }
+
+    /// The echoed cookie (unauthenticated until `verify`). A relay checks it
+    /// *before* `verify`, because a wrong cookie must cost no X25519.
+    pub fn cookie(&self) -> RegistrationCookie {
+        let mut c = NO_COOKIE;
+        c.copy_from_slice(&self.bytes[REGISTER_COOKIE_AT..REGISTER_COOKIE_AT + COOKIE_LEN]);
+        c
     }
 
     /// Checks the MAC under `keys` and returns the authenticated contents.
@@ -333,8 +386,9 @@ impl<'a> RegisterView<'a> {
             .collect();
         Ok(Registration {
             client: self.client(),
-            timestamp: be_u64(body, HEADER_LEN + 32),
-            observed: addr_at(body, HEADER_LEN + 40)?,
+            timestamp: be_u64(body, REGISTER_TIMESTAMP_AT),
+            observed: addr_at(body, REGISTER_OBSERVED_AT)?,
+            cookie: self.cookie(),
             consent,
         })
     }
@@ -423,9 +477,7 @@ impl UnknownSession {
 
     pub fn encode(&self) -> [u8; UNKNOWN_SESSION_LEN] {
         let mut out = [0u8; UNKNOWN_SESSION_LEN];
-        out[..4].copy_from_slice(&MAGIC);
-        out[4] = VERSION;
-        out[5] = TYPE_UNKNOWN_SESSION;
+        out[..HEADER_LEN].copy_from_slice(&header(TYPE_UNKNOWN_SESSION));
         out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&self.receiver_index.to_le_bytes());
         out[HEADER_LEN + 4..HEADER_LEN + 12].copy_from_slice(&self.relay_epoch.to_be_bytes());
         out[HEADER_LEN + 12] = if self.registered {
@@ -435,6 +487,190 @@ impl UnknownSession {
         };
         out
     }
+}
+
+/// The relay's answer to a registration that must prove its source address
+/// (a new key, a new address, or an address another key holds) and carried no
+/// valid cookie. Not authenticated: the relay has done no X25519 for this
+/// source. A client that sent a registration with `echoed_timestamp` resends
+/// it at once with `cookie`; it ignores any other challenge. At 32 bytes it is
+/// smaller than the smallest registration (100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// The timestamp of the registration this answers.
+    pub echoed_timestamp: u64,
+    /// `MAC(secret_g, C ‖ ip ‖ port)`: valid for the client key and source
+    /// address of that registration, for 2–4 minutes (docs/protocol.md).
+    pub cookie: RegistrationCookie,
+}
+
+impl Challenge {
+    fn parse(bytes: &[u8]) -> Result<Self, ControlError> {
+        exact_len(bytes, CHALLENGE_LEN)?;
+        let mut cookie = NO_COOKIE;
+        cookie.copy_from_slice(&bytes[HEADER_LEN + 8..]);
+        Ok(Self {
+            echoed_timestamp: be_u64(bytes, HEADER_LEN),
+            cookie,
+        })
+    }
+
+    pub fn encode(&self) -> [u8; CHALLENGE_LEN] {
+        let mut out = [0u8; CHALLENGE_LEN];
+        out[..HEADER_LEN].copy_from_slice(&header(TYPE_CHALLENGE));
+        out[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&self.echoed_timestamp.to_be_bytes());
+        out[HEADER_LEN + 8..].copy_from_slice(&self.cookie);
+        out
+    }
+}
+
+/// A client's liveness probe: "do you still know me, and are you the same
+/// run?". Cheap for the relay (a MAC under the cached session key) and small,
+/// so a client can send one every second to the relay it uses; that is how a
+/// peer that only receives notices a relay restart (docs/protocol.md §2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub client: PeerKey,
+    /// Any value the client can match the ack to; Unix nanoseconds suggested.
+    pub timestamp: u64,
+}
+
+impl Probe {
+    pub fn seal(&self, keys: &SessionKeys) -> [u8; PROBE_LEN] {
+        let mut out = [0u8; PROBE_LEN];
+        out[..HEADER_LEN].copy_from_slice(&header(TYPE_PROBE));
+        out[HEADER_LEN..HEADER_LEN + 32].copy_from_slice(self.client.as_bytes());
+        out[HEADER_LEN + 32..HEADER_LEN + 40].copy_from_slice(&self.timestamp.to_be_bytes());
+        let tag = mac(&keys.client_to_relay, &[&out[..PROBE_LEN - MAC_LEN]]);
+        out[PROBE_LEN - MAC_LEN..].copy_from_slice(&tag);
+        out
+    }
+}
+
+/// A length-checked probe whose MAC is not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ProbeView<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self, ControlError> {
+        exact_len(bytes, PROBE_LEN)?;
+        Ok(Self { bytes })
+    }
+
+    /// The claimed client key (unauthenticated until `verify`).
+    pub fn client(&self) -> PeerKey {
+        key_at(self.bytes, HEADER_LEN)
+    }
+
+    /// The claimed timestamp (unauthenticated until `verify`).
+    pub fn timestamp(&self) -> u64 {
+        be_u64(self.bytes, HEADER_LEN + 32)
+    }
+
+    pub fn verify(&self, keys: &SessionKeys) -> Result<Probe, ControlError> {
+        let (body, tag) = self.bytes.split_at(PROBE_LEN - MAC_LEN);
+        let tag: &[u8; MAC_LEN] = tag.try_into().map_err(|_| ControlError::BadMac)?;
+        if !mac_matches(&keys.client_to_relay, body, tag) {
+            return Err(ControlError::BadMac);
+        }
+        Ok(Probe {
+            client: self.client(),
+            timestamp: self.timestamp(),
+        })
+    }
+}
+
+/// The relay's answer to a probe. When the key is registered at the probe's
+/// source the ack is MACed (`registered` true); otherwise it is not (the
+/// relay does no X25519 for an unknown key) and only prompts the client to
+/// register again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAck {
+    pub echoed_timestamp: u64,
+    pub relay_epoch: u64,
+    pub registered: bool,
+}
+
+impl ProbeAck {
+    fn body(&self) -> [u8; PROBE_ACK_LEN] {
+        let mut out = [0u8; PROBE_ACK_LEN];
+        out[..HEADER_LEN].copy_from_slice(&header(TYPE_PROBE_ACK));
+        out[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&self.echoed_timestamp.to_be_bytes());
+        out[HEADER_LEN + 8..HEADER_LEN + 16].copy_from_slice(&self.relay_epoch.to_be_bytes());
+        out[HEADER_LEN + 16] = if self.registered {
+            PROBE_FLAG_REGISTERED
+        } else {
+            0
+        };
+        out
+    }
+
+    /// The authenticated ack for a registered client.
+    pub fn seal(&self, keys: &SessionKeys) -> [u8; PROBE_ACK_LEN] {
+        let mut out = ProbeAck {
+            registered: true,
+            ..*self
+        }
+        .body();
+        let tag = mac(&keys.relay_to_client, &[&out[..PROBE_ACK_LEN - MAC_LEN]]);
+        out[PROBE_ACK_LEN - MAC_LEN..].copy_from_slice(&tag);
+        out
+    }
+
+    /// The unauthenticated "I don't know you here" ack (MAC field zero).
+    pub fn not_registered(echoed_timestamp: u64, relay_epoch: u64) -> [u8; PROBE_ACK_LEN] {
+        ProbeAck {
+            echoed_timestamp,
+            relay_epoch,
+            registered: false,
+        }
+        .body()
+    }
+}
+
+/// A length-checked probe ack. [`ProbeAckView::registered`] is readable
+/// unauthenticated (a prompt only); an ack that says "registered" must
+/// [`ProbeAckView::verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAckView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ProbeAckView<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self, ControlError> {
+        exact_len(bytes, PROBE_ACK_LEN)?;
+        let flags = bytes[HEADER_LEN + 16];
+        if flags & !PROBE_FLAG_REGISTERED != 0 || bytes[HEADER_LEN + 17..HEADER_LEN + 20] != [0; 3]
+        {
+            return Err(ControlError::ReservedNotZero);
+        }
+        Ok(Self { bytes })
+    }
+
+    /// The unauthenticated contents (for a "not registered" prompt).
+    pub fn unauthenticated(&self) -> ProbeAck {
+        ProbeAck {
+            echoed_timestamp: be_u64(self.bytes, HEADER_LEN),
+            relay_epoch: be_u64(self.bytes, HEADER_LEN + 8),
+            registered: self.bytes[HEADER_LEN + 16] & PROBE_FLAG_REGISTERED != 0,
+        }
+    }
+
+    /// Checks the MAC of a "registered" ack.
+    pub fn verify(&self, keys: &SessionKeys) -> Result<ProbeAck, ControlError> {
+        let (body, tag) = self.bytes.split_at(PROBE_ACK_LEN - MAC_LEN);
+        let tag: &[u8; MAC_LEN] = tag.try_into().map_err(|_| ControlError::BadMac)?;
+        if !mac_matches(&keys.relay_to_client, body, tag) {
+            return Err(ControlError::BadMac);
+        }
+        Ok(self.unauthenticated())
+    }
+}
+
+fn header(kind: u8) -> [u8; HEADER_LEN] {
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, kind, 0, 0]
 }
 
 fn exact_len(bytes: &[u8], expected: usize) -> Result<(), ControlError> {
@@ -484,6 +720,7 @@ mod tests {
             client: me,
             timestamp: 1_700_000_000_000_000_000,
             observed: Some("[2001:db8::1]:51820".parse().expect("literal")),
+            cookie: [9; COOKIE_LEN],
             consent: vec![PeerKey([5; 32]), PeerKey([6; 32])],
         };
         let wire = reg.seal(&at_client).expect("seal");
@@ -492,7 +729,17 @@ mod tests {
             panic!("must parse");
         };
         assert_eq!(view.client(), me);
+        assert_eq!(view.timestamp(), reg.timestamp);
+        assert_eq!(view.cookie(), [9; COOKIE_LEN]);
         assert_eq!(view.verify(&at_relay), Ok(reg));
+
+        // The cookie is MAC-covered: a relay can't be fed another address's cookie.
+        let mut swapped = wire.clone();
+        swapped[REGISTER_COOKIE_AT] ^= 1;
+        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(&swapped) else {
+            panic!("still well-formed");
+        };
+        assert_eq!(view.verify(&at_relay), Err(ControlError::BadMac));
 
         let mut tampered = wire.clone();
         tampered[HEADER_LEN + 33] ^= 1; // timestamp
@@ -510,6 +757,7 @@ mod tests {
             client: me,
             timestamp: 1,
             observed: None,
+            cookie: NO_COOKIE,
             consent: vec![],
         };
         let wire = reg.seal(&wrong).expect("seal");
@@ -526,6 +774,7 @@ mod tests {
             client: me,
             timestamp: 1,
             observed: None,
+            cookie: NO_COOKIE,
             consent: vec![PeerKey([1; 32]); MAX_CONSENT + 1],
         };
         assert_eq!(reg.seal(&at_client), Err(ControlError::TooManyConsents(65)));
@@ -561,6 +810,7 @@ mod tests {
             client: me,
             timestamp: 1,
             observed: None,
+            cookie: NO_COOKIE,
             consent: vec![],
         }
         .seal(&at_client)
@@ -595,17 +845,77 @@ mod tests {
             Err(ControlError::BadMagic)
         );
         assert_eq!(
-            ControlMessage::parse(b"LRG!\x02\x01\0\0"),
-            Err(ControlError::UnsupportedVersion(2))
+            ControlMessage::parse(b"LRG!\x01\x01\0\0"),
+            Err(ControlError::UnsupportedVersion(1))
         );
         assert_eq!(
-            ControlMessage::parse(b"LRG!\x01\x09\0\0"),
+            ControlMessage::parse(b"LRG!\x02\x09\0\0"),
             Err(ControlError::UnknownType(9))
         );
         assert_eq!(
-            ControlMessage::parse(b"LRG!\x01\x01\0\x01"),
+            ControlMessage::parse(b"LRG!\x02\x01\0\x01"),
             Err(ControlError::ReservedNotZero)
         );
+    }
+
+    #[test]
+    fn challenge_round_trips_and_is_smaller_than_any_registration() {
+        let challenge = Challenge {
+            echoed_timestamp: 0x0102_0304_0506_0708,
+            cookie: [7; COOKIE_LEN],
+        };
+        let wire = challenge.encode();
+        assert_eq!(wire.len(), 32);
+        assert_eq!(&wire[..8], b"LRG!\x02\x04\0\0");
+        assert_eq!(&wire[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            ControlMessage::parse(&wire),
+            Ok(ControlMessage::Challenge(challenge))
+        );
+        const { assert!(CHALLENGE_LEN < REGISTER_MIN_LEN) };
+        assert_eq!(REGISTER_MIN_LEN, 100);
+    }
+
+    #[test]
+    fn probe_and_ack_round_trip_and_are_direction_bound() {
+        let (at_client, at_relay, me) = keys(1, 2);
+        let probe = Probe {
+            client: me,
+            timestamp: 42,
+        };
+        let wire = probe.seal(&at_client);
+        assert_eq!(wire.len(), 64);
+        let Ok(ControlMessage::Probe(view)) = ControlMessage::parse(&wire) else {
+            panic!("must parse");
+        };
+        assert_eq!(view.client(), me);
+        assert_eq!(view.verify(&at_relay), Ok(probe));
+        let mut tampered = wire;
+        tampered[HEADER_LEN + 39] ^= 1;
+        let Ok(ControlMessage::Probe(view)) = ControlMessage::parse(&tampered) else {
+            panic!("still well-formed");
+        };
+        assert_eq!(view.verify(&at_relay), Err(ControlError::BadMac));
+
+        let ack = ProbeAck {
+            echoed_timestamp: 42,
+            relay_epoch: 7,
+            registered: true,
+        };
+        let sealed = ack.seal(&at_relay);
+        assert!(sealed.len() < wire.len(), "never larger than the probe");
+        let Ok(ControlMessage::ProbeAck(view)) = ControlMessage::parse(&sealed) else {
+            panic!("must parse");
+        };
+        assert_eq!(view.verify(&at_client), Ok(ack));
+
+        let unknown = ProbeAck::not_registered(42, 7);
+        let Ok(ControlMessage::ProbeAck(view)) = ControlMessage::parse(&unknown) else {
+            panic!("must parse");
+        };
+        assert!(!view.unauthenticated().registered);
+        assert_eq!(&unknown[PROBE_ACK_LEN - MAC_LEN..], &[0; MAC_LEN]);
+        assert_eq!(view.verify(&at_client), Err(ControlError::BadMac));
     }
 
     #[test]

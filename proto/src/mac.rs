@@ -107,6 +107,44 @@ pub fn cookie_for(secret: &[u8; 32], source: SocketAddr) -> Cookie {
     }
 }
 
+/// A relay's return-routability cookie for a registration of `client` from
+/// `source`: `MAC(secret, C ‖ ip ‖ port)`, with the same address encoding as
+/// [`cookie_for`]. Binding the key in means a cookie fetched for one key is
+/// useless for another, so taking over a client's address needs a cookie
+/// received at that address.
+pub fn registration_cookie(secret: &[u8; 32], client: &[u8; 32], source: SocketAddr) -> Cookie {
+    keyed_registration_cookie(secret, client, source)
+        .finalize_fixed()
+        .into()
+}
+
+/// Constant-time check that `cookie` is [`registration_cookie`]`(secret, client, source)`.
+pub fn registration_cookie_matches(
+    secret: &[u8; 32],
+    client: &[u8; 32],
+    source: SocketAddr,
+    cookie: &Cookie,
+) -> bool {
+    keyed_registration_cookie(secret, client, source)
+        .verify_slice(cookie)
+        .is_ok()
+}
+
+fn keyed_registration_cookie(
+    secret: &[u8; 32],
+    client: &[u8; 32],
+    source: SocketAddr,
+) -> Blake2sMac128 {
+    let mut m = keyed(secret);
+    m.update(client);
+    match source.ip() {
+        IpAddr::V4(ip) => m.update(&ip.octets()),
+        IpAddr::V6(ip) => m.update(&ip.octets()),
+    }
+    m.update(&source.port().to_be_bytes());
+    m
+}
+
 /// Whether the handshake's mac2 was made with `cookie`.
 pub fn mac2_verifies(cookie: &Cookie, handshake: &Handshake<'_>) -> bool {
     mac_matches(cookie, handshake.mac2_input(), handshake.mac2())

@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 
 use lanrage_proto::control::{
     decode_addr, encode_addr, RegisterAck, Registration, SessionKeys, UnknownSession, ADDR_LEN,
-    HEADER_LEN, MAX_CONSENT, REGISTER_ACK_LEN, REGISTER_MIN_LEN, UNKNOWN_SESSION_LEN,
+    CHALLENGE_LEN, HEADER_LEN, MAX_CONSENT, PROBE_ACK_LEN, PROBE_LEN, REGISTER_ACK_LEN,
+    REGISTER_MIN_LEN, UNKNOWN_SESSION_LEN,
 };
 use lanrage_proto::mac::{open_cookie_reply, CookieKey, Mac1Key};
 use lanrage_proto::wireguard::{COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_MIN_LEN};
@@ -99,14 +100,18 @@ fn registration() -> impl Strategy<Value = Registration> {
         peer_key(),
         any::<u64>(),
         optional_addr(),
+        any::<[u8; 16]>(),
         prop::collection::vec(peer_key(), 0..=MAX_CONSENT),
     )
-        .prop_map(|(client, timestamp, observed, consent)| Registration {
-            client,
-            timestamp,
-            observed,
-            consent,
-        })
+        .prop_map(
+            |(client, timestamp, observed, cookie, consent)| Registration {
+                client,
+                timestamp,
+                observed,
+                cookie,
+                consent,
+            },
+        )
 }
 
 /// A registration from the fixture's client, as a real client would send it.
@@ -265,6 +270,20 @@ fn exercise_control(bytes: &[u8]) -> Result<(), TestCaseError> {
             // Unauthenticated, so it must at least be canonical.
             prop_assert_eq!(&hint.encode()[..], bytes);
         }
+        ControlMessage::Challenge(challenge) => {
+            prop_assert_eq!(bytes.len(), CHALLENGE_LEN);
+            prop_assert_eq!(&challenge.encode()[..], bytes);
+        }
+        ControlMessage::Probe(view) => {
+            prop_assert_eq!(bytes.len(), PROBE_LEN);
+            let _ = (view.client(), view.timestamp());
+            let _ = view.verify(&fx.at_relay);
+        }
+        ControlMessage::ProbeAck(view) => {
+            prop_assert_eq!(bytes.len(), PROBE_ACK_LEN);
+            let _ = view.unauthenticated();
+            let _ = view.verify(&fx.at_client);
+        }
     }
     Ok(())
 }
@@ -381,6 +400,7 @@ proptest! {
             client: fixture().client,
             timestamp: 0,
             observed: None,
+            cookie: [0; 16],
             consent: vec![PeerKey([1; 32]); MAX_CONSENT + extra],
         };
         prop_assert_eq!(

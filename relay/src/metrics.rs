@@ -55,6 +55,8 @@ pub enum DropReason {
     RouteTableFull,
     /// Under load, an initiation's mac2 did not verify and no cookie could be sent.
     Mac2Invalid,
+    /// A liveness probe from a key's bound endpoint whose MAC failed.
+    ProbeBadMac,
     /// Larger than the backend's receive buffer (2048 bytes; WireGuard's
     /// largest is 1420 + 32), truncated by the kernel, dropped unread.
     Oversized,
@@ -64,7 +66,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
@@ -84,6 +86,7 @@ impl DropReason {
         Self::RegistrationTableFull,
         Self::RouteTableFull,
         Self::Mac2Invalid,
+        Self::ProbeBadMac,
         Self::Oversized,
         Self::ReplyLargerThanRequest,
     ];
@@ -110,6 +113,7 @@ impl DropReason {
             Self::RegistrationTableFull => "registration_table_full",
             Self::RouteTableFull => "route_table_full",
             Self::Mac2Invalid => "mac2_invalid",
+            Self::ProbeBadMac => "probe_bad_mac",
             Self::Oversized => "oversized",
             Self::ReplyLargerThanRequest => "reply_larger_than_request",
         }
@@ -148,9 +152,18 @@ pub enum Event {
     /// io_uring: the submission queue was full; sends were submitted early
     /// or held in a backlog.
     SubmissionQueueFull,
+    /// A registration that had to prove its source address was answered
+    /// with a challenge (return-routability).
+    ChallengeSent,
+    /// A liveness probe was answered.
+    ProbeAnswered,
+    /// A new pending initiation replaced the oldest of the same pair of peers.
+    PendingReplaced,
+    /// A new session replaced the oldest of the same pair of peers.
+    SessionReplaced,
 }
 
-const EVENTS: [(Event, &str, &str); 16] = [
+const EVENTS: [(Event, &str, &str); 20] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -231,6 +244,26 @@ const EVENTS: [(Event, &str, &str); 16] = [
         "lanrage_relay_uring_sq_full_total",
         "io_uring: times the submission queue was full (sends submitted early or backlogged).",
     ),
+    (
+        Event::ChallengeSent,
+        "lanrage_relay_challenges_sent_total",
+        "Registrations answered with a return-routability challenge (unproven source address).",
+    ),
+    (
+        Event::ProbeAnswered,
+        "lanrage_relay_probes_answered_total",
+        "Liveness probes answered.",
+    ),
+    (
+        Event::PendingReplaced,
+        "lanrage_relay_pending_handshakes_replaced_total",
+        "Pending initiations replaced by a newer one of the same pair of peers (per-pair quota).",
+    ),
+    (
+        Event::SessionReplaced,
+        "lanrage_relay_sessions_replaced_total",
+        "Sessions replaced by a newer one of the same pair of peers (per-pair quota).",
+    ),
 ];
 
 /// The most worker threads that get a counter shard of their own; more share.
@@ -266,6 +299,8 @@ pub struct Metrics {
     registrations: AtomicU64,
     routes: AtomicU64,
     pending_handshakes: AtomicU64,
+    handshake_limiter_evictions: AtomicU64,
+    hint_limiter_evictions: AtomicU64,
     sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
 }
 
@@ -282,6 +317,8 @@ impl Default for Metrics {
             registrations: AtomicU64::new(0),
             routes: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
+            handshake_limiter_evictions: AtomicU64::new(0),
+            hint_limiter_evictions: AtomicU64::new(0),
             sources: RwLock::new(Vec::new()),
         }
     }
@@ -327,6 +364,18 @@ impl Metrics {
         self.routes.store(routes as u64, Ordering::Relaxed);
         self.pending_handshakes
             .store(pending as u64, Ordering::Relaxed);
+    }
+
+    /// Sources the per-IP handshake limiter evicted because its table was
+    /// full (its own running total; set at each sweep).
+    pub fn set_handshake_limiter_evictions(&self, total: u64) {
+        self.handshake_limiter_evictions
+            .store(total, Ordering::Relaxed);
+    }
+
+    /// The same for the unknown-session hint limiter.
+    pub fn set_hint_limiter_evictions(&self, total: u64) {
+        self.hint_limiter_evictions.store(total, Ordering::Relaxed);
     }
 
     /// Adds metrics rendered after the relay's own on every scrape.
@@ -409,6 +458,24 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {}", gauge(value));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lanrage_relay_rate_limiter_evictions_total Sources evicted from a full per-IP rate-limiter table to admit a new one."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE lanrage_relay_rate_limiter_evictions_total counter"
+        );
+        for (limiter, value) in [
+            ("handshake", &self.handshake_limiter_evictions),
+            ("hint", &self.hint_limiter_evictions),
+        ] {
+            let _ = writeln!(
+                out,
+                "lanrage_relay_rate_limiter_evictions_total{{limiter=\"{limiter}\"}} {}",
+                gauge(value)
+            );
         }
         let _ = writeln!(
             out,

@@ -16,6 +16,18 @@
 //! WireGuard public key to an endpoint; an initiation is routed to the
 //! consenting peer whose mac1 key verifies it; a response installs a route pair
 //! keyed by `(source endpoint, receiver_index)`; transport follows the routes.
+//!
+//! Cost discipline, because the relay sits on a public address:
+//! - a source that has not shown it receives at its address costs at most a
+//!   lookup and a MAC: a registration from it gets a stateless challenge
+//!   (return-routability, `docs/protocol.md` §2.4), never an X25519;
+//! - the X25519 of a proven new client runs on the worker, outside the core
+//!   lock that refreshes and handshakes need;
+//! - every budget is charged only for traffic that is what it claims to be
+//!   (a proven source, a verified MAC, a matching mac1), so junk sent in a
+//!   client's name does not spend the client's budget;
+//! - no key can fill a global table: pending handshakes and sessions are
+//!   capped per pair of peers, and the oldest is replaced, not the newest refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +35,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lanrage_proto::control::{
-    ControlError, ControlMessage, RegisterAck, RegisterView, SessionKeys, UnknownSession,
+    Challenge, ControlError, ControlMessage, ProbeAck, ProbeView, RegisterAck, RegisterView,
+    Registration, RegistrationCookie, SessionKeys, UnknownSession, NO_COOKIE,
 };
 use lanrage_proto::mac::{self, CookieKey, Mac1Key};
 use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, MAC_LEN};
@@ -32,7 +45,7 @@ use lanrage_proto::{classify, DatagramKind, PeerKey, WgMessage};
 
 use crate::metrics::{DropReason, Event, Metrics};
 pub use crate::rate_limit::RateLimit;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{Bucket, RateLimiter};
 pub use crate::route_table::RouteKey;
 pub use crate::route_table::RouteMirror;
 use crate::route_table::{Route, RouteTable};
@@ -101,13 +114,45 @@ impl Default for RouterConfig {
     }
 }
 
-/// WireGuard's cookie secret lifetime (paper §5.4.7: "changing every two minutes").
+/// WireGuard's cookie secret lifetime (paper §5.4.7: "changing every two
+/// minutes"). The registration cookie's secret rotates at the same period.
 const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+/// Label of the registration cookie's rotating secret (docs/protocol.md §2.7).
+const REGISTRATION_COOKIE_LABEL: &[u8] = b"lanrage registration cookie v2";
+/// Sessions (route pairs) kept per pair of peers. WireGuard holds at most three
+/// keypairs per peer (previous, current, next); one more covers a handshake
+/// completing while the relay has not yet seen the oldest idle out. A fifth
+/// replaces the oldest.
+pub const MAX_SESSIONS_PER_PEER: usize = 4;
+/// Pending initiations kept per (initiator, responder). WireGuard retries an
+/// unanswered initiation every 5 s (REKEY_TIMEOUT) and a pending entry lives
+/// 10 s, so two cover one retry; a third replaces the oldest.
+pub const MAX_PENDING_PER_PEER: usize = 2;
+/// A registered client's own budget for authenticated registrations from it
+/// (refreshes every 20–25 s, a challenge round trip, roaming).
+const CLIENT_REGISTRATION_LIMIT: RateLimit = RateLimit {
+    per_second: 1,
+    burst: 10,
+};
 /// How often `handle_timeout` sweeps the tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the route mirror (XDP map) is swept for routes this run doesn't
 /// know. It walks the whole kernel map, so far less often than the tables.
 const MIRROR_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the core did not apply an authenticated registration.
+enum Refusal {
+    /// The source must (again) prove its address: answer with a challenge.
+    NeedsProof,
+    Drop(DropReason),
+}
+
+/// Locks a mutex shared by workers. A worker that panicked mid-update leaves
+/// tables that are still memory-safe and at worst briefly inconsistent; keep
+/// serving.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// What a handler decided, before it touches the buffer again.
 enum Outcome {
@@ -143,8 +188,18 @@ struct Client {
     last_timestamp: u64,
     consent: Vec<PeerKey>,
     refreshed: Instant,
-    /// Keys of routes whose source is this client's endpoint.
+    /// Keys of routes whose source is this client's endpoint, oldest first.
     routes: Vec<RouteKey>,
+    /// Pending initiations this client sent, as keys of `Core::pending`,
+    /// oldest first (the per-peer quota replaces from the front).
+    pending: Vec<(PeerKey, u32)>,
+    /// Authenticated registrations from this client.
+    registration_budget: Bucket,
+    /// Initiations from this client's endpoint whose mac1 matched no
+    /// consenting peer. Junk spends this, never the per-IP handshake budget,
+    /// so junk sent in a client's name can't starve a neighbour behind the
+    /// same IP; when it is empty, junk is dropped before any mac1 work.
+    junk_budget: Bucket,
 }
 
 impl Client {
@@ -157,6 +212,107 @@ impl Client {
 struct Pending {
     initiator: PeerKey,
     created: Instant,
+}
+
+/// The last accepted timestamp of a key whose registration was removed
+/// (expired, evicted, taken over), kept for the registration lifetime so a
+/// captured registration can't be replayed once the key's state is gone.
+struct ReplayMemory {
+    last: HashMap<PeerKey, (u64, Instant)>,
+    /// Keys in the order they were remembered: what goes first when full.
+    order: std::collections::VecDeque<(PeerKey, Instant)>,
+    max: usize,
+}
+
+impl ReplayMemory {
+    fn new(max: usize) -> Self {
+        Self {
+            last: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn remember(&mut self, key: PeerKey, timestamp: u64, now: Instant) {
+        while self.last.len() >= self.max {
+            let Some((oldest, at)) = self.order.pop_front() else {
+                break;
+            };
+            if self.last.get(&oldest).is_some_and(|(_, t)| *t == at) {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(key, (timestamp, now));
+        self.order.push_back((key, now));
+    }
+
+    fn last_timestamp(&self, key: &PeerKey) -> Option<u64> {
+        self.last.get(key).map(|(ts, _)| *ts)
+    }
+
+    fn forget(&mut self, key: &PeerKey) {
+        self.last.remove(key);
+    }
+
+    fn expire(&mut self, now: Instant, keep_for: Duration) {
+        while let Some((key, at)) = self.order.front().copied() {
+            if now.saturating_duration_since(at) < keep_for {
+                break;
+            }
+            self.order.pop_front();
+            if self.last.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.last.remove(&key);
+            }
+        }
+    }
+}
+
+/// A secret that rotates every [`COOKIE_SECRET_LIFETIME`], derived from the
+/// run's seed, so every worker computes the same one without sharing state.
+/// The current and the previous generation are accepted.
+struct RotatingSecret {
+    seed: [u8; 32],
+    label: &'static [u8],
+    started: Instant,
+    /// (generation, its secret, the previous generation's secret).
+    cached: Option<(u64, [u8; 32], Option<[u8; 32]>)>,
+}
+
+impl RotatingSecret {
+    fn new(seed: [u8; 32], label: &'static [u8], started: Instant) -> Self {
+        Self {
+            seed,
+            label,
+            started,
+            cached: None,
+        }
+    }
+
+    /// The current secret and the previous one (none in the first period).
+    fn secrets(&mut self, now: Instant) -> ([u8; 32], Option<[u8; 32]>) {
+        let generation = now.saturating_duration_since(self.started).as_secs()
+            / COOKIE_SECRET_LIFETIME.as_secs();
+        match self.cached {
+            Some((g, current, previous)) if g == generation => (current, previous),
+            _ => {
+                let current = mac::derive_secret(&self.seed, self.label, generation);
+                let previous = generation
+                    .checked_sub(1)
+                    .map(|g| mac::derive_secret(&self.seed, self.label, g));
+                self.cached = Some((generation, current, previous));
+                (current, previous)
+            }
+        }
+    }
+}
+
+/// What an authenticated registration had shown about its source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddressProof {
+    /// It came from the address already bound to its key (a refresh).
+    BoundEndpoint,
+    /// It echoed a valid cookie for its key and source address.
+    Cookie,
 }
 
 /// Counts initiations per one-second window to decide "under load".
@@ -176,11 +332,14 @@ pub struct Router {
     core: Arc<Mutex<Core>>,
     routes: Arc<RouteTable>,
     metrics: Arc<Metrics>,
-    /// Per worker: sources are pinned to a worker by `SO_REUSEPORT` hashing, so
-    /// a per-worker budget is a per-source budget without sharing.
-    hint_limiter: RateLimiter,
-    hint_limit: RateLimit,
-    max_sources: usize,
+    /// Shared by all workers, with a lock of its own (not the core's): a
+    /// spoofed source can reach any worker, so a per-worker budget would
+    /// multiply the per-IP hint rate by the worker count.
+    hints: Arc<Mutex<RateLimiter>>,
+    /// The relay's key, for the X25519 of proven new clients, which runs here
+    /// on the worker rather than under the core lock.
+    secret: StaticSecret,
+    registration_cookies: RotatingSecret,
     epoch: u64,
     public: PeerKey,
 }
@@ -189,7 +348,6 @@ pub struct Router {
 /// cookies, and the write side of the route table.
 struct Core {
     config: RouterConfig,
-    secret: StaticSecret,
     epoch: u64,
     seed: [u8; 32],
     started: Instant,
@@ -198,7 +356,10 @@ struct Core {
     by_endpoint: HashMap<SocketAddr, PeerKey>,
     routes: Arc<RouteTable>,
     pending: HashMap<(PeerKey, u32), Pending>,
+    /// Per source IP: X25519 for proven new clients, and handshakes that are
+    /// what they claim to be (mac1 matched a consenting peer).
     handshake_limiter: RateLimiter,
+    replay: ReplayMemory,
     load: LoadMeter,
     next_sweep: Instant,
     next_mirror_sweep: Instant,
@@ -232,13 +393,12 @@ impl Router {
         let public = PeerKey::from(&PublicKey::from(&secret));
         let handshake_limiter =
             RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
-        let hint_limit = config.hint_rate_limit;
-        let max_sources = config.max_rate_limited_sources;
+        let hints = RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources);
         let routes = Arc::new(RouteTable::with_mirror(now, mirror));
         let metrics = Arc::new(Metrics::default());
+        let replay = ReplayMemory::new(config.max_registrations);
         let core = Core {
             config,
-            secret,
             epoch,
             seed,
             started: now,
@@ -248,6 +408,7 @@ impl Router {
             routes: Arc::clone(&routes),
             pending: HashMap::new(),
             handshake_limiter,
+            replay,
             load: LoadMeter {
                 window_start: now,
                 current: 0,
@@ -261,9 +422,9 @@ impl Router {
             core: Arc::new(Mutex::new(core)),
             routes,
             metrics,
-            hint_limiter: RateLimiter::new(hint_limit, max_sources),
-            hint_limit,
-            max_sources,
+            hints: Arc::new(Mutex::new(hints)),
+            secret,
+            registration_cookies: RotatingSecret::new(seed, REGISTRATION_COOKIE_LABEL, now),
             epoch,
             public,
         }
@@ -275,18 +436,20 @@ impl Router {
             core: Arc::clone(&self.core),
             routes: Arc::clone(&self.routes),
             metrics: Arc::clone(&self.metrics),
-            hint_limiter: RateLimiter::new(self.hint_limit, self.max_sources),
-            hint_limit: self.hint_limit,
-            max_sources: self.max_sources,
+            hints: Arc::clone(&self.hints),
+            secret: self.secret.clone(),
+            registration_cookies: RotatingSecret::new(
+                self.registration_cookies.seed,
+                REGISTRATION_COOKIE_LABEL,
+                self.registration_cookies.started,
+            ),
             epoch: self.epoch,
             public: self.public,
         }
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
-        // A worker that panicked mid-update leaves tables that are still
-        // memory-safe and at worst briefly inconsistent; keep serving.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.core)
     }
 
     pub fn public_key(&self) -> PeerKey {
@@ -312,7 +475,7 @@ impl Router {
                 Ok(handshake) => self.core().handle_handshake(now, src, handshake),
                 Err(_) => Err(DropReason::MalformedWireGuard),
             },
-            DatagramKind::Control => self.core().handle_control(now, src, buf),
+            DatagramKind::Control => self.handle_control(now, src, buf),
             DatagramKind::Stun => Err(DropReason::StunUnsupported),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
@@ -359,7 +522,7 @@ impl Router {
         // Tell the source so it re-handshakes (or re-registers) now instead of
         // after WireGuard's timeouts. Rate-limited, and smaller than the
         // smallest transport message, so never an amplifier.
-        if !self.hint_limiter.allow(now, src.ip()) {
+        if !lock(&self.hints).allow(now, src.ip()) {
             return Err(DropReason::NoRoute);
         }
         self.metrics.record_drop(DropReason::NoRoute);
@@ -373,6 +536,140 @@ impl Router {
         Ok(Outcome::Reply(Reply::new(&hint.encode())))
     }
 
+    // ---- control ----------------------------------------------------------------
+
+    fn handle_control(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &[u8],
+    ) -> Result<Outcome, DropReason> {
+        match ControlMessage::parse(buf) {
+            Ok(ControlMessage::Register(view)) => self.register(now, src, view),
+            Ok(ControlMessage::Probe(view)) => self.probe(src, view),
+            Ok(
+                ControlMessage::RegisterAck(_)
+                | ControlMessage::UnknownSession(_)
+                | ControlMessage::Challenge(_)
+                | ControlMessage::ProbeAck(_),
+            ) => Err(DropReason::UnexpectedControl),
+            Err(ControlError::UnsupportedVersion(_)) => Err(DropReason::UnsupportedVersion),
+            Err(ControlError::UnknownType(_)) => Err(DropReason::UnknownControlType),
+            Err(_) => Err(DropReason::MalformedControl),
+        }
+    }
+
+    /// A registration, cheapest checks first (docs/protocol.md §2.4):
+    /// 1. from the address already bound to its key: a refresh, one MAC under
+    ///    the cached session key;
+    /// 2. otherwise the source must echo a valid cookie, or it gets a
+    ///    challenge: one MAC, no state, no X25519;
+    /// 3. a proven source with a new key pays one X25519 (budgeted per source
+    ///    IP), here on the worker, not under the core lock;
+    /// 4. the core applies it under its lock, re-checking what may have
+    ///    changed meanwhile.
+    fn register(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        view: RegisterView<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let key = view.client();
+        let known = self.core().session_keys(&key);
+        let refresh = known.as_ref().is_some_and(|(endpoint, _)| *endpoint == src);
+        if !refresh && !self.cookie_is_valid(now, src, &key, &view.cookie()) {
+            return Ok(self.challenge(now, src, &key, view.timestamp()));
+        }
+        let keys = match known {
+            Some((_, keys)) => keys,
+            None => {
+                if !self.core().handshake_limiter.allow(now, src.ip()) {
+                    return Err(DropReason::RateLimited);
+                }
+                SessionKeys::for_relay(&self.secret, &PublicKey::from(key))
+                    .map_err(|_| DropReason::RegistrationWeakKey)?
+            }
+        };
+        let registration = view
+            .verify(&keys)
+            .map_err(|_| DropReason::RegistrationBadMac)?;
+        let proof = if refresh {
+            AddressProof::BoundEndpoint
+        } else {
+            AddressProof::Cookie
+        };
+        let applied = self
+            .core()
+            .apply_registration(now, src, registration, keys, proof);
+        match applied {
+            Err(Refusal::NeedsProof) => Ok(self.challenge(now, src, &key, view.timestamp())),
+            Err(Refusal::Drop(reason)) => Err(reason),
+            Ok(outcome) => Ok(outcome),
+        }
+    }
+
+    /// Whether `cookie` was issued for `key` at `src` by this run, in the
+    /// current or the previous secret period.
+    fn cookie_is_valid(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        key: &PeerKey,
+        cookie: &RegistrationCookie,
+    ) -> bool {
+        if *cookie == NO_COOKIE {
+            return false;
+        }
+        let (current, previous) = self.registration_cookies.secrets(now);
+        [Some(current), previous]
+            .into_iter()
+            .flatten()
+            .any(|secret| mac::registration_cookie_matches(&secret, key.as_bytes(), src, cookie))
+    }
+
+    /// The stateless answer to an unproven registration: a cookie for its
+    /// key at its source address, sent only there.
+    fn challenge(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        key: &PeerKey,
+        timestamp: u64,
+    ) -> Outcome {
+        let (current, _) = self.registration_cookies.secrets(now);
+        let challenge = Challenge {
+            echoed_timestamp: timestamp,
+            cookie: mac::registration_cookie(&current, key.as_bytes(), src),
+        };
+        self.metrics.record(Event::ChallengeSent);
+        tracing::trace!(%src, "registration challenged");
+        Outcome::Reply(Reply::new(&challenge.encode()))
+    }
+
+    /// A liveness probe: answered with an authenticated ack if its key is
+    /// registered at its source, else with an unauthenticated "not
+    /// registered" (no X25519 for an unknown key). Both are smaller than the
+    /// probe.
+    fn probe(&mut self, src: SocketAddr, view: ProbeView<'_>) -> Result<Outcome, DropReason> {
+        let bound = self
+            .core()
+            .session_keys(&view.client())
+            .filter(|(endpoint, _)| *endpoint == src);
+        let Some((_, keys)) = bound else {
+            self.metrics.record(Event::ProbeAnswered);
+            let ack = ProbeAck::not_registered(view.timestamp(), self.epoch);
+            return Ok(Outcome::Reply(Reply::new(&ack)));
+        };
+        let probe = view.verify(&keys).map_err(|_| DropReason::ProbeBadMac)?;
+        let ack = ProbeAck {
+            echoed_timestamp: probe.timestamp,
+            relay_epoch: self.epoch,
+            registered: true,
+        };
+        self.metrics.record(Event::ProbeAnswered);
+        Ok(Outcome::Reply(Reply::new(&ack.seal(&keys))))
+    }
+
     /// The next time `handle_timeout` has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         Some(self.core().next_sweep)
@@ -383,7 +680,11 @@ impl Router {
     /// With several workers, whichever calls first does the sweep.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.core().handle_timeout(now) {
-            self.hint_limiter.forget_idle(now);
+            let mut hints = lock(&self.hints);
+            hints.forget_idle(now);
+            let evictions = hints.evictions();
+            drop(hints);
+            self.metrics.set_hint_limiter_evictions(evictions);
         }
     }
 
@@ -417,6 +718,15 @@ impl Core {
             self.routes.sweep_mirror(self.config.route_idle_timeout);
         }
         self.handshake_limiter.forget_idle(now);
+        // Remembered for as long as a captured registration's cookie can be
+        // valid: after that, a replay only earns a challenge.
+        let keep_for = self
+            .config
+            .registration_timeout
+            .max(2 * COOKIE_SECRET_LIFETIME);
+        self.replay.expire(now, keep_for);
+        self.metrics
+            .set_handshake_limiter_evictions(self.handshake_limiter.evictions());
         self.update_gauges();
         true
     }
@@ -447,12 +757,27 @@ impl Core {
         h: Handshake<'_>,
     ) -> Result<Outcome, DropReason> {
         let initiator = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
+        let junk_limit = self.config.handshake_rate_limit;
+        let junk_left = self
+            .clients
+            .get(&initiator)
+            .is_some_and(|c| c.junk_budget.has_token(junk_limit, now));
+        if !junk_left {
+            // Initiations from this endpoint have been junk for a while: no
+            // more mac1 work for it until its junk budget refills.
+            return Err(DropReason::RateLimited);
+        }
+        let Some(responder) = self.consenting_responder(&initiator, &h) else {
+            if let Some(client) = self.clients.get_mut(&initiator) {
+                client.junk_budget.take(junk_limit, now);
+            }
+            return Err(DropReason::NoConsentingResponder);
+        };
+        // What it claims to be (for a consenting, registered peer): now it
+        // may spend its source IP's handshake budget.
         if !self.handshake_limiter.allow(now, src.ip()) {
             return Err(DropReason::RateLimited);
         }
-        let responder = self
-            .consenting_responder(&initiator, &h)
-            .ok_or(DropReason::NoConsentingResponder)?;
 
         let under_load = self.count_initiation(now);
         if under_load && !self.mac2_proves_source(now, src, &h) {
@@ -462,13 +787,48 @@ impl Core {
         }
 
         let pending_key = (responder, h.sender_index());
-        match self.pending.get(&pending_key) {
+        let dst = self
+            .clients
+            .get(&responder)
+            .map(|c| c.endpoint)
+            .ok_or(DropReason::NoConsentingResponder)?;
+        match self.pending.get_mut(&pending_key) {
             Some(p) if p.initiator != initiator => return Err(DropReason::IndexCollision),
-            Some(_) => {}
-            None if self.pending.len() >= self.config.max_pending_handshakes => {
-                return Err(DropReason::RouteTableFull)
+            // A retransmission of the same initiation.
+            Some(p) => p.created = now,
+            None => self.add_pending(pending_key, initiator, now)?,
+        }
+        self.metrics.record(Event::ForwardedInitiation);
+        tracing::debug!(from = %initiator, to = %responder, "initiation forwarded");
+        Ok(if under_load {
+            Outcome::ForwardZeroingMac2(dst)
+        } else {
+            Outcome::Forward(dst)
+        })
+    }
+
+    /// Remembers a new pending initiation, within the per-peer quota: the
+    /// initiator's oldest pending initiation to the same responder makes room.
+    fn add_pending(
+        &mut self,
+        pending_key: (PeerKey, u32),
+        initiator: PeerKey,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let responder = pending_key.0;
+        let (to_same_peer, oldest) = self.clients.get(&initiator).map_or((0, None), |c| {
+            let mut same = c.pending.iter().filter(|(r, _)| *r == responder);
+            let oldest = same.next().copied();
+            (usize::from(oldest.is_some()) + same.count(), oldest)
+        });
+        if to_same_peer >= MAX_PENDING_PER_PEER {
+            if let Some(oldest) = oldest {
+                self.remove_pending(&oldest);
+                self.metrics.record(Event::PendingReplaced);
             }
-            None => {}
+        }
+        if self.pending.len() >= self.config.max_pending_handshakes {
+            return Err(DropReason::RouteTableFull);
         }
         self.pending.insert(
             pending_key,
@@ -477,18 +837,20 @@ impl Core {
                 created: now,
             },
         );
-        let dst = self
-            .clients
-            .get(&responder)
-            .map(|c| c.endpoint)
-            .ok_or(DropReason::NoConsentingResponder)?;
-        self.metrics.record(Event::ForwardedInitiation);
-        tracing::debug!(from = %initiator, to = %responder, "initiation forwarded");
-        Ok(if under_load {
-            Outcome::ForwardZeroingMac2(dst)
-        } else {
-            Outcome::Forward(dst)
-        })
+        if let Some(client) = self.clients.get_mut(&initiator) {
+            client.pending.push(pending_key);
+        }
+        Ok(())
+    }
+
+    /// Removes a pending initiation and unlinks it from its initiator.
+    fn remove_pending(&mut self, pending_key: &(PeerKey, u32)) {
+        let Some(pending) = self.pending.remove(pending_key) else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&pending.initiator) {
+            client.pending.retain(|k| k != pending_key);
+        }
     }
 
     /// The registered peer that `initiator` consents to, that consents back,
@@ -511,9 +873,6 @@ impl Core {
         h: Handshake<'_>,
     ) -> Result<Outcome, DropReason> {
         let responder = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
-        if !self.handshake_limiter.allow(now, src.ip()) {
-            return Err(DropReason::RateLimited);
-        }
         let pending_key = (responder, h.receiver_index());
         let initiator = self
             .pending
@@ -530,6 +889,11 @@ impl Core {
             return Err(DropReason::NoPendingHandshake);
         }
         let initiator_endpoint = initiator_client.endpoint;
+        // It answers a pending initiation: only now may it spend its source
+        // IP's handshake budget.
+        if !self.handshake_limiter.allow(now, src.ip()) {
+            return Err(DropReason::RateLimited);
+        }
 
         // A→B transport carries B's index; B→A carries A's.
         let to_responder = RouteKey {
@@ -550,11 +914,14 @@ impl Core {
             .iter()
             .filter(|k| !self.routes.contains(k))
             .count();
+        if new_entries == 2 {
+            self.make_room_for_session(&initiator, &responder);
+        }
         if self.routes.len() + new_entries > self.config.max_routes {
             return Err(DropReason::RouteTableFull);
         }
 
-        self.pending.remove(&pending_key);
+        self.remove_pending(&pending_key);
         self.install_route(to_responder, initiator, responder, src, to_initiator, now);
         self.install_route(
             to_initiator,
@@ -568,6 +935,26 @@ impl Core {
         self.update_gauges();
         tracing::debug!(from = %responder, to = %initiator, "session routed");
         Ok(Outcome::Forward(initiator_endpoint))
+    }
+
+    /// Keeps the sessions between two peers within [`MAX_SESSIONS_PER_PEER`]:
+    /// a new one replaces the oldest, so no pair of keys can grow the route
+    /// table without bound.
+    fn make_room_for_session(&mut self, initiator: &PeerKey, responder: &PeerKey) {
+        let Some(client) = self.clients.get(initiator) else {
+            return;
+        };
+        let mut sessions = client
+            .routes
+            .iter()
+            .filter(|k| self.routes.get(k).is_some_and(|r| r.to == *responder));
+        let Some(oldest) = sessions.next().copied() else {
+            return;
+        };
+        if 1 + sessions.count() >= MAX_SESSIONS_PER_PEER {
+            self.remove_route_pair(oldest);
+            self.metrics.record(Event::SessionReplaced);
+        }
     }
 
     fn install_route(
@@ -678,65 +1065,59 @@ impl Core {
         mac::seal_cookie_reply(&key, h, &cookie, &nonce)
     }
 
-    // ---- control ----------------------------------------------------------------
+    // ---- registration -------------------------------------------------------------
 
-    fn handle_control(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        buf: &[u8],
-    ) -> Result<Outcome, DropReason> {
-        match ControlMessage::parse(buf) {
-            Ok(ControlMessage::Register(view)) => self.register(now, src, view),
-            Ok(ControlMessage::RegisterAck(_) | ControlMessage::UnknownSession(_)) => {
-                Err(DropReason::UnexpectedControl)
-            }
-            Err(ControlError::UnsupportedVersion(_)) => Err(DropReason::UnsupportedVersion),
-            Err(ControlError::UnknownType(_)) => Err(DropReason::UnknownControlType),
-            Err(_) => Err(DropReason::MalformedControl),
-        }
+    /// The endpoint and cached session keys of a registered key.
+    fn session_keys(&self, key: &PeerKey) -> Option<(SocketAddr, SessionKeys)> {
+        self.clients
+            .get(key)
+            .map(|client| (client.endpoint, client.keys.clone()))
     }
 
-    /// Accepts an authenticated, fresh registration: binds the key to the
-    /// datagram's source endpoint (moving routes if it roamed), stores the
-    /// consent list, and acknowledges.
-    fn register(
+    /// Applies an authenticated registration: binds the key to the source
+    /// endpoint (moving routes if it roamed, evicting another key that held
+    /// the address), stores the consent list, and acknowledges. The worker
+    /// checked `proof` without the lock; what may have changed since is
+    /// checked again here.
+    fn apply_registration(
         &mut self,
         now: Instant,
         src: SocketAddr,
-        view: RegisterView<'_>,
-    ) -> Result<Outcome, DropReason> {
-        // Before any X25519 work, which is what a flood would try to make us do.
-        if !self.handshake_limiter.allow(now, src.ip()) {
-            return Err(DropReason::RateLimited);
+        registration: Registration,
+        keys: SessionKeys,
+        proof: AddressProof,
+    ) -> Result<Outcome, Refusal> {
+        let key = registration.client;
+        let bound_here = self.clients.get(&key).is_some_and(|c| c.endpoint == src);
+        if proof == AddressProof::BoundEndpoint && !bound_here {
+            // Another worker moved or removed the key since: this source has
+            // proven nothing about the address now.
+            return Err(Refusal::NeedsProof);
         }
-        let key = view.client();
-        let keys = match self.clients.get(&key) {
-            // The shared secret of a known client is cached: X25519 runs once
-            // per client, not per refresh.
-            Some(client) => client.keys.clone(),
-            None => SessionKeys::for_relay(&self.secret, &PublicKey::from(key))
-                .map_err(|_| DropReason::RegistrationWeakKey)?,
+        let last = match self.clients.get(&key) {
+            Some(client) => Some(client.last_timestamp),
+            None => self.replay.last_timestamp(&key),
         };
-        let registration = view
-            .verify(&keys)
-            .map_err(|_| DropReason::RegistrationBadMac)?;
-        if self
-            .clients
-            .get(&key)
-            .is_some_and(|c| registration.timestamp <= c.last_timestamp)
-        {
-            return Err(DropReason::RegistrationReplay);
+        if last.is_some_and(|last| registration.timestamp <= last) {
+            return Err(Refusal::Drop(DropReason::RegistrationReplay));
         }
-        if !self.clients.contains_key(&key) && self.clients.len() >= self.config.max_registrations {
-            return Err(DropReason::RegistrationTableFull);
+        if let Some(client) = self.clients.get_mut(&key) {
+            if !client
+                .registration_budget
+                .take(CLIENT_REGISTRATION_LIMIT, now)
+            {
+                return Err(Refusal::Drop(DropReason::RateLimited));
+            }
+        } else if self.clients.len() >= self.config.max_registrations {
+            return Err(Refusal::Drop(DropReason::RegistrationTableFull));
         }
 
-        // One endpoint belongs to one client: a different key arriving from it
-        // means the old owner's NAT mapping was reused; the old owner is gone.
+        // One endpoint belongs to one client: a different key that proved it
+        // receives there means the old owner's NAT mapping was reused.
         if let Some(previous_owner) = self.by_endpoint.get(&src).copied() {
             if previous_owner != key {
-                self.remove_client(&previous_owner);
+                tracing::debug!(peer = %previous_owner, %src, "endpoint taken over by another key");
+                self.remove_client(&previous_owner, now);
             }
         }
 
@@ -758,6 +1139,10 @@ impl Core {
                 }
             }
             None => {
+                self.replay.forget(&key);
+                let handshake_limit = self.config.handshake_rate_limit;
+                let mut registration_budget = Bucket::full(CLIENT_REGISTRATION_LIMIT, now);
+                registration_budget.take(CLIENT_REGISTRATION_LIMIT, now);
                 self.clients.insert(
                     key,
                     Client {
@@ -769,6 +1154,9 @@ impl Core {
                         consent,
                         refreshed: now,
                         routes: Vec::new(),
+                        pending: Vec::new(),
+                        registration_budget,
+                        junk_budget: Bucket::full(handshake_limit, now),
                     },
                 );
                 self.by_endpoint.insert(src, key);
@@ -842,18 +1230,29 @@ impl Core {
         }
     }
 
-    fn remove_client(&mut self, key: &PeerKey) {
+    /// Removes a registration with its sessions and pending handshakes; its
+    /// last timestamp is remembered, so a captured registration can't be
+    /// replayed now that the key's state is gone.
+    fn remove_client(&mut self, key: &PeerKey, now: Instant) {
         let Some(client) = self.clients.remove(key) else {
             return;
         };
+        self.replay.remember(*key, client.last_timestamp, now);
         if self.by_endpoint.get(&client.endpoint) == Some(key) {
             self.by_endpoint.remove(&client.endpoint);
         }
         for route_key in client.routes {
             self.remove_route_pair(route_key);
         }
-        self.pending
-            .retain(|(responder, _), p| responder != key && p.initiator != *key);
+        let involved: Vec<(PeerKey, u32)> = self
+            .pending
+            .iter()
+            .filter(|((responder, _), p)| responder == key || p.initiator == *key)
+            .map(|(k, _)| *k)
+            .collect();
+        for pending_key in involved {
+            self.remove_pending(&pending_key);
+        }
     }
 
     /// Removes a route and its reverse, and unlinks both from their owners.
@@ -877,8 +1276,15 @@ impl Core {
 
     fn expire_pending(&mut self, now: Instant) {
         let timeout = self.config.pending_handshake_timeout;
-        self.pending
-            .retain(|_, p| now.saturating_duration_since(p.created) < timeout);
+        let expired: Vec<(PeerKey, u32)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.created) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for pending_key in expired {
+            self.remove_pending(&pending_key);
+        }
     }
 
     fn expire_registrations(&mut self, now: Instant) {
@@ -891,7 +1297,7 @@ impl Core {
             .collect();
         for key in expired {
             tracing::debug!(peer = %key, "registration expired");
-            self.remove_client(&key);
+            self.remove_client(&key, now);
             self.metrics.record(Event::RegistrationExpired);
         }
     }

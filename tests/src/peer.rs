@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use boringtun::noise::{Tunn, TunnResult};
 use lanrage_proto::control::{
-    ControlMessage, RegisterAck, Registration, SessionKeys, UnknownSession,
+    Challenge, ControlMessage, RegisterAck, Registration, RegistrationCookie, SessionKeys,
+    UnknownSession, NO_COOKIE,
 };
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
@@ -23,6 +24,9 @@ pub enum Incoming {
     Handled,
     Ack(RegisterAck),
     Hint(UnknownSession),
+    /// A return-routability challenge to our last registration; the peer
+    /// has already resent the registration with its cookie.
+    Challenge(Challenge),
     /// Anything the peer could not use; the raw bytes.
     Other(Vec<u8>),
 }
@@ -34,6 +38,8 @@ pub struct TestPeer {
     relay: SocketAddr,
     keys: SessionKeys,
     timestamp: u64,
+    /// The cookie of the relay's last challenge, echoed in registrations.
+    cookie: RegistrationCookie,
     consent: Vec<PeerKey>,
     tunn: Option<Tunn>,
     /// React to unknown-session hints like a real client: re-register if the
@@ -76,6 +82,7 @@ impl TestPeer {
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_nanos() as u64,
+            cookie: NO_COOKIE,
             consent: Vec::new(),
             tunn: None,
             auto_recover: true,
@@ -103,13 +110,15 @@ impl TestPeer {
             client: self.key,
             timestamp: self.timestamp,
             observed: Some(self.local_addr()),
+            cookie: self.cookie,
             consent: self.consent.clone(),
         }
         .seal(&self.keys)
         .expect("consent list within the protocol limit")
     }
 
-    /// Registers and waits for the ack (3 tries of 1 s).
+    /// Registers and waits for the ack (3 tries of 1 s). A challenge is
+    /// answered at once, inside `recv`, as docs/protocol.md §2.4 says.
     pub fn register(&mut self) -> Result<RegisterAck> {
         for _ in 0..3 {
             let msg = self.registration();
@@ -124,6 +133,11 @@ impl TestPeer {
             }
         }
         bail!("no registration ack from {}", self.relay)
+    }
+
+    /// The cookie the relay last gave this peer ([`NO_COOKIE`] before any).
+    pub fn cookie(&self) -> RegistrationCookie {
+        self.cookie
     }
 
     /// Sets up the tunnel to `peer`. `index` seeds boringtun's session indices.
@@ -248,6 +262,16 @@ impl TestPeer {
                 }
                 Err(_) => Ok(Incoming::Other(datagram.to_vec())),
             },
+            // Only a challenge to the registration we just sent counts; the
+            // answer is the same registration with the cookie, resent now.
+            Ok(ControlMessage::Challenge(challenge))
+                if challenge.echoed_timestamp == self.timestamp =>
+            {
+                self.cookie = challenge.cookie;
+                let msg = self.registration();
+                self.socket.send_to(&msg, self.relay)?;
+                Ok(Incoming::Challenge(challenge))
+            }
             Ok(ControlMessage::UnknownSession(hint)) => {
                 self.hints_received += 1;
                 if self.auto_recover {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lanrage_proto::control::{Registration, SessionKeys};
+use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::StaticSecret;
 use lanrage_tests::peer::{ipv4_packet, payload_of};
 use lanrage_tests::{Backend, Incoming, RelaySetup, TestPeer};
@@ -243,21 +243,30 @@ fn forged_and_replayed_registrations_are_rejected(backend: Backend) -> Result<()
     let relay = setup.start()?;
     let (mut a, _b) = pair(&setup)?;
 
-    // Claims A's key, sealed with keys derived from a different secret.
+    // Claims A's key, sealed with keys derived from a different secret. The
+    // attacker answers the relay's challenge at its own address, as it can.
     let wrong = SessionKeys::for_client(&StaticSecret::from([99; 32]), &setup.public_key())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let forged = Registration {
-        client: a.key,
-        timestamp: u64::MAX,
-        observed: None,
-        consent: vec![],
-    }
-    .seal(&wrong)
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let forged = |cookie| {
+        Registration {
+            client: a.key,
+            timestamp: u64::MAX,
+            observed: None,
+            cookie,
+            consent: vec![],
+        }
+        .seal(&wrong)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    };
     let attacker = std::net::UdpSocket::bind("127.0.0.1:0")?;
     attacker.set_read_timeout(Some(Duration::from_millis(300)))?;
-    attacker.send_to(&forged, setup.listen)?;
+    attacker.send_to(&forged(NO_COOKIE)?, setup.listen)?;
     let mut buf = [0u8; 2048];
+    let (len, _) = attacker.recv_from(&mut buf)?;
+    let Ok(ControlMessage::Challenge(challenge)) = ControlMessage::parse(&buf[..len]) else {
+        anyhow::bail!("an unproven registration gets a challenge, got {len} bytes");
+    };
+    attacker.send_to(&forged(challenge.cookie)?, setup.listen)?;
     assert!(
         attacker.recv_from(&mut buf).is_err(),
         "no ack for a forgery"
@@ -273,8 +282,19 @@ fn forged_and_replayed_registrations_are_rejected(backend: Backend) -> Result<()
         matches!(ack, Some(Incoming::Ack(_))),
         "genuine registration acked"
     );
+    // From elsewhere, its cookie (for A's address) proves nothing: challenged.
     attacker.send_to(&genuine, setup.listen)?;
-    assert!(attacker.recv_from(&mut buf).is_err(), "no ack for a replay");
+    let (len, _) = attacker.recv_from(&mut buf)?;
+    assert!(
+        matches!(
+            ControlMessage::parse(&buf[..len]),
+            Ok(ControlMessage::Challenge(_))
+        ),
+        "a replay from elsewhere is only challenged"
+    );
+    // From A's own address (spoofed, or a duplicate): too old.
+    a.socket.send_to(&genuine, setup.listen)?;
+    assert_nothing_arrives(&mut a, Duration::from_millis(300))?;
     assert_eq!(relay.dropped("registration_replay")?, 1);
     let ack = a.register()?;
     assert_eq!(ack.reflexive, a.local_addr(), "A still owns its endpoint");
@@ -328,12 +348,12 @@ fn malformed_packets_are_dropped_counted_and_never_amplified(backend: Backend) -
             registration[..registration.len() - 1].to_vec(),
         ),
         ("malformed_control", [&registration[..], &[0][..]].concat()),
-        ("malformed_control", b"LRG!\x01\x01\x00\x01".to_vec()),
-        ("unsupported_version", b"LRG!\x02\x01\x00\x00".to_vec()),
-        ("unknown_control_type", b"LRG!\x01\x63\x00\x00".to_vec()),
+        ("malformed_control", b"LRG!\x02\x01\x00\x01".to_vec()),
+        ("unsupported_version", b"LRG!\x01\x01\x00\x00".to_vec()),
+        ("unknown_control_type", b"LRG!\x02\x63\x00\x00".to_vec()),
         ("unexpected_control", {
             let mut hint = vec![0u8; 24];
-            hint[..8].copy_from_slice(b"LRG!\x01\x03\x00\x00");
+            hint[..8].copy_from_slice(b"LRG!\x02\x03\x00\x00");
             hint
         }),
         ("stun_unsupported", {

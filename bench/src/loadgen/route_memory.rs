@@ -22,14 +22,12 @@ use lanrage_proto::mac::Mac1Key;
 use lanrage_proto::wireguard::{INITIATION_LEN, MAC_LEN, RESPONSE_LEN};
 use lanrage_proto::x25519::PublicKey;
 use lanrage_proto::PeerKey;
-use lanrage_relay::router::{Router, Verdict};
+use lanrage_relay::router::{Router, Verdict, MAX_SESSIONS_PER_PEER};
 use serde::Serialize;
 
 use super::embedded;
 use super::setup::{peer_secret, relay_secret, RegState};
 
-/// Client pairs used; sessions are spread evenly over them.
-const MAX_PAIRS: usize = 5000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteMemoryReport {
@@ -54,7 +52,9 @@ pub fn measure(routes: usize, seed: u64) -> Result<RouteMemoryReport> {
     }
     let started = Instant::now();
     let sessions = routes / 2;
-    let pairs = sessions.clamp(1, MAX_PAIRS);
+    // The relay keeps at most MAX_SESSIONS_PER_PEER sessions per pair of
+    // peers (a newer one replaces the oldest), so spread them that thinly.
+    let pairs = sessions.div_ceil(MAX_SESSIONS_PER_PEER).max(1);
     let rss_start = rss_kib()?;
 
     let mut config = embedded::config();
@@ -74,11 +74,16 @@ pub fn measure(routes: usize, seed: u64) -> Result<RouteMemoryReport> {
         for (side, consent) in [(0u8, b), (1u8, a)] {
             let src = fake_endpoint(2 * pair + usize::from(side));
             let mut reg = RegState::new(&peer_secret(seed, pair, side), &relay_public, consent)?;
-            let msg = reg.registration(Some(src));
-            buf[..msg.len()].copy_from_slice(&msg);
-            match router.handle(now, src, &mut buf[..msg.len()]) {
-                Verdict::Reply(_) => {}
-                other => bail!("registration of pair {pair} side {side} refused: {other:?}"),
+            // The first registration is challenged (return-routability);
+            // the second echoes the cookie and is acknowledged.
+            for _ in 0..2 {
+                let msg = reg.registration(Some(src));
+                buf[..msg.len()].copy_from_slice(&msg);
+                match router.handle(now, src, &mut buf[..msg.len()]) {
+                    Verdict::Reply(len) if reg.take_challenge(&buf[..len]) => {}
+                    Verdict::Reply(len) if reg.is_our_ack(&buf[..len]) => break,
+                    other => bail!("registration of pair {pair} side {side} refused: {other:?}"),
+                }
             }
             peers.push((reg.key, src));
         }

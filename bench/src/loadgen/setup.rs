@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use boringtun::noise::{Tunn, TunnResult};
-use lanrage_proto::control::{ControlMessage, Registration, SessionKeys};
+use lanrage_proto::control::{
+    ControlMessage, Registration, RegistrationCookie, SessionKeys, NO_COOKIE,
+};
 use lanrage_proto::mac::derive_secret;
 use lanrage_proto::wireguard::{TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
@@ -51,6 +53,8 @@ pub struct RegState {
     keys: SessionKeys,
     consent: PeerKey,
     timestamp: u64,
+    /// The relay's last challenge cookie for this peer's socket address.
+    cookie: RegistrationCookie,
 }
 
 impl RegState {
@@ -64,6 +68,7 @@ impl RegState {
             // Unix nanoseconds, as real clients use: the relay remembers the
             // last timestamp per key, and keys repeat across runs with one seed.
             timestamp: unix_nanos(),
+            cookie: NO_COOKIE,
         })
     }
 
@@ -74,6 +79,7 @@ impl RegState {
             client: self.key,
             timestamp: self.timestamp,
             observed,
+            cookie: self.cookie,
             consent: vec![self.consent],
         }
         .seal(&self.keys)
@@ -81,12 +87,24 @@ impl RegState {
     }
 
     /// Whether `datagram` is a valid ack of our latest registration.
-    fn is_our_ack(&self, datagram: &[u8]) -> bool {
+    pub(super) fn is_our_ack(&self, datagram: &[u8]) -> bool {
         let Ok(ControlMessage::RegisterAck(view)) = ControlMessage::parse(datagram) else {
             return false;
         };
         view.verify(&self.keys)
             .is_ok_and(|ack| ack.echoed_timestamp == self.timestamp)
+    }
+
+    /// If `datagram` is the relay's challenge to our latest registration,
+    /// takes its cookie (the next registration echoes it) and says so.
+    pub(super) fn take_challenge(&mut self, datagram: &[u8]) -> bool {
+        match ControlMessage::parse(datagram) {
+            Ok(ControlMessage::Challenge(c)) if c.echoed_timestamp == self.timestamp => {
+                self.cookie = c.cookie;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -194,19 +212,36 @@ pub fn bind_with_buffers(addr: SocketAddr) -> Result<UdpSocket> {
 }
 
 /// Registers `socket`'s peer with the relay: sends a registration until
-/// its authenticated ack comes back.
+/// its authenticated ack comes back. A challenge (the relay wants proof
+/// that we receive at this address, docs/protocol.md §2.4) is answered at
+/// once with its cookie and costs no attempt.
 pub fn register(
     socket: &UdpSocket,
     relay: SocketAddr,
     reg: &mut RegState,
     buf: &mut [u8],
 ) -> Result<()> {
-    for _ in 0..ATTEMPTS {
+    let mut attempts = 0;
+    let mut challenges = 0;
+    while attempts < ATTEMPTS {
         let msg = reg.registration(socket.local_addr().ok());
         socket.send_to(&msg, relay)?;
-        if recv_matching(socket, relay, buf, |d| reg.is_our_ack(d))?.is_some() {
+        let mut challenged = false;
+        let acked = recv_matching(socket, relay, buf, |d| {
+            challenged = reg.take_challenge(d);
+            challenged || reg.is_our_ack(d)
+        })?
+        .is_some();
+        if acked && !challenged {
             return Ok(());
         }
+        // A relay challenges a fresh cookie at most once per attempt; a
+        // relay that keeps challenging is not accepting our cookie.
+        if challenged && challenges < ATTEMPTS {
+            challenges += 1;
+            continue;
+        }
+        attempts += 1;
     }
     bail!(
         "no registration ack from {relay} after {ATTEMPTS} tries; is the relay's \

@@ -19,6 +19,7 @@ enum Input<'a> {
         client: [u8; 32],
         timestamp: u64,
         observed: Option<Addr>,
+        cookie: [u8; 16],
         consent: Vec<[u8; 32]>,
         /// Position (modulo the length) and non-zero XOR of one changed byte.
         flip: (u16, u8),
@@ -60,6 +61,7 @@ fuzz_target!(|input: Input<'_>| {
             client,
             timestamp,
             observed,
+            cookie,
             mut consent,
             flip: (at, xor),
         } => {
@@ -68,6 +70,7 @@ fuzz_target!(|input: Input<'_>| {
                 client: PeerKey(client),
                 timestamp,
                 observed: observed.as_ref().map(Addr::socket_addr),
+                cookie,
                 consent: consent.into_iter().map(PeerKey).collect(),
             };
             let mut wire = reg.seal(keys()).expect("consent truncated to the cap");

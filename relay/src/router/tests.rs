@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{rate_limiter::RateLimiter as WgRateLimiter, Tunn, TunnResult};
-use lanrage_proto::control::{ControlMessage, Registration, SessionKeys};
+use lanrage_proto::control::{
+    ControlMessage, Probe, Registration, RegistrationCookie, SessionKeys, NO_COOKIE,
+};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
 
@@ -30,6 +32,10 @@ struct Peer {
     endpoint: SocketAddr,
     keys: SessionKeys,
     timestamp: u64,
+    /// The cookie of the relay's last challenge to this peer.
+    cookie: RegistrationCookie,
+    /// The last registration it sent.
+    last_sent: Vec<u8>,
 }
 
 impl Peer {
@@ -44,6 +50,8 @@ impl Peer {
             endpoint: addr(endpoint),
             keys,
             timestamp: 1_000,
+            cookie: NO_COOKIE,
+            last_sent: Vec::new(),
         }
     }
 
@@ -58,16 +66,25 @@ impl Peer {
         )
     }
 
+    /// The registration it would send with its current timestamp (the last
+    /// one sent, byte for byte, since sealing is deterministic).
+    fn registration_sent(&self) -> Vec<u8> {
+        self.last_sent.clone()
+    }
+
     fn registration(&mut self, consent: &[&Peer]) -> Vec<u8> {
         self.timestamp += 1;
-        Registration {
+        let wire = Registration {
             client: self.key,
             timestamp: self.timestamp,
             observed: None,
+            cookie: self.cookie,
             consent: consent.iter().map(|p| p.key).collect(),
         }
         .seal(&self.keys)
-        .expect("seal")
+        .expect("seal");
+        self.last_sent.clone_from(&wire);
+        wire
     }
 }
 
@@ -79,14 +96,53 @@ fn router(now: Instant) -> Router {
     router_with(RouterConfig::default(), now)
 }
 
-/// Registers `peer` with `consent`; asserts the ack authenticates.
-fn register(router: &mut Router, now: Instant, peer: &mut Peer, consent: &[&Peer]) {
-    let mut msg = peer.registration(consent);
+/// Sends one registration from the peer's endpoint; if the relay challenges
+/// it, takes the cookie (as a client receiving at that address would) and
+/// returns the challenge's verdict. Asserts a challenge echoes the timestamp
+/// and is smaller than the registration.
+fn send_registration(
+    router: &mut Router,
+    now: Instant,
+    peer: &mut Peer,
+    consent: &[&Peer],
+) -> (Vec<u8>, Verdict) {
+    let sent = peer.registration(consent);
+    let mut msg = sent.clone();
     let verdict = router.handle(now, peer.endpoint, &mut msg);
-    let Verdict::Reply(len) = verdict else {
+    if let Verdict::Reply(len) = verdict {
+        if let Ok(ControlMessage::Challenge(challenge)) = ControlMessage::parse(&msg[..len]) {
+            assert_eq!(challenge.echoed_timestamp, peer.timestamp);
+            assert!(len < sent.len());
+            peer.cookie = challenge.cookie;
+        }
+    }
+    msg.truncate(match verdict {
+        Verdict::Reply(len) => len,
+        _ => msg.len(),
+    });
+    (msg, verdict)
+}
+
+fn is_challenge(reply: &[u8]) -> bool {
+    matches!(
+        ControlMessage::parse(reply),
+        Ok(ControlMessage::Challenge(_))
+    )
+}
+
+/// Registers `peer` with `consent`, answering a challenge if the relay sends
+/// one; asserts the ack authenticates. Returns the accepted registration.
+fn register(router: &mut Router, now: Instant, peer: &mut Peer, consent: &[&Peer]) -> Vec<u8> {
+    let (mut reply, mut verdict) = send_registration(router, now, peer, consent);
+    let mut accepted = peer.registration_sent();
+    if matches!(verdict, Verdict::Reply(_)) && is_challenge(&reply) {
+        (reply, verdict) = send_registration(router, now, peer, consent);
+        accepted = peer.registration_sent();
+    }
+    let Verdict::Reply(_) = verdict else {
         panic!("registration not acknowledged: {verdict:?}");
     };
-    let Ok(ControlMessage::RegisterAck(ack)) = ControlMessage::parse(&msg[..len]) else {
+    let Ok(ControlMessage::RegisterAck(ack)) = ControlMessage::parse(&reply) else {
         panic!("reply is not an ack");
     };
     let ack = ack
@@ -95,6 +151,7 @@ fn register(router: &mut Router, now: Instant, peer: &mut Peer, consent: &[&Peer
     assert_eq!(ack.echoed_timestamp, peer.timestamp);
     assert_eq!(ack.reflexive, peer.endpoint);
     assert_eq!(ack.relay_epoch, 7);
+    accepted
 }
 
 fn initiation(tunn: &mut Tunn) -> Vec<u8> {
@@ -279,38 +336,41 @@ fn replayed_and_forged_registrations_are_rejected() {
     let now = Instant::now();
     let mut router = router(now);
     let mut a = Peer::new(1, "198.51.100.1:1");
-    let msg = a.registration(&[]);
-    let mut first = msg.clone();
-    assert!(matches!(
-        router.handle(now, a.endpoint, &mut first),
-        Verdict::Reply(_)
-    ));
-    let mut replay = msg.clone();
+    let accepted = register(&mut router, now, &mut a, &[]);
+    let attacker = addr("192.0.2.66:6666");
+
+    // Replayed from its own address: too old.
+    let mut replay = accepted.clone();
     assert_eq!(
-        router.handle(now, addr("192.0.2.66:6666"), &mut replay),
+        router.handle(now, a.endpoint, &mut replay),
         Verdict::Drop(DropReason::RegistrationReplay)
     );
+    // Replayed from another address: its cookie is for A's address, so it
+    // proves nothing there and only earns a challenge.
+    let mut replay = accepted.clone();
+    let Verdict::Reply(len) = router.handle(now, attacker, &mut replay) else {
+        panic!("a replay from elsewhere is challenged");
+    };
+    assert!(is_challenge(&replay[..len]));
     assert_eq!(
         router.endpoint_of(&a.key),
         Some(a.endpoint),
         "replay did not move A"
     );
 
-    // Sealed with keys from another secret, claiming A's public key.
-    let mut forged = Registration {
-        client: a.key,
-        timestamp: u64::MAX,
-        observed: None,
-        consent: vec![],
-    }
-    .seal(&Peer::new(5, "0.0.0.0:1").keys)
-    .expect("seal");
-    assert_eq!(
-        router.handle(now, addr("192.0.2.66:6666"), &mut forged),
-        Verdict::Drop(DropReason::RegistrationBadMac)
-    );
-    // And from an unknown key (full X25519 path).
+    // Sealed with keys from another secret, claiming A's public key, from an
+    // attacker that fetched a cookie for its own address first.
+    let mut forger = Peer::new(5, "192.0.2.66:6666");
+    forger.key = a.key;
+    let (_, verdict) = send_registration(&mut router, now, &mut forger, &[]);
+    assert!(matches!(verdict, Verdict::Reply(_)), "challenged first");
+    let (_, verdict) = send_registration(&mut router, now, &mut forger, &[]);
+    assert_eq!(verdict, Verdict::Drop(DropReason::RegistrationBadMac));
+    assert_eq!(router.endpoint_of(&a.key), Some(a.endpoint));
+
+    // And from an unknown key with a cookie (the full X25519 path).
     let mut stranger = Peer::new(6, "192.0.2.7:7");
+    let _ = send_registration(&mut router, now, &mut stranger, &[]);
     let mut msg = stranger.registration(&[]);
     let last = msg.len() - 1;
     msg[last] ^= 1;
@@ -555,7 +615,7 @@ fn another_key_on_an_endpoint_evicts_the_old_owner() {
 }
 
 #[test]
-fn handshakes_and_registrations_are_rate_limited_per_source_ip() {
+fn new_keys_are_rate_limited_per_source_ip_and_refreshes_per_key() {
     let now = Instant::now();
     let config = RouterConfig {
         handshake_rate_limit: RateLimit {
@@ -565,27 +625,27 @@ fn handshakes_and_registrations_are_rate_limited_per_source_ip() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let mut a = Peer::new(1, "198.51.100.1:1");
-    let verdicts: Vec<Verdict> = (0..5)
-        .map(|_| {
-            let mut msg = a.registration(&[]);
-            router.handle(now, a.endpoint, &mut msg)
-        })
+    // Three new keys from one IP (different ports) spend its X25519 budget.
+    let mut peers: Vec<Peer> = (1..=3u8)
+        .map(|seed| Peer::new(seed, &format!("198.51.100.1:{seed}")))
         .collect();
-    assert!(matches!(verdicts[2], Verdict::Reply(_)));
-    assert_eq!(verdicts[3], Verdict::Drop(DropReason::RateLimited));
-    // Another port on the same IP shares the bucket.
-    let mut other = Peer::new(2, "198.51.100.1:2");
-    let mut msg = other.registration(&[]);
-    assert_eq!(
-        router.handle(now, other.endpoint, &mut msg),
-        Verdict::Drop(DropReason::RateLimited)
-    );
-    let mut msg = a.registration(&[]);
-    assert!(matches!(
-        router.handle(now + Duration::from_secs(1), a.endpoint, &mut msg),
-        Verdict::Reply(_)
-    ));
+    for p in &mut peers {
+        register(&mut router, now, p, &[]);
+    }
+    let mut fourth = Peer::new(4, "198.51.100.1:4");
+    let _ = send_registration(&mut router, now, &mut fourth, &[]);
+    let (_, verdict) = send_registration(&mut router, now, &mut fourth, &[]);
+    assert_eq!(verdict, Verdict::Drop(DropReason::RateLimited));
+    register(&mut router, now + Duration::from_secs(1), &mut fourth, &[]);
+
+    // A registered client's refreshes spend its own budget (10 at once, its
+    // first registration included, then 1/s), not the IP's, which is empty.
+    let a = &mut peers[0];
+    let verdicts: Vec<Verdict> = (0..10)
+        .map(|_| send_registration(&mut router, now, a, &[]).1)
+        .collect();
+    assert!(verdicts[..9].iter().all(|v| matches!(v, Verdict::Reply(_))));
+    assert_eq!(verdicts[9], Verdict::Drop(DropReason::RateLimited));
 }
 
 #[test]
@@ -616,8 +676,9 @@ fn malformed_datagrams_of_every_kind_are_counted() {
         ),
         (b"LRG!".to_vec(), DropReason::MalformedControl),
         (b"LRG!\x09\x01\0\0".to_vec(), DropReason::UnsupportedVersion),
-        (b"LRG!\x01\x77\0\0".to_vec(), DropReason::UnknownControlType),
-        (b"LRG!\x01\x01\x01\0".to_vec(), DropReason::MalformedControl),
+        (b"LRG!\x01\x01\0\0".to_vec(), DropReason::UnsupportedVersion),
+        (b"LRG!\x02\x77\0\0".to_vec(), DropReason::UnknownControlType),
+        (b"LRG!\x02\x01\x01\0".to_vec(), DropReason::MalformedControl),
         (vec![], DropReason::UnknownProtocol),
         (vec![0xff; 1400], DropReason::UnknownProtocol),
     ];
@@ -652,7 +713,7 @@ mod properties {
                 bytes[0] = kind;
                 bytes[1..4].fill(0);
             } else if kind == 5 && bytes.len() >= 8 {
-                bytes[..6].copy_from_slice(b"LRG!\x01\x01");
+                bytes[..6].copy_from_slice(b"LRG!\x02\x01");
             }
             let src = if from_registered { s.a.endpoint } else { addr("192.0.2.1:9") };
             let sent = bytes.len();
@@ -988,4 +1049,404 @@ fn xdp_skip_or_fail(test: &str, why: &str) {
         panic!("{test}: {why} (LANRAGE_REQUIRE_PRIVILEGED=1 forbids skipping)");
     }
     eprintln!("SKIPPED {test}: {why}");
+}
+
+// ---- the relay on the open internet (issue: return-routability, floods, fair limits)
+
+/// A registration for a fresh key from a source that never received a
+/// challenge costs the relay one MAC: it gets a challenge smaller than itself
+/// and leaves no state, however many arrive.
+#[test]
+fn unproven_registrations_get_a_stateless_challenge_and_no_state() {
+    let now = Instant::now();
+    let mut router = router(now);
+    for i in 0..200u32 {
+        let mut p = Peer::new((i % 250) as u8 + 1, "0.0.0.0:1");
+        p.endpoint = SocketAddr::new(
+            std::net::Ipv4Addr::from(0xC000_0200 + i).into(),
+            (i % 60_000) as u16 + 1,
+        );
+        let (reply, verdict) = send_registration(&mut router, now, &mut p, &[]);
+        assert!(matches!(verdict, Verdict::Reply(_)));
+        assert!(is_challenge(&reply));
+    }
+    assert_eq!(router.registration_count(), 0);
+    assert_eq!(router.metrics().event_count(Event::ChallengeSent), 200);
+    assert_eq!(router.metrics().dropped(DropReason::RateLimited), 0);
+}
+
+/// Attack: one spoofed registration binds the attacker's key to a victim's
+/// address (so the relay would forward the attacker's traffic there), or
+/// evicts the client registered there. Without the challenge's cookie, which
+/// only the real owner of the address receives, neither happens.
+#[test]
+fn a_spoofed_registration_cannot_bind_or_take_over_an_address() {
+    let mut s = session();
+    let victim = s.a.endpoint;
+    let mut attacker = Peer::new(9, "0.0.0.0:1");
+    attacker.endpoint = victim;
+    // The attacker can't see the challenge (it went to the victim), so it
+    // sends its registration with no cookie, or with a cookie it fetched for
+    // its own address.
+    let (reply, _) = send_registration(&mut s.router, s.now, &mut attacker, &[]);
+    assert!(is_challenge(&reply));
+    attacker.cookie = NO_COOKIE;
+    let (reply, _) = send_registration(&mut s.router, s.now, &mut attacker, &[]);
+    assert!(is_challenge(&reply));
+    let mut elsewhere = Peer::new(9, "192.0.2.50:5000");
+    let _ = send_registration(&mut s.router, s.now, &mut elsewhere, &[]);
+    attacker.cookie = elsewhere.cookie;
+    let (reply, _) = send_registration(&mut s.router, s.now, &mut attacker, &[]);
+    assert!(
+        is_challenge(&reply),
+        "a cookie for another address proves nothing"
+    );
+
+    assert_eq!(s.router.endpoint_of(&attacker.key), None);
+    assert_eq!(
+        s.router.endpoint_of(&s.a.key),
+        Some(victim),
+        "A keeps its address"
+    );
+    assert_eq!(s.router.route_count(), 2, "A's session survives");
+}
+
+/// Attack: junk registrations claiming a client's key from its IP (another
+/// port: a carrier-grade NAT neighbour, or spoofed) used to spend the IP's
+/// budget before the MAC was checked, starving the client's refreshes.
+#[test]
+fn junk_from_a_clients_ip_does_not_starve_its_refreshes() {
+    let mut s = session();
+    let b_view = Peer::new(2, "0.0.0.0:1");
+    for port in 0..500u16 {
+        let mut junk = s.a.registration(&[]);
+        let last = junk.len() - 1;
+        junk[last] ^= 0x5a;
+        let neighbour = SocketAddr::new(s.a.endpoint.ip(), 20_000 + port);
+        let verdict = s.router.handle(s.now, neighbour, &mut junk);
+        assert!(
+            matches!(verdict, Verdict::Reply(_)),
+            "junk is challenged: {verdict:?}"
+        );
+        // And from A's own port: a MAC failure, nothing spent.
+        let mut junk = s.a.registration(&[]);
+        junk[last] ^= 0x5a;
+        assert_eq!(
+            s.router.handle(s.now, s.a.endpoint, &mut junk),
+            Verdict::Drop(DropReason::RegistrationBadMac)
+        );
+    }
+    register(&mut s.router, s.now, &mut s.a, &[&b_view]);
+    assert_eq!(s.router.metrics().dropped(DropReason::RateLimited), 0);
+}
+
+/// Attack: a registration captured in flight, delivered first from another
+/// address, moved the victim's endpoint.
+#[test]
+fn a_captured_registration_delivered_from_elsewhere_does_not_move_the_client() {
+    let mut s = session();
+    let b_view = Peer::new(2, "0.0.0.0:1");
+    let captured = s.a.registration(&[&b_view]);
+    let mut first = captured.clone();
+    let Verdict::Reply(len) = s.router.handle(s.now, addr("192.0.2.80:8080"), &mut first) else {
+        panic!("challenged");
+    };
+    assert!(is_challenge(&first[..len]));
+    assert_eq!(s.router.endpoint_of(&s.a.key), Some(s.a.endpoint));
+    // The genuine copy still lands.
+    let mut genuine = captured;
+    assert!(matches!(
+        s.router.handle(s.now, s.a.endpoint, &mut genuine),
+        Verdict::Reply(_)
+    ));
+}
+
+/// Roaming needs the same proof as a first registration: the client answers
+/// the challenge at its new address, then its session moves with it.
+#[test]
+fn roaming_takes_one_challenge_round_trip() {
+    let mut s = session();
+    let b_view = Peer::new(2, "0.0.0.0:1");
+    s.a.endpoint = addr("198.51.100.1:50001");
+    let (reply, _) = send_registration(&mut s.router, s.now, &mut s.a, &[&b_view]);
+    assert!(is_challenge(&reply), "a new address must be proven");
+    let (reply, _) = send_registration(&mut s.router, s.now, &mut s.a, &[&b_view]);
+    assert!(matches!(
+        ControlMessage::parse(&reply),
+        Ok(ControlMessage::RegisterAck(_))
+    ));
+    assert_eq!(s.router.endpoint_of(&s.a.key), Some(s.a.endpoint));
+}
+
+/// A cookie lasts for the current and the next secret period (2–4 min).
+#[test]
+fn a_cookie_expires_after_two_secret_periods() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let _ = send_registration(&mut router, now, &mut a, &[]);
+    let later = now + Duration::from_secs(240);
+    let (reply, _) = send_registration(&mut router, later, &mut a, &[]);
+    assert!(
+        is_challenge(&reply),
+        "a cookie from two periods ago is stale"
+    );
+    let (reply, _) = send_registration(&mut router, later + Duration::from_secs(119), &mut a, &[]);
+    assert!(matches!(
+        ControlMessage::parse(&reply),
+        Ok(ControlMessage::RegisterAck(_))
+    ));
+}
+
+/// Attack: replay protection reset whenever a key's state was dropped, so a
+/// registration captured earlier could be replayed after the key expired.
+#[test]
+fn replay_protection_outlives_expiry() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let old = register(&mut router, now, &mut a, &[]);
+    let later = now + Duration::from_secs(91);
+    router.handle_timeout(later);
+    assert_eq!(router.registration_count(), 0, "A expired");
+    // The replay carries a cookie for A's address that is still valid.
+    let mut replay = old.clone();
+    assert_eq!(
+        router.handle(later, a.endpoint, &mut replay),
+        Verdict::Drop(DropReason::RegistrationReplay)
+    );
+    // The memory is bounded in time: it lasts as long as any cookie a
+    // captured registration can carry (two secret periods), then it is gone,
+    // and the stale cookie gets the replay nothing but a challenge.
+    let much_later = later + Duration::from_secs(240);
+    router.handle_timeout(much_later);
+    assert!(router.core().replay.last.is_empty());
+    let mut replay = old;
+    let verdict = router.handle(much_later, a.endpoint, &mut replay);
+    assert!(
+        matches!(verdict, Verdict::Reply(_)),
+        "challenged, not accepted: {verdict:?}"
+    );
+    assert_eq!(router.registration_count(), 0);
+}
+
+/// Attack: a few attacker pairs filled the global pending-handshake table
+/// (fresh sender indices every time), and a victim pair's handshake failed.
+#[test]
+fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
+    let now = Instant::now();
+    let config = RouterConfig {
+        max_pending_handshakes: 8,
+        ..RouterConfig::default()
+    };
+    let mut router = router_with(config, now);
+    let mut x = Peer::new(11, "198.51.100.11:1");
+    let mut y = Peer::new(12, "198.51.100.12:1");
+    let (x_view, y_view) = (Peer::new(11, "0.0.0.0:1"), Peer::new(12, "0.0.0.0:1"));
+    register(&mut router, now, &mut x, &[&y_view]);
+    register(&mut router, now, &mut y, &[&x_view]);
+    let mut xy = x.tunnel_to(&y, 100);
+    for _ in 0..40 {
+        // boringtun picks a fresh sender index for every initiation.
+        let mut init = initiation(&mut xy);
+        assert_eq!(
+            router.handle(now, x.endpoint, &mut init),
+            Verdict::Forward(y.endpoint)
+        );
+    }
+    let pending = router.core().pending.len();
+    assert_eq!(pending, MAX_PENDING_PER_PEER);
+    assert_eq!(router.metrics().event_count(Event::PendingReplaced), 38);
+
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&b_view]);
+    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
+    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
+}
+
+/// Attack: attacker pairs completing handshake after handshake filled the
+/// route table. Sessions are capped per pair of peers: a new one replaces the
+/// oldest, so a pair's share of the table stays constant.
+#[test]
+fn sessions_are_capped_per_pair_of_peers() {
+    let mut s = session();
+    for i in 0..20u32 {
+        let mut ab = s.a.tunnel_to(&s.b, 1000 + i);
+        let mut ba = s.b.tunnel_to(&s.a, 2000 + i);
+        handshake(&mut s.router, s.now, &s.a, &s.b, &mut ab, &mut ba);
+        assert!(s.router.route_count() <= 2 * MAX_SESSIONS_PER_PEER);
+    }
+    assert_eq!(s.router.route_count(), 2 * MAX_SESSIONS_PER_PEER);
+    assert_eq!(
+        s.router.metrics().event_count(Event::SessionReplaced),
+        21 - 4
+    );
+    // The newest session works.
+    let mut ab = s.a.tunnel_to(&s.b, 5000);
+    let mut ba = s.b.tunnel_to(&s.a, 6000);
+    handshake(&mut s.router, s.now, &s.a, &s.b, &mut ab, &mut ba);
+    let plain = ipv4_packet(&[7; 30]);
+    let mut wire = encapsulate(&mut ab, &plain);
+    assert_eq!(
+        s.router.handle(s.now, s.a.endpoint, &mut wire),
+        Verdict::Forward(s.b.endpoint)
+    );
+}
+
+/// Junk initiations from a registered endpoint spend that endpoint's junk
+/// budget only: a neighbour behind the same IP keeps handshaking, and once the
+/// junk budget is empty the junk costs no mac1 work at all.
+#[test]
+fn junk_initiations_do_not_spend_a_neighbours_budget() {
+    let now = Instant::now();
+    let config = RouterConfig {
+        handshake_rate_limit: RateLimit {
+            per_second: 1,
+            burst: 5,
+        },
+        ..RouterConfig::default()
+    };
+    let mut router = router_with(config, now);
+    let mut a = Peer::new(1, "198.51.100.1:1");
+    let mut b = Peer::new(2, "198.51.100.2:2");
+    let mut c = Peer::new(3, "198.51.100.1:3"); // A's neighbour behind one IP
+    let views = [1, 2, 3].map(|seed| Peer::new(seed, "0.0.0.0:1"));
+    register(&mut router, now, &mut a, &[&views[1]]);
+    register(
+        &mut router,
+        now + Duration::from_secs(5),
+        &mut b,
+        &[&views[0], &views[2]],
+    );
+    register(
+        &mut router,
+        now + Duration::from_secs(5),
+        &mut c,
+        &[&views[1]],
+    );
+    let now = now + Duration::from_secs(10);
+    let mut junk_verdicts = Vec::new();
+    for i in 0..20u8 {
+        let mut junk = vec![i; 148];
+        junk[..4].copy_from_slice(&[1, 0, 0, 0]);
+        junk_verdicts.push(router.handle(now, a.endpoint, &mut junk));
+    }
+    assert!(junk_verdicts[..5]
+        .iter()
+        .all(|v| *v == Verdict::Drop(DropReason::NoConsentingResponder)));
+    assert!(junk_verdicts[5..]
+        .iter()
+        .all(|v| *v == Verdict::Drop(DropReason::RateLimited)));
+    let (mut cb, mut bc) = (c.tunnel_to(&b, 1), b.tunnel_to(&c, 2));
+    handshake(&mut router, now, &c, &b, &mut cb, &mut bc);
+}
+
+/// Attack: filling the hint limiter's source table (110k spoofed sources)
+/// locked every newcomer out. A full table now evicts the oldest source.
+#[test]
+fn a_full_rate_limiter_table_evicts_instead_of_refusing() {
+    let now = Instant::now();
+    let config = RouterConfig {
+        max_rate_limited_sources: 100,
+        ..RouterConfig::default()
+    };
+    let mut router = router_with(config, now);
+    for i in 0..1000u32 {
+        let spoofed = SocketAddr::new(std::net::Ipv4Addr::from(0xC633_6400 + i).into(), 9);
+        let mut miss = [&[4u8, 0, 0, 0][..], &[0; 28]].concat();
+        assert!(matches!(
+            router.handle(now, spoofed, &mut miss),
+            Verdict::Reply(24)
+        ));
+    }
+    // A real client arriving now still gets its hint.
+    let mut miss = [&[4u8, 0, 0, 0][..], &[0; 28]].concat();
+    assert!(matches!(
+        router.handle(now, addr("203.0.113.9:4000"), &mut miss),
+        Verdict::Reply(24)
+    ));
+    router.handle_timeout(now + Duration::from_secs(1));
+    assert!(router
+        .metrics()
+        .render_prometheus()
+        .contains("lanrage_relay_rate_limiter_evictions_total{limiter=\"hint\"} 901"));
+}
+
+/// Hint budgets were per worker, so a spoofed source reaching every worker
+/// got the per-IP rate times the worker count.
+#[test]
+fn hint_budget_is_per_ip_across_workers() {
+    let now = Instant::now();
+    let mut first = router(now);
+    let mut second = first.worker();
+    let src = addr("192.0.2.1:9");
+    let mut hints = 0;
+    for i in 0..20 {
+        let mut miss = [&[4u8, 0, 0, 0][..], &[0; 28]].concat();
+        let worker = if i % 2 == 0 { &mut first } else { &mut second };
+        if matches!(worker.handle(now, src, &mut miss), Verdict::Reply(_)) {
+            hints += 1;
+        }
+    }
+    assert_eq!(hints, 4, "one burst of 4 in total, not 4 per worker");
+}
+
+/// A client that only receives notices a relay restart by probing: a known
+/// key at its address gets an authenticated ack with the epoch; an unknown
+/// one (as after a restart) an unauthenticated "not registered".
+#[test]
+fn probes_tell_a_client_whether_the_relay_still_knows_it() {
+    let mut s = session();
+    let mut probe = Probe {
+        client: s.a.key,
+        timestamp: 77,
+    }
+    .seal(&s.a.keys);
+    let Verdict::Reply(len) = s.router.handle(s.now, s.a.endpoint, &mut probe) else {
+        panic!("probe answered");
+    };
+    assert!(len < 64);
+    let Ok(ControlMessage::ProbeAck(ack)) = ControlMessage::parse(&probe[..len]) else {
+        panic!("a probe ack");
+    };
+    let ack = ack.verify(&s.a.keys).expect("authenticated");
+    assert!(ack.registered);
+    assert_eq!((ack.echoed_timestamp, ack.relay_epoch), (77, 7));
+
+    // A restarted relay (new epoch, empty tables) does not know A.
+    let mut restarted = Router::new(
+        RouterConfig::default(),
+        StaticSecret::from(RELAY_SECRET),
+        8,
+        [1; 32],
+        s.now,
+    );
+    let mut probe = Probe {
+        client: s.a.key,
+        timestamp: 78,
+    }
+    .seal(&s.a.keys);
+    let Verdict::Reply(len) = restarted.handle(s.now, s.a.endpoint, &mut probe) else {
+        panic!("probe answered");
+    };
+    let Ok(ControlMessage::ProbeAck(ack)) = ControlMessage::parse(&probe[..len]) else {
+        panic!("a probe ack");
+    };
+    let ack = ack.unauthenticated();
+    assert!(!ack.registered);
+    assert_eq!(ack.relay_epoch, 8);
+
+    // A forged probe from A's address is dropped.
+    let mut forged = Probe {
+        client: s.a.key,
+        timestamp: 79,
+    }
+    .seal(&s.b.keys);
+    assert_eq!(
+        s.router.handle(s.now, s.a.endpoint, &mut forged),
+        Verdict::Drop(DropReason::ProbeBadMac)
+    );
 }
