@@ -148,9 +148,19 @@ pub enum Event {
     /// io_uring: the submission queue was full; sends were submitted early
     /// or held in a backlog.
     SubmissionQueueFull,
+    /// A datagram not sent because the socket's send buffer, or a queue
+    /// below it, was full (`EAGAIN`, `ENOBUFS`). Also a send error.
+    SendBufferFull,
+    /// A datagram a backend received but could not hand to the router: a
+    /// source address of an unsupported family, or (io_uring) a receive
+    /// completion it could not read.
+    ReceiveDiscarded,
+    /// io_uring: a completion the kernel could not post (completion queue
+    /// overflow). A lost receive completion is a lost datagram.
+    CompletionQueueOverflow,
 }
 
-const EVENTS: [(Event, &str, &str); 16] = [
+const EVENTS: [(Event, &str, &str); 19] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -230,6 +240,23 @@ const EVENTS: [(Event, &str, &str); 16] = [
         Event::SubmissionQueueFull,
         "lanrage_relay_uring_sq_full_total",
         "io_uring: times the submission queue was full (sends submitted early or backlogged).",
+    ),
+    (
+        Event::SendBufferFull,
+        "lanrage_relay_send_buffer_full_total",
+        "Datagrams not sent because the socket send buffer (or a queue below it) was full; \
+         also in send_errors_total.",
+    ),
+    (
+        Event::ReceiveDiscarded,
+        "lanrage_relay_receive_discarded_total",
+        "Datagrams a backend received but could not hand to the router (unsupported address \
+         family, unreadable io_uring completion).",
+    ),
+    (
+        Event::CompletionQueueOverflow,
+        "lanrage_relay_uring_cq_overflow_total",
+        "io_uring: completions the kernel dropped because the completion queue overflowed.",
     ),
 ];
 
@@ -477,6 +504,16 @@ mod tests {
         let m = Metrics::default();
         m.add_source(Arc::new(Fixed));
         assert!(m.render_prometheus().ends_with("extra_total 3\n"));
+    }
+
+    #[test]
+    fn every_event_renders_once_as_a_typed_counter() {
+        let text = Metrics::default().render_prometheus();
+        for (_, name, _) in EVENTS.iter() {
+            let base = name.split('{').next().unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {base} counter\n")), "{base}");
+            assert_eq!(text.matches(&format!("\n{name} 0\n")).count(), 1, "{name}");
+        }
     }
 
     #[test]
