@@ -206,6 +206,7 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         xdp.clone().map(|x| x.mirror),
     );
     let xdp_pinned = xdp.as_ref().and_then(|x| x.pinned.clone());
+    router.metrics().add_source(data_plane.socket_stats());
     if let Some(xdp) = xdp {
         router.metrics().add_source(xdp.metrics);
     }

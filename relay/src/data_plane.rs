@@ -8,8 +8,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 
+use crate::backend::socket_stats::SocketStats;
 use crate::backend::{self, Backend, Options, StopHandle};
 use crate::config::{BackendChoice, Config};
 use crate::metrics;
@@ -19,6 +21,7 @@ use crate::router::Router;
 pub struct DataPlane {
     backends: Vec<Backend>,
     listen: SocketAddr,
+    socket_stats: Arc<SocketStats>,
 }
 
 impl DataPlane {
@@ -33,6 +36,8 @@ impl DataPlane {
         for _ in 1..workers {
             sockets.push(backend::bind_udp(listen, &config.socket)?);
         }
+        // Before the backends take the sockets over: worker `i` is socket `i`.
+        let socket_stats = Arc::new(SocketStats::new(&sockets)?);
         let options = Options {
             batch_size: config.batch_size,
             gso: config.gso,
@@ -43,12 +48,22 @@ impl DataPlane {
             .into_iter()
             .map(|socket| Backend::new(socket, options, choice))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Self { backends, listen })
+        Ok(Self {
+            backends,
+            listen,
+            socket_stats,
+        })
     }
 
     /// The relay's UDP address (with the real port if `listen` asked for 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The kernel's counters for every worker's socket (receive drops, queue
+    /// and buffer sizes), for the metrics endpoint: `Metrics::add_source`.
+    pub fn socket_stats(&self) -> Arc<SocketStats> {
+        Arc::clone(&self.socket_stats)
     }
 
     pub fn workers(&self) -> usize {

@@ -161,9 +161,19 @@ pub enum Event {
     PendingReplaced,
     /// A new session replaced the oldest of the same pair of peers.
     SessionReplaced,
+    /// A datagram not sent because the socket's send buffer, or a queue
+    /// below it, was full (`EAGAIN`, `ENOBUFS`). Also a send error.
+    SendBufferFull,
+    /// A datagram a backend received but could not hand to the router: a
+    /// source address of an unsupported family, or (io_uring) a receive
+    /// completion it could not read.
+    ReceiveDiscarded,
+    /// io_uring: a completion the kernel could not post (completion queue
+    /// overflow). A lost receive completion is a lost datagram.
+    CompletionQueueOverflow,
 }
 
-const EVENTS: [(Event, &str, &str); 20] = [
+const EVENTS: [(Event, &str, &str); 23] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -263,6 +273,23 @@ const EVENTS: [(Event, &str, &str); 20] = [
         Event::SessionReplaced,
         "lanrage_relay_sessions_replaced_total",
         "Sessions replaced by a newer one of the same pair of peers (per-pair quota).",
+    ),
+    (
+        Event::SendBufferFull,
+        "lanrage_relay_send_buffer_full_total",
+        "Datagrams not sent because the socket send buffer (or a queue below it) was full; \
+         also in send_errors_total.",
+    ),
+    (
+        Event::ReceiveDiscarded,
+        "lanrage_relay_receive_discarded_total",
+        "Datagrams a backend received but could not hand to the router (unsupported address \
+         family, unreadable io_uring completion).",
+    ),
+    (
+        Event::CompletionQueueOverflow,
+        "lanrage_relay_uring_cq_overflow_total",
+        "io_uring: completions the kernel dropped because the completion queue overflowed.",
     ),
 ];
 
@@ -544,6 +571,16 @@ mod tests {
         let m = Metrics::default();
         m.add_source(Arc::new(Fixed));
         assert!(m.render_prometheus().ends_with("extra_total 3\n"));
+    }
+
+    #[test]
+    fn every_event_renders_once_as_a_typed_counter() {
+        let text = Metrics::default().render_prometheus();
+        for (_, name, _) in EVENTS.iter() {
+            let base = name.split('{').next().unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {base} counter\n")), "{base}");
+            assert_eq!(text.matches(&format!("\n{name} 0\n")).count(), 1, "{name}");
+        }
     }
 
     #[test]

@@ -204,6 +204,39 @@ impl RelayProcess {
         bail!("relay ignored SIGTERM for 10 s")
     }
 
+    /// Stops every thread of the relay with SIGSTOP, and waits (at most 5 s)
+    /// until the kernel reports all of them stopped. Until [`resume`], no
+    /// worker reads its socket: datagrams pile up in the receive buffers.
+    /// (Dropping the process still kills it.)
+    ///
+    /// [`resume`]: RelayProcess::resume
+    pub fn pause(&self) -> Result<()> {
+        let pid = self.signal(libc::SIGSTOP)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if all_threads_stopped(pid)? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("relay threads not all stopped 5 s after SIGSTOP")
+    }
+
+    /// Lets a [`RelayProcess::pause`]d relay run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT).map(drop)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<u32> {
+        let child = self.child.as_ref().context("already stopped")?;
+        let pid = child.id();
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(pid)
+    }
+
     /// The value of one metric line (`name` including any `{labels}`).
     pub fn metric(&self, name: &str) -> Result<u64> {
         let (code, body) = http_get(self.metrics, "/metrics")?;
@@ -227,6 +260,55 @@ impl Drop for RelayProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped by a signal).
+fn all_threads_stopped(pid: u32) -> Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // `pid (comm) state …`; comm may hold spaces and parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state != Some("T") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The kernel's drop counter (the `drops` column of `/proc/net/udp` and
+/// `/proc/net/udp6`) of every UDP socket bound to local `port`, in the
+/// order the kernel lists them.
+pub fn udp_socket_drops(port: u16) -> Result<Vec<u64>> {
+    let mut drops = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            // No IPv6 in this kernel: no udp6 table.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            let (Some(local), Some(count)) = (fields.get(1), fields.get(12)) else {
+                continue;
+            };
+            let Some((_, local_port)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(local_port, 16).ok() != Some(port) {
+                continue;
+            }
+            // Printed as signed by older kernels; it is a wrapping 32-bit count.
+            let count: i64 = count
+                .parse()
+                .with_context(|| format!("{table}: bad drops field in {line:?}"))?;
+            drops.push(u64::from(count as u32));
+        }
+    }
+    Ok(drops)
 }
 
 /// Finds `name value` in Prometheus text.

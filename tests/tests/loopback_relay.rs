@@ -42,6 +42,7 @@ on_every_backend!(
     forged_and_replayed_registrations_are_rejected,
     a_peer_outside_the_consent_list_is_unreachable,
     malformed_packets_are_dropped_counted_and_never_amplified,
+    kernel_receive_drops_are_counted_per_worker,
 );
 
 /// Two registered, mutually consenting peers with tunnels to each other.
@@ -401,6 +402,100 @@ fn malformed_packets_are_dropped_counted_and_never_amplified(backend: Backend) -
     // The relay is still healthy and the session still works.
     transfer(&mut a, &mut b, 10, 7)?;
     Ok(())
+}
+
+/// A burst while the relay can't read (SIGSTOP) overflows its smallest
+/// allowed receive buffers. The kernel drops the excess, which the relay never
+/// sees; `lanrage_relay_socket_receive_drops_total{worker}` must show exactly
+/// the kernel's per-socket counts (`/proc/net/udp`), and every datagram sent
+/// is either received by the relay or counted there.
+fn kernel_receive_drops_are_counted_per_worker(backend: Backend) -> Result<()> {
+    /// Datagrams per sending socket, from 4 sockets (so both workers
+    /// probably get some). 400 in all: far more than two 8 KiB buffers
+    /// hold, and below the kernel's input backlog (netdev_max_backlog,
+    /// 1000), so none are lost before reaching a socket.
+    const PER_SENDER: usize = 100;
+    const SENDERS: usize = 4;
+    const WORKERS: usize = 2;
+    let setup = RelaySetup::new(&format!(
+        "{}workers: {WORKERS}\nsocket:\n  recv_buffer_bytes: 4096\n",
+        backend.yaml()
+    ))?;
+    let relay = setup.start()?;
+    let port = setup.listen.port();
+    assert_eq!(worker_drops(&relay, WORKERS)?, vec![0; WORKERS]);
+    let kernel = lanrage_tests::relay_process::udp_socket_drops(port)?;
+    assert_eq!(
+        kernel,
+        vec![0; WORKERS],
+        "the relay's sockets in /proc/net/udp"
+    );
+
+    let senders = (0..SENDERS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    relay.pause()?;
+    let sent = (|| -> Result<()> {
+        for i in 0..PER_SENDER {
+            for sender in &senders {
+                // Junk the router drops as unknown_protocol once it reads it.
+                sender.send_to(&[0xEE, i as u8, 0, 0, 0, 0, 0, 0], setup.listen)?;
+            }
+        }
+        Ok(())
+    })();
+    relay.resume()?;
+    sent?;
+    let total = (PER_SENDER * SENDERS) as u64;
+
+    // The workers drain what their buffers held; wait (bounded) until every
+    // datagram is accounted for as received or dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (received, per_worker) = loop {
+        let received = relay.metric("lanrage_relay_received_total")?;
+        let per_worker = worker_drops(&relay, WORKERS)?;
+        if received + per_worker.iter().sum::<u64>() >= total || Instant::now() > deadline {
+            break (received, per_worker);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let dropped: u64 = per_worker.iter().sum();
+    println!(
+        "KERNEL DROPS {backend:?}: sent {total}, received {received}, dropped per worker {per_worker:?}"
+    );
+    assert!(dropped > 0, "no drops counted: {per_worker:?}");
+    assert_eq!(
+        received + dropped,
+        total,
+        "received {received} + dropped {per_worker:?} != sent {total}"
+    );
+    // Nothing is sent any more, so the kernel's counts are final: the
+    // metric's workers are the kernel's sockets, one for one.
+    let mut kernel = lanrage_tests::relay_process::udp_socket_drops(port)?;
+    let mut ours = per_worker.clone();
+    kernel.sort_unstable();
+    ours.sort_unstable();
+    assert_eq!(ours, kernel, "relay metric vs /proc/net/udp drops");
+    assert_eq!(relay.dropped("unknown_protocol")?, received);
+    for w in 0..WORKERS {
+        let queued = relay.metric(&format!(
+            "lanrage_relay_socket_receive_queue_bytes{{worker=\"{w}\"}}"
+        ))?;
+        assert_eq!(queued, 0, "worker {w} drained its socket");
+    }
+    assert_eq!(relay.stop()?, 0, "clean shutdown after SIGSTOP/SIGCONT");
+    Ok(())
+}
+
+/// `lanrage_relay_socket_receive_drops_total` of workers `0..workers`.
+fn worker_drops(relay: &lanrage_tests::RelayProcess, workers: usize) -> Result<Vec<u64>> {
+    (0..workers)
+        .map(|w| {
+            relay.metric(&format!(
+                "lanrage_relay_socket_receive_drops_total{{worker=\"{w}\"}}"
+            ))
+        })
+        .collect()
 }
 
 #[test]

@@ -28,7 +28,6 @@ use serde::Serialize;
 use super::embedded;
 use super::setup::{peer_secret, relay_secret, RegState};
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteMemoryReport {
     pub routes_requested: usize,

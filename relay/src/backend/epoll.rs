@@ -231,6 +231,7 @@ impl Batch {
                 continue;
             }
             let Some(src) = sockaddr::to_std(&self.recv_addrs[i], hdr.msg_namelen) else {
+                handler.metrics().record(Event::ReceiveDiscarded);
                 tracing::trace!(
                     family = self.recv_addrs[i].ss_family,
                     "dropping datagram from an unsupported address family"
@@ -347,6 +348,11 @@ impl Batch {
                     // The send buffer is full: drop the rest rather than block.
                     let dropped = datagrams(sent..count);
                     tracing::trace!(dropped, "send buffer full");
+                    if err.kind() == io::ErrorKind::WouldBlock {
+                        handler
+                            .metrics()
+                            .record_n(Event::SendBufferFull, dropped as u64);
+                    }
                     for _ in 0..dropped {
                         handler.metrics().record_send_error();
                     }
@@ -365,6 +371,14 @@ impl Batch {
                         self.gso = false;
                     }
                     tracing::trace!(error = %err, "send failed");
+                    if err.raw_os_error() == Some(libc::ENOBUFS) {
+                        // A queue below the socket is full (only reported
+                        // with IP_RECVERR; otherwise the kernel counts it in
+                        // UdpSndbufErrors and returns success).
+                        handler
+                            .metrics()
+                            .record_n(Event::SendBufferFull, segments as u64);
+                    }
                     for _ in 0..segments {
                         handler.metrics().record_send_error();
                     }

@@ -13,6 +13,7 @@
 pub mod epoll;
 pub mod gso;
 mod sockaddr;
+pub mod socket_stats;
 #[cfg(test)]
 mod test_support;
 pub mod uring;

@@ -138,6 +138,7 @@ pub struct UringStats {
     gso_datagrams: AtomicU64,
     gso_fallbacks: AtomicU64,
     sq_full: AtomicU64,
+    cq_overflow: AtomicU64,
     batches: AtomicU64,
 }
 
@@ -158,6 +159,8 @@ pub struct UringStatsSnapshot {
     pub gso_fallbacks: u64,
     /// Times the submission queue was full and had to be submitted early.
     pub sq_full: u64,
+    /// Completions the kernel dropped because the completion queue overflowed.
+    pub cq_overflow: u64,
     /// Receive batches handled.
     pub batches: u64,
 }
@@ -173,6 +176,7 @@ impl UringStats {
             gso_datagrams: load(&self.gso_datagrams),
             gso_fallbacks: load(&self.gso_fallbacks),
             sq_full: load(&self.sq_full),
+            cq_overflow: load(&self.cq_overflow),
             batches: load(&self.batches),
         }
     }
@@ -194,7 +198,10 @@ pub struct UringBackend {
     /// control lengths matter. Boxed so its address is stable.
     recv_hdr: RecvHdr,
     slots: SendSlots,
-    /// Sends that did not fit the submission queue, in order.
+    /// Sends that did not fit the submission queue, in order. Bounded
+    /// without a cap, so nothing is ever shed from it: every send holds at
+    /// least one receive buffer until it completes, so there are at most as
+    /// many sends as buffers, plus the receive and the stop poll.
     backlog: VecDeque<squeue::Entry>,
     /// Completions of the current batch, copied out of the completion queue.
     cqes: Vec<Completion>,
@@ -217,6 +224,8 @@ pub struct UringBackend {
     stats: Arc<UringStats>,
     /// How much of `stats.sq_full` is already in the router's metrics.
     sq_full_reported: u64,
+    /// The kernel's completion-queue overflow count already reported.
+    cq_overflow_reported: u32,
 }
 
 impl UringBackend {
@@ -281,6 +290,7 @@ impl UringBackend {
             gso_enabled: options.gso && gso::supported(fd),
             stats: Arc::default(),
             sq_full_reported: 0,
+            cq_overflow_reported: 0,
         })
     }
 
@@ -426,6 +436,18 @@ impl UringBackend {
                 .record_n(Event::SubmissionQueueFull, sq_full - self.sq_full_reported);
             self.sq_full_reported = sq_full;
         }
+        // The completion queue is sized so that it can't overflow (see
+        // `build_ring`); if it still does, the kernel counts the completions
+        // it had to drop, and each lost receive is a datagram lost unseen.
+        let overflow = self.ring.completion().overflow();
+        if overflow != self.cq_overflow_reported {
+            let lost = overflow.wrapping_sub(self.cq_overflow_reported);
+            UringStats::add(&self.stats.cq_overflow, u64::from(lost));
+            handler
+                .metrics()
+                .record_n(Event::CompletionQueueOverflow, u64::from(lost));
+            self.cq_overflow_reported = overflow;
+        }
     }
 
     /// One receive completion: a datagram in a provided buffer, or the end
@@ -461,10 +483,12 @@ impl UringBackend {
             return;
         };
         let Some(bid) = bid else {
+            handler.metrics().record(Event::ReceiveDiscarded);
             tracing::warn!("receive completion without a buffer");
             return;
         };
         if !self.bufs.take(bid) {
+            handler.metrics().record(Event::ReceiveDiscarded);
             tracing::warn!(bid, "kernel returned a buffer it does not own; ignored");
             return;
         }
@@ -498,8 +522,9 @@ impl UringBackend {
                 }
             }
             Err(reason) => {
-                if let Some(reason) = reason {
-                    handler.metrics().record_drop(reason);
+                match reason {
+                    Some(reason) => handler.metrics().record_drop(reason),
+                    None => handler.metrics().record(Event::ReceiveDiscarded),
                 }
                 self.bufs.recycle(bid);
             }
@@ -666,6 +691,12 @@ impl UringBackend {
                 datagrams = count,
                 "send failed"
             );
+            if matches!(-result, libc::EAGAIN | libc::ENOBUFS) {
+                // The socket send buffer (or a queue below it) is full.
+                handler
+                    .metrics()
+                    .record_n(Event::SendBufferFull, count as u64);
+            }
             for _ in 0..count {
                 handler.metrics().record_send_error();
             }
@@ -825,11 +856,15 @@ impl UringBackend {
     }
 }
 
-/// Wait errors that only mean "nothing (more) to do now".
+/// Wait errors that only mean "nothing (more) to do now". `EBADR` says,
+/// once, that the kernel dropped completions (it could not allocate room for
+/// an overflowing one); the loss is counted from the ring's overflow counter
+/// (`lanrage_relay_uring_cq_overflow_total`) and the worker carries on rather
+/// than dying with its socket unread.
 fn is_transient_enter_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+        Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::EBADR)
     )
 }
 
@@ -1765,6 +1800,16 @@ mod tests {
         assert_eq!(msg.payload_data(), b"abc");
         assert_eq!(msg.name_data().len(), 16);
         assert_eq!(BUF_SIZE % 16, 0);
+    }
+
+    #[test]
+    fn lost_completions_do_not_end_the_loop() {
+        assert!(is_transient_enter_error(&io::Error::from_raw_os_error(
+            libc::EBADR
+        )));
+        assert!(!is_transient_enter_error(&io::Error::from_raw_os_error(
+            libc::EBADF
+        )));
     }
 
     #[test]
