@@ -1,13 +1,15 @@
 //! End-to-end tests against the real relay binary on loopback, with real
 //! boringtun peers. Every wait is bounded; nothing leaves 127.0.0.1.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::StaticSecret;
-use lanrage_tests::peer::{ipv4_packet, payload_of};
+use lanrage_tests::peer::ipv4_packet;
+use lanrage_tests::session::{
+    assert_nothing_arrives, drain, establish, pair, payload_for, transfer,
+};
 use lanrage_tests::{Backend, Incoming, RelaySetup, TestPeer};
 
 /// Every end-to-end test runs once per relay backend.
@@ -44,89 +46,6 @@ on_every_backend!(
     malformed_packets_are_dropped_counted_and_never_amplified,
     kernel_receive_drops_are_counted_per_worker,
 );
-
-/// Two registered, mutually consenting peers with tunnels to each other.
-fn pair(setup: &RelaySetup) -> Result<(TestPeer, TestPeer)> {
-    let relay_public = setup.public_key();
-    let mut a = TestPeer::new(setup.listen, &relay_public, [11; 32])?;
-    let mut b = TestPeer::new(setup.listen, &relay_public, [12; 32])?;
-    a.set_consent(&[b.key]);
-    b.set_consent(&[a.key]);
-    a.register()?;
-    b.register()?;
-    a.tunnel_to(b.key, 1);
-    b.tunnel_to(a.key, 2);
-    Ok((a, b))
-}
-
-/// Runs the handshake (A initiates) and waits for the session to carry data.
-fn establish(a: &mut TestPeer, b: &mut TestPeer) -> Result<()> {
-    a.initiate()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // B answers the initiation; A consumes the response.
-    while Instant::now() < deadline {
-        if let Some(Incoming::Handled) = b.recv(Duration::from_millis(50))? {
-            break;
-        }
-    }
-    let mut a_done = false;
-    while !a_done && Instant::now() < deadline {
-        a_done = matches!(a.recv(Duration::from_millis(50))?, Some(Incoming::Handled));
-    }
-    if !a_done {
-        bail!("handshake did not complete through the relay");
-    }
-    // The initiator confirms the session with a keepalive; B consumes it so
-    // later assertions see only what they cause.
-    while Instant::now() < deadline {
-        if let Some(Incoming::Handled) = b.recv(Duration::from_millis(50))? {
-            return Ok(());
-        }
-    }
-    bail!("B never saw A's confirming keepalive")
-}
-
-/// Sends `count` packets from `from` to `to` in windows, verifying every
-/// payload byte for byte.
-fn transfer(from: &mut TestPeer, to: &mut TestPeer, count: u32, tag: u8) -> Result<()> {
-    const WINDOW: u32 = 32;
-    let mut next = 0;
-    while next < count {
-        let end = (next + WINDOW).min(count);
-        for seq in next..end {
-            let payload = payload_for(tag, seq);
-            from.send_packet(&ipv4_packet(&payload))?;
-        }
-        let mut expected: BTreeSet<u32> = (next..end).collect();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !expected.is_empty() && Instant::now() < deadline {
-            if let Some(Incoming::Packet(packet)) = to.recv(Duration::from_millis(100))? {
-                let payload = payload_of(&packet);
-                let seq = u32::from_be_bytes(payload[1..5].try_into()?);
-                if payload != payload_for(tag, seq).as_slice() {
-                    bail!("payload {seq} corrupted in transit");
-                }
-                expected.remove(&seq);
-            }
-        }
-        if !expected.is_empty() {
-            bail!("{} packets never arrived: {:?}", expected.len(), expected);
-        }
-        next = end;
-    }
-    Ok(())
-}
-
-/// 100–400 bytes whose content depends on the direction tag and the sequence.
-fn payload_for(tag: u8, seq: u32) -> Vec<u8> {
-    let len = 100 + (seq as usize * 7) % 300;
-    let mut p = vec![tag; len];
-    p[1..5].copy_from_slice(&seq.to_be_bytes());
-    for (i, byte) in p.iter_mut().enumerate().skip(5) {
-        *byte = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
-    }
-    p
-}
 
 fn two_peers_exchange_a_thousand_packets_each_way(backend: Backend) -> Result<()> {
     let setup = RelaySetup::new(backend.yaml())?;
@@ -600,31 +519,4 @@ fn transport_shaped(index: u32, len: usize) -> Vec<u8> {
     let mut m = wg(4, len);
     m[4..8].copy_from_slice(&index.to_le_bytes());
     m
-}
-
-fn drain(socket: &std::net::UdpSocket, window: Duration) -> Result<Vec<Vec<u8>>> {
-    let mut replies = Vec::new();
-    let deadline = Instant::now() + window;
-    let mut buf = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-        match socket.recv_from(&mut buf) {
-            Ok((len, _)) => replies.push(buf[..len].to_vec()),
-            // A signal must not end the window early: that would let a
-            // "nothing arrives" check pass without waiting.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    Ok(replies)
-}
-
-fn assert_nothing_arrives(peer: &mut TestPeer, window: Duration) -> Result<()> {
-    let deadline = Instant::now() + window;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if let Some(incoming) = peer.recv(left)? {
-            bail!("unexpected delivery: {incoming:?}");
-        }
-    }
-    Ok(())
 }
