@@ -13,8 +13,9 @@
 # Usage: bash packaging/check-deb.sh            build, then check
 #        bash packaging/check-deb.sh FILE.deb   check a package already built
 # Needs: cargo-deb (`cargo install --locked cargo-deb`), dpkg-dev (dpkg-shlibdeps,
-# used by cargo-deb for Depends), systemd (systemd-sysusers, systemd-tmpfiles,
-# systemd-analyze); lintian optional.
+# which cargo-deb runs for Depends, and dpkg-parsechangelog), binutils (objcopy,
+# for the dbgsym package), file, systemd (systemd-sysusers, systemd-tmpfiles,
+# systemd-analyze); lintian optional. Runs as root or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
