@@ -15,7 +15,8 @@
 # Needs: cargo-deb (`cargo install --locked cargo-deb`), dpkg-dev (dpkg-shlibdeps,
 # which cargo-deb runs for Depends, and dpkg-parsechangelog), binutils (objcopy,
 # for the dbgsym package), file, systemd (systemd-sysusers, systemd-tmpfiles,
-# systemd-analyze); lintian optional. Runs as root or not.
+# systemd-analyze); lintian optional. Run as root, as CI does (systemd-tmpfiles
+# gives the throwaway state directory to the relay user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
