@@ -11,6 +11,7 @@ pub mod gate;
 pub mod netns;
 pub mod peer;
 pub mod relay_process;
+pub mod spoof;
 
 pub use gate::Backend;
 pub use peer::{Incoming, TestPeer};
