@@ -9,7 +9,10 @@
 #   3. LEAD_IN seconds later, runs `lanrage-loadgen` against the relay:
 #      PAIRS pairs (50) of the gaming preset register, handshake through the
 #      relay, and send for LOADGEN_DURATION seconds (5),
-#   4. prints the flood's JSON line, the load generator's setup and traffic
+#   3b. at the same time, `lanrage-clientprobe` cycles fresh client pairs
+#      for LOADGEN_DURATION seconds and times each registration (with its
+#      challenge), handshake and refresh, with their success ratios,
+#   4. prints the flood's JSON line, the probe's, the load generator's setup and traffic
 #      results (or its error), and the relay's counters after, with deltas.
 # KINDS defaults to "none register-fresh register-junk transport-miss
 # initiation"; "none" is the baseline without a flood.
@@ -75,7 +78,7 @@ command -v jq >/dev/null || { log "flood.sh needs jq (apt-get install jq)"; exit
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building the relay, lanrage-flood and lanrage-loadgen (release)"
     (cd "$ROOT" && cargo build --release -q -p lanrage-relay -p lanrage-bench \
-        --bin lanrage-relay --bin lanrage-flood --bin lanrage-loadgen)
+        --bin lanrage-relay --bin lanrage-flood --bin lanrage-loadgen --bin lanrage-clientprobe)
 fi
 
 # A loopback port that was free a moment ago (udp or tcp).
@@ -122,7 +125,7 @@ print_counters() {
     awk '
         FNR == NR { if ($1 !~ /^#/) b[$1] = $2; next }
         $1 ~ /^#/ { next }
-        $1 ~ /^lanrage_relay_(received_total|dropped_total|forwarded_total|registrations_accepted_total|unknown_session_hints_total|cookie_replies_sent_total|send_errors_total|registrations|routes|pending_handshakes)([{ ]|$)/ {
+        $1 ~ /^lanrage_relay_(received_total|dropped_total|forwarded_total|registrations_accepted_total|challenges_sent_total|unknown_session_hints_total|cookie_replies_sent_total|socket_receive_drops_total|send_errors_total|registrations|routes|pending_handshakes)([{ ]|$)/ {
             v = b[$1] + 0
             if (v != 0 || $2 != 0) printf "  %-62s %12d %12d %12d\n", $1, v, $2, $2 - v
         }' "$before" "$after"
@@ -168,9 +171,14 @@ EOF
         sleep "$LEAD_IN"
     fi
 
+    timeout 300 "$BIN/lanrage-clientprobe" --relay "127.0.0.1:$port" --relay-public-key "$key" \
+        --duration "$LOADGEN_DURATION" >"$dir/probe.json" 2>"$dir/probe.log" &
+    local probe_pid=$!
+    PIDS+=("$probe_pid")
     timeout 300 "$BIN/lanrage-loadgen" --relay "127.0.0.1:$port" --relay-public-key "$key" \
         --preset gaming --pairs "$PAIRS" --duration "$LOADGEN_DURATION" --no-baseline --json \
         >"$dir/loadgen.json" 2>"$dir/loadgen.log" || loadgen_rc=$?
+    wait "$probe_pid" || { log "lanrage-clientprobe failed:"; cat "$dir/probe.log" >&2; return 1; }
     if [ -n "$flood_pid" ]; then
         wait "$flood_pid" || { log "lanrage-flood failed:"; cat "$dir/flood.log" >&2; return 1; }
     fi
@@ -202,11 +210,16 @@ EOF
     else
         printf 'loadgen: FAILED (exit %s): %s\n' "$loadgen_rc" "$( (grep '^error' "$dir/loadgen.log" || tail -n 1 "$dir/loadgen.log") | tail -n 1)"
     fi
+    printf 'probe:   %s\n' "$(cat "$dir/probe.json")"
+    local step probe_cols=""
+    for step in register handshake refresh; do
+        probe_cols+=$(jq -r --arg s "$step" '" \(.[$s].succeeded)/\(.[$s].attempts) \(.[$s].p50_us)/\(.[$s].p99_us)"' "$dir/probe.json")
+    done
     printf 'kernel:  UDP receive-buffer drops (RcvbufErrors, whole machine) +%s\n' $((rcvbuf_after - rcvbuf_before))
     echo "relay counters:"
     print_counters "$dir/metrics-before.txt" "$dir/metrics-after.txt"
-    summary_rows+=("$(printf '%-15s %10s %10s %8s %9s %11s %9s %9s %9s' "$kind" "$flood_sent" "$flood_pps" \
-        "$setup" "$setup_s" "$per_pair" "$loss" "$p50" "$p99")")
+    summary_rows+=("$(printf '%-15s %10s %10s %8s %9s %11s %9s %9s %9s %s' "$kind" "$flood_sent" "$flood_pps" \
+        "$setup" "$setup_s" "$per_pair" "$loss" "$p50" "$p99" "$probe_cols")")
 }
 
 for kind in $KINDS; do
@@ -218,7 +231,8 @@ done
 
 echo ""
 echo "summary (flood ${DURATION} s at rate ${FLOOD_RATE} (0 = max); loadgen ${PAIRS} pairs, gaming, ${LOADGEN_DURATION} s):"
-printf '%-15s %10s %10s %8s %9s %11s %9s %9s %9s\n' kind flood_sent flood_pps setup setup_s ms_per_pair loss p50_us p99_us
+printf '%-15s %10s %10s %8s %9s %11s %9s %9s %9s %s\n' kind flood_sent flood_pps setup setup_s ms_per_pair loss p50_us p99_us \
+    " probe: register ok/n p50/p99_us, handshake ok/n p50/p99_us, refresh ok/n p50/p99_us"
 printf '%s\n' "${summary_rows[@]}"
 [ -n "${OUT:-}" ] && log "logs and JSON kept in $RESULTS"
 exit 0

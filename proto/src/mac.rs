@@ -130,6 +130,13 @@ pub fn registration_cookie_matches(
         .is_ok()
 }
 
+/// Constant-time equality of two cookies (no early exit on the first
+/// differing byte, so a forger learns nothing from timing).
+pub fn cookies_equal(a: &Cookie, b: &Cookie) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b).into()
+}
+
 fn keyed_registration_cookie(
     secret: &[u8; 32],
     client: &[u8; 32],

@@ -306,6 +306,32 @@ impl RotatingSecret {
     }
 }
 
+/// Unknown-session hints the relay sends in all, per second, on top of the
+/// per-IP limit. A spoofed transport flood from many sources would otherwise
+/// make the relay answer nearly every datagram: a send per packet that the
+/// flood makes the relay pay, and reflection towards the spoofed addresses.
+/// Hints only speed recovery up (probes and refreshes also find a restart),
+/// so under such a flood they are shed first.
+const TOTAL_HINT_LIMIT: RateLimit = RateLimit {
+    per_second: 5_000,
+    burst: 5_000,
+};
+
+/// The unknown-session hint budget: per source IP, and in total.
+struct HintLimiter {
+    per_ip: RateLimiter,
+    total: Bucket,
+}
+
+impl HintLimiter {
+    fn allow(&mut self, now: Instant, src: SocketAddr) -> bool {
+        // The total first: when it is empty, a flood costs no table work.
+        self.total.has_token(TOTAL_HINT_LIMIT, now)
+            && self.per_ip.allow(now, src.ip())
+            && self.total.take(TOTAL_HINT_LIMIT, now)
+    }
+}
+
 /// What an authenticated registration had shown about its source address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AddressProof {
@@ -335,7 +361,7 @@ pub struct Router {
     /// Shared by all workers, with a lock of its own (not the core's): a
     /// spoofed source can reach any worker, so a per-worker budget would
     /// multiply the per-IP hint rate by the worker count.
-    hints: Arc<Mutex<RateLimiter>>,
+    hints: Arc<Mutex<HintLimiter>>,
     /// The relay's key, for the X25519 of proven new clients, which runs here
     /// on the worker rather than under the core lock.
     secret: StaticSecret,
@@ -393,7 +419,10 @@ impl Router {
         let public = PeerKey::from(&PublicKey::from(&secret));
         let handshake_limiter =
             RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
-        let hints = RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources);
+        let hints = HintLimiter {
+            per_ip: RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources),
+            total: Bucket::full(TOTAL_HINT_LIMIT, now),
+        };
         let routes = Arc::new(RouteTable::with_mirror(now, mirror));
         let metrics = Arc::new(Metrics::default());
         let replay = ReplayMemory::new(config.max_registrations);
@@ -522,7 +551,7 @@ impl Router {
         // Tell the source so it re-handshakes (or re-registers) now instead of
         // after WireGuard's timeouts. Rate-limited, and smaller than the
         // smallest transport message, so never an amplifier.
-        if !lock(&self.hints).allow(now, src.ip()) {
+        if !lock(&self.hints).allow(now, src) {
             return Err(DropReason::NoRoute);
         }
         self.metrics.record_drop(DropReason::NoRoute);
@@ -577,8 +606,10 @@ impl Router {
         let key = view.client();
         let known = self.core().session_keys(&key);
         let refresh = known.as_ref().is_some_and(|(endpoint, _)| *endpoint == src);
-        if !refresh && !self.cookie_is_valid(now, src, &key, &view.cookie()) {
-            return Ok(self.challenge(now, src, &key, view.timestamp()));
+        if !refresh {
+            if let Err(current) = self.check_cookie(now, src, &key, &view.cookie()) {
+                return Ok(self.challenge(current, src, view.timestamp()));
+            }
         }
         let keys = match known {
             Some((_, keys)) => keys,
@@ -602,44 +633,54 @@ impl Router {
             .core()
             .apply_registration(now, src, registration, keys, proof);
         match applied {
-            Err(Refusal::NeedsProof) => Ok(self.challenge(now, src, &key, view.timestamp())),
+            Err(Refusal::NeedsProof) => {
+                let (current, _) = self.registration_cookies.secrets(now);
+                let cookie = mac::registration_cookie(&current, key.as_bytes(), src);
+                Ok(self.challenge(cookie, src, view.timestamp()))
+            }
             Err(Refusal::Drop(reason)) => Err(reason),
             Ok(outcome) => Ok(outcome),
         }
     }
 
-    /// Whether `cookie` was issued for `key` at `src` by this run, in the
-    /// current or the previous secret period.
-    fn cookie_is_valid(
+    /// Checks that `cookie` was issued for `key` at `src` by this run, in
+    /// the current or the previous secret period. On failure, returns the
+    /// current cookie for the challenge, so a junk cookie costs one MAC (two
+    /// after the first period, when the previous secret is checked too).
+    fn check_cookie(
         &mut self,
         now: Instant,
         src: SocketAddr,
         key: &PeerKey,
         cookie: &RegistrationCookie,
-    ) -> bool {
-        if *cookie == NO_COOKIE {
-            return false;
-        }
+    ) -> Result<(), RegistrationCookie> {
         let (current, previous) = self.registration_cookies.secrets(now);
-        [Some(current), previous]
-            .into_iter()
-            .flatten()
-            .any(|secret| mac::registration_cookie_matches(&secret, key.as_bytes(), src, cookie))
+        let expected = mac::registration_cookie(&current, key.as_bytes(), src);
+        if *cookie == NO_COOKIE {
+            return Err(expected);
+        }
+        if mac::cookies_equal(&expected, cookie)
+            || previous.is_some_and(|secret| {
+                mac::registration_cookie_matches(&secret, key.as_bytes(), src, cookie)
+            })
+        {
+            Ok(())
+        } else {
+            Err(expected)
+        }
     }
 
-    /// The stateless answer to an unproven registration: a cookie for its
+    /// The stateless answer to an unproven registration: the cookie for its
     /// key at its source address, sent only there.
     fn challenge(
         &mut self,
-        now: Instant,
+        cookie: RegistrationCookie,
         src: SocketAddr,
-        key: &PeerKey,
         timestamp: u64,
     ) -> Outcome {
-        let (current, _) = self.registration_cookies.secrets(now);
         let challenge = Challenge {
             echoed_timestamp: timestamp,
-            cookie: mac::registration_cookie(&current, key.as_bytes(), src),
+            cookie,
         };
         self.metrics.record(Event::ChallengeSent);
         tracing::trace!(%src, "registration challenged");
@@ -681,8 +722,8 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.core().handle_timeout(now) {
             let mut hints = lock(&self.hints);
-            hints.forget_idle(now);
-            let evictions = hints.evictions();
+            hints.per_ip.forget_idle(now);
+            let evictions = hints.per_ip.evictions();
             drop(hints);
             self.metrics.set_hint_limiter_evictions(evictions);
         }

@@ -1450,3 +1450,20 @@ fn probes_tell_a_client_whether_the_relay_still_knows_it() {
         Verdict::Drop(DropReason::ProbeBadMac)
     );
 }
+
+/// A spoofed transport flood from many sources would make the relay answer
+/// nearly every datagram; hints are capped in total too.
+#[test]
+fn hints_are_capped_in_total_not_only_per_ip() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let hints = (0..20_000u32)
+        .filter(|i| {
+            let spoofed = SocketAddr::new(std::net::Ipv4Addr::from(0x0A00_0000 + i).into(), 9);
+            let mut miss = [&[4u8, 0, 0, 0][..], &[0; 28]].concat();
+            matches!(router.handle(now, spoofed, &mut miss), Verdict::Reply(_))
+        })
+        .count();
+    assert_eq!(hints, 5_000);
+    assert_eq!(router.metrics().dropped(DropReason::NoRoute), 20_000);
+}
