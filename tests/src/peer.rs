@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use boringtun::noise::{Tunn, TunnResult};
 use lanrage_proto::control::{
-    Challenge, ControlMessage, RegisterAck, Registration, RegistrationCookie, SessionKeys,
-    UnknownSession, NO_COOKIE,
+    Challenge, ControlMessage, Probe, ProbeAck, RegisterAck, Registration, RegistrationCookie,
+    SessionKeys, UnknownSession, NO_COOKIE,
 };
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
@@ -27,6 +27,9 @@ pub enum Incoming {
     /// A return-routability challenge to our last registration; the peer
     /// has already resent the registration with its cookie.
     Challenge(Challenge),
+    /// A probe ack: authenticated if `registered`, else only a prompt (the
+    /// peer has already sent a registration, as docs/protocol.md §2.8 says).
+    ProbeAck(ProbeAck),
     /// Anything the peer could not use; the raw bytes.
     Other(Vec<u8>),
 }
@@ -133,6 +136,19 @@ impl TestPeer {
             }
         }
         bail!("no registration ack from {}", self.relay)
+    }
+
+    /// Sends a liveness probe (docs/protocol.md §2.8); the ack arrives
+    /// through `recv` as [`Incoming::ProbeAck`].
+    pub fn probe(&mut self) -> Result<()> {
+        self.timestamp += 1;
+        let probe = Probe {
+            client: self.key,
+            timestamp: self.timestamp,
+        }
+        .seal(&self.keys);
+        self.socket.send_to(&probe, self.relay)?;
+        Ok(())
     }
 
     /// The cookie the relay last gave this peer ([`NO_COOKIE`] before any).
@@ -271,6 +287,23 @@ impl TestPeer {
                 let msg = self.registration();
                 self.socket.send_to(&msg, self.relay)?;
                 Ok(Incoming::Challenge(challenge))
+            }
+            Ok(ControlMessage::ProbeAck(view)) => {
+                let unauthenticated = view.unauthenticated();
+                if unauthenticated.registered {
+                    let Ok(ack) = view.verify(&self.keys) else {
+                        return Ok(Incoming::Other(datagram.to_vec()));
+                    };
+                    return Ok(Incoming::ProbeAck(ack));
+                }
+                // The relay doesn't know us here (it restarted): register
+                // again now, and re-handshake once acknowledged.
+                if self.auto_recover {
+                    self.handshake_after_ack = true;
+                    let msg = self.registration();
+                    self.socket.send_to(&msg, self.relay)?;
+                }
+                Ok(Incoming::ProbeAck(unauthenticated))
             }
             Ok(ControlMessage::UnknownSession(hint)) => {
                 self.hints_received += 1;

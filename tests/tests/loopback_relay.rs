@@ -40,6 +40,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     two_peers_exchange_a_thousand_packets_each_way,
     tunnel_recovers_after_a_relay_restart,
+    a_peer_that_only_receives_notices_a_restart_by_probing,
     unregistered_source_gets_nothing_forwarded,
     forged_and_replayed_registrations_are_rejected,
     a_peer_outside_the_consent_list_is_unreachable,
@@ -134,6 +135,72 @@ fn tunnel_recovers_after_a_relay_restart(backend: Backend) -> Result<()> {
     // The recovered tunnel carries a full, verified transfer.
     transfer(&mut a, &mut b, 200, 4)?;
     transfer(&mut b, &mut a, 200, 5)?;
+    Ok(())
+}
+
+/// B only receives. After a relay restart it hears no hint (it sends
+/// nothing), so without probes it stayed unregistered until its next
+/// refresh (up to 25 s) and A's packets went nowhere. B's probe (1/s in a
+/// real client) gets "not registered"; B re-registers at once, and A's
+/// next handshake reaches it.
+fn a_peer_that_only_receives_notices_a_restart_by_probing(backend: Backend) -> Result<()> {
+    let setup = RelaySetup::new(backend.yaml())?;
+    let relay = setup.start()?;
+    let (mut a, mut b) = pair(&setup)?;
+    establish(&mut a, &mut b)?;
+    b.probe()?;
+    let before = loop {
+        match b.recv(Duration::from_secs(2))? {
+            Some(Incoming::ProbeAck(ack)) => break ack,
+            Some(_) => continue,
+            None => bail!("no probe ack from the running relay"),
+        }
+    };
+    assert!(before.registered, "B is registered before the restart");
+
+    relay.stop()?;
+    let _relay = setup.start()?;
+    let restarted = Instant::now();
+    // A sends (and recovers through hints); B only receives, and probes
+    // every 100 ms here (a client probes every second).
+    let deadline = restarted + Duration::from_secs(10);
+    let mut seq = 0u32;
+    let mut b_got = None;
+    let mut last_probe = Instant::now() - Duration::from_secs(1);
+    let mut b_learned_restart = false;
+    while b_got.is_none() && Instant::now() < deadline {
+        seq += 1;
+        a.send_packet(&ipv4_packet(&payload_for(6, seq)))?;
+        if last_probe.elapsed() >= Duration::from_millis(100) {
+            b.probe()?;
+            last_probe = Instant::now();
+        }
+        for _ in 0..8 {
+            match b.recv(Duration::from_micros(500))? {
+                Some(Incoming::Packet(_)) => {
+                    b_got.get_or_insert_with(|| restarted.elapsed());
+                }
+                Some(Incoming::ProbeAck(ack)) if !ack.registered => {
+                    assert_ne!(ack.relay_epoch, before.relay_epoch, "a new run");
+                    b_learned_restart = true;
+                }
+                _ => {}
+            }
+            let _ = a.recv(Duration::from_micros(500))?;
+        }
+        a.tick()?;
+        b.tick()?;
+    }
+    let Some(to_b) = b_got else {
+        bail!("A's packets never reached B again within 10 s");
+    };
+    assert!(b_learned_restart, "B learned of the restart from a probe");
+    assert_eq!(b.hints_received, 0, "B sent nothing, so it got no hint");
+    println!(
+        "RECOVERY of a receive-only peer after a relay restart: {:.1} ms",
+        to_b.as_secs_f64() * 1e3
+    );
+    transfer(&mut a, &mut b, 50, 7)?;
     Ok(())
 }
 
