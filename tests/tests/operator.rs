@@ -1,0 +1,103 @@
+//! The relay binary as a new operator meets it: a closed log pipe, a port
+//! already taken, `check-config`, config mistakes and the key path. Every
+//! wait is bounded; nothing leaves 127.0.0.1.
+
+use std::fs::File;
+use std::io::{BufRead as _, BufReader};
+use std::os::fd::FromRawFd as _;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use lanrage_tests::relay_process::{relay_binary, ScratchDir};
+use lanrage_tests::RelaySetup;
+
+/// Kills the child on drop, so a failing assertion leaves no process behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Reaped {
+    /// Waits at most `limit` for the process to exit.
+    fn wait_for_exit(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+fn pipe() -> Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    // SAFETY: both descriptors are new, open, and owned by nobody else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// `lanrage-relay … 2>&1 | head -1`: the reader of the relay's stdout and
+/// stderr goes away while the relay runs. Logging to the broken pipe must not
+/// kill the relay or its signal handling: SIGTERM still stops it, cleanly.
+#[test]
+fn sigterm_stops_the_relay_after_its_log_pipe_closed() -> Result<()> {
+    let setup = RelaySetup::new("")?;
+    let (read, write) = pipe()?;
+    let child = Command::new(relay_binary())
+        .arg("--config")
+        .arg(&setup.config_path)
+        .stdin(Stdio::null())
+        .stdout(write.try_clone()?)
+        .stderr(write)
+        .spawn()
+        .context("spawning the relay")?;
+    let mut relay = Reaped(child);
+
+    // Like `head`: read until the relay is ready, then close the read end.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(read).lines().take(1000) {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("relay ready") {
+                break;
+            }
+        }
+        // `read` is dropped here: the relay's next log line meets EPIPE.
+        let _ = tx.send(seen);
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the relay did not log `relay ready` within 20 s")?;
+    assert!(seen.contains("relay ready"), "relay output: {seen}");
+
+    // A log line into the closed pipe, then the stop itself.
+    relay.sigterm();
+    let status = relay.wait_for_exit(Duration::from_secs(10))?;
+    let Some(status) = status else {
+        bail!("the relay ignored SIGTERM for 10 s after its log pipe closed");
+    };
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    Ok(())
+}
