@@ -3,7 +3,7 @@
 //! wait is bounded; nothing leaves 127.0.0.1.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::fd::FromRawFd as _;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -99,5 +99,85 @@ fn sigterm_stops_the_relay_after_its_log_pipe_closed() -> Result<()> {
         bail!("the relay ignored SIGTERM for 10 s after its log pipe closed");
     };
     assert_eq!(status.code(), Some(0), "exit status {status}");
+    Ok(())
+}
+
+/// Runs the relay binary with `args` to completion, at most `limit`:
+/// (exit status, stdout, stderr).
+fn run_relay(args: &[&std::ffi::OsStr], limit: Duration) -> Result<(ExitStatus, String, String)> {
+    let child = Command::new(relay_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning the relay")?;
+    let mut child = Reaped(child);
+    let mut stdout = child.0.stdout.take().context("stdout")?;
+    let mut stderr = child.0.stderr.take().context("stderr")?;
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = (&mut stdout).take(1 << 20).read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = (&mut stderr).take(1 << 20).read_to_string(&mut text);
+        text
+    });
+    let Some(status) = child.wait_for_exit(limit)? else {
+        bail!("lanrage-relay {args:?} still running after {limit:?}");
+    };
+    let out = out.join().map_err(|_| anyhow::anyhow!("stdout reader"))?;
+    let err = err.join().map_err(|_| anyhow::anyhow!("stderr reader"))?;
+    Ok((status, out, err))
+}
+
+/// A second relay on a port the first one serves must not start (both would
+/// get half the clients with `SO_REUSEPORT`); it exits naming the address.
+#[test]
+fn a_second_relay_on_the_same_port_refuses_to_start() -> Result<()> {
+    let first = RelaySetup::new("workers: 2\n")?;
+    let running = first.start()?;
+
+    // Same UDP port; no metrics listener, so only the UDP port can conflict.
+    let dir = ScratchDir::new("second-relay")?;
+    let config = dir.path().join("relay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"{}\"\nmetrics_listen: null\nworkers: 2\nprivate_key_file: \"{}\"\n",
+            first.listen,
+            dir.path().join("private.key").display()
+        ),
+    )?;
+    let (status, _, stderr) = run_relay(
+        &["--config".as_ref(), config.as_os_str()],
+        Duration::from_secs(20),
+    )?;
+    assert!(!status.success(), "the second relay started: {stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&first.listen.to_string()) && stderr.contains("another process"),
+        "stderr: {stderr}"
+    );
+    // The first relay still gets every datagram sent to the port, from
+    // sources spread over its workers' sockets.
+    let before = running.metric("lanrage_relay_received_total")?;
+    for _ in 0..16 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.send_to(b"not a lanrage message", first.listen)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut received = 0;
+    while Instant::now() < deadline {
+        received = running.metric("lanrage_relay_received_total")? - before;
+        if received >= 16 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(received, 16, "datagrams the first relay received");
+    assert_eq!(running.stop()?, 0);
     Ok(())
 }
