@@ -127,13 +127,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "check-config needs --config FILE (or LANRAGE_RELAY_CONFIG)"
                 ));
             };
-            match Config::load(&path) {
+            match load_for_start(Some(&path)) {
                 Ok(_) => {
                     print_result(&format!("{}: ok", path.display()))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    report(&format!("error: {}", render_error(&e.into())));
+                    report(&format!("error: {}", render_error(&e)));
                     Ok(ExitCode::from(EXIT_FAILURE))
                 }
             }
@@ -154,16 +154,25 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Every check of a config that a start makes before it touches the key
+/// file, a socket or the kernel: the file parses, every field is in range,
+/// and this build has what the config asks for. `check-config` runs exactly
+/// this, so a config it accepts can only fail at start for a reason outside
+/// the file (a port in use, io_uring or XDP unavailable on this host).
+fn load_for_start(path: Option<&Path>) -> anyhow::Result<Config> {
+    let config = load_config(path)?;
+    require_xdp_support(&config)?;
+    Ok(config)
+}
+
 /// Runs the relay until SIGINT or SIGTERM.
 fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result<()> {
-    let config = load_config(config_path)?;
+    let config = load_for_start(config_path)?;
     init_logging(&config.log);
     match config_path {
         Some(path) => tracing::debug!(path = %path.display(), "loaded config"),
         None => tracing::info!("no config file given (--config); using the defaults"),
     }
-    // Before touching the key file or any socket.
-    require_xdp_support(&config)?;
 
     let key_path = config.private_key_path(state_dir);
     let (secret, origin) = keys::load_or_generate(&key_path)?;

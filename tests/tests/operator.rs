@@ -181,3 +181,55 @@ fn a_second_relay_on_the_same_port_refuses_to_start() -> Result<()> {
     assert_eq!(running.stop()?, 0);
     Ok(())
 }
+
+/// `check-config` runs the checks a start runs, no fewer: every config a
+/// start refuses, `check-config` refuses with the same message (exit 1 there,
+/// 2 at start).
+#[test]
+fn check_config_refuses_what_the_start_refuses() -> Result<()> {
+    let mut bad = vec![
+        "limits:\n  max_routes: 0\n",
+        "max_routez: 5\n",
+        "batch_size: lots\n",
+    ];
+    // A relay built without XDP refuses `xdp:` at start (e08b2f3).
+    if !cfg!(feature = "xdp") {
+        bad.push("xdp:\n  interface: lo\n");
+    }
+    for extra in bad {
+        let setup = RelaySetup::new(extra)?;
+        let config = setup.config_path.as_os_str();
+        let (check, check_out, check_err) = run_relay(
+            &["check-config".as_ref(), "--config".as_ref(), config],
+            Duration::from_secs(20),
+        )?;
+        let (start, _, start_err) =
+            run_relay(&["--config".as_ref(), config], Duration::from_secs(20))?;
+        assert_eq!(start.code(), Some(2), "{extra:?}: start: {start_err}");
+        assert_eq!(
+            check.code(),
+            Some(1),
+            "{extra:?}: check-config said {check_out:?} {check_err:?}, the start said {start_err}"
+        );
+        let error = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("error: "))
+                .map(str::to_owned)
+        };
+        assert!(error(&start_err).is_some(), "{extra:?}: {start_err}");
+        assert_eq!(error(&check_err), error(&start_err), "{extra:?}");
+    }
+
+    let setup = RelaySetup::new("")?;
+    let (check, out, err) = run_relay(
+        &[
+            "check-config".as_ref(),
+            "--config".as_ref(),
+            setup.config_path.as_os_str(),
+        ],
+        Duration::from_secs(20),
+    )?;
+    assert!(check.success(), "{err}");
+    assert!(out.ends_with(": ok\n"), "{out}");
+    Ok(())
+}
