@@ -62,11 +62,12 @@ pub struct Config {
     /// Default `0.0.0.0:51888`.
     pub listen: SocketAddr,
     /// The relay's X25519 private key (base64, one line, as `wg genkey` prints).
-    /// Generated with mode 0600 if missing. A relative path is resolved against
-    /// `--state-dir` if given, else the working directory; `--state-dir` also
-    /// replaces the directory of the default path.
-    /// Default `/var/lib/lanrage-relay/private.key`.
-    pub private_key_file: PathBuf,
+    /// Generated with mode 0600 if missing. An absolute path is used as
+    /// written; a relative one is resolved against `--state-dir` if given,
+    /// else the working directory. Absent or `null`: `private.key` in
+    /// `--state-dir`, else [`DEFAULT_PRIVATE_KEY_FILE`]
+    /// (`/var/lib/lanrage-relay/private.key`). Default `null`.
+    pub private_key_file: Option<PathBuf>,
     /// TCP address of the Prometheus `/metrics` and `/health` endpoint; `null`
     /// disables it. Default `127.0.0.1:9588`.
     pub metrics_listen: Option<SocketAddr>,
@@ -294,14 +295,16 @@ pub struct HintRateLimit {
 
 /// The default `listen` port.
 pub const DEFAULT_PORT: u16 = 51888;
-/// The default `private_key_file`.
+/// The key file when `private_key_file` is not set and there is no `--state-dir`.
 pub const DEFAULT_PRIVATE_KEY_FILE: &str = "/var/lib/lanrage-relay/private.key";
+/// The key file's name in `--state-dir` when `private_key_file` is not set.
+pub const DEFAULT_PRIVATE_KEY_NAME: &str = "private.key";
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
-            private_key_file: PathBuf::from(DEFAULT_PRIVATE_KEY_FILE),
+            private_key_file: None,
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9588))),
             log: "info".to_owned(),
             socket: SocketConfig::default(),
@@ -408,7 +411,11 @@ impl Config {
 
     /// Checks every range; the error names the first field out of range.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        if self.private_key_file.as_os_str().is_empty() {
+        if self
+            .private_key_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
             return Err(InvalidField {
                 field: "private_key_file",
                 reason: "must not be empty".to_owned(),
@@ -503,17 +510,15 @@ impl Config {
 
     /// Where the private key lives, after applying `--state-dir`.
     ///
-    /// `state_dir` replaces the directory of the default path and is the base
-    /// of a relative path; an explicit absolute path is the operator's choice
-    /// and stays as written.
+    /// An absolute `private_key_file` is the operator's choice and stays as
+    /// written, even if it names the default path. `state_dir` is the base of
+    /// a relative one, and holds `private.key` when the field is not set.
     pub fn private_key_path(&self, state_dir: Option<&Path>) -> PathBuf {
-        let file = &self.private_key_file;
-        match state_dir {
-            Some(dir) if file == Path::new(DEFAULT_PRIVATE_KEY_FILE) => {
-                dir.join(file.file_name().unwrap_or(file.as_os_str()))
-            }
-            Some(dir) if file.is_relative() => dir.join(file),
-            _ => file.clone(),
+        match (&self.private_key_file, state_dir) {
+            (Some(file), Some(dir)) if file.is_relative() => dir.join(file),
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => dir.join(DEFAULT_PRIVATE_KEY_NAME),
+            (None, None) => PathBuf::from(DEFAULT_PRIVATE_KEY_FILE),
         }
     }
 }
@@ -814,6 +819,31 @@ mod tests {
         assert_eq!(r.under_load_handshakes_per_second, 5000);
     }
 
+    /// `private_key_file` spelled out as the default path is still an
+    /// explicit absolute path: `--state-dir` leaves it alone.
+    #[test]
+    fn state_dir_keeps_an_explicit_absolute_key_path_even_the_default_one() {
+        let dir = Path::new("/tmp/state");
+        for path in [DEFAULT_PRIVATE_KEY_FILE, "/etc/lanrage/relay.key"] {
+            let config = parse(&format!("private_key_file: \"{path}\"\n")).expect("parse");
+            assert_eq!(config.private_key_path(Some(dir)), Path::new(path));
+            assert_eq!(config.private_key_path(None), Path::new(path));
+        }
+        let config = parse("private_key_file: keys/relay.key\n").expect("parse");
+        assert_eq!(
+            config.private_key_path(Some(dir)),
+            dir.join("keys/relay.key")
+        );
+        for text in ["", "private_key_file: null\n"] {
+            let config = parse(text).expect("parse");
+            assert_eq!(config.private_key_path(Some(dir)), dir.join("private.key"));
+            assert_eq!(
+                config.private_key_path(None),
+                Path::new(DEFAULT_PRIVATE_KEY_FILE)
+            );
+        }
+    }
+
     #[test]
     fn state_dir_moves_default_and_relative_key_paths_only() {
         let dir = Path::new("/tmp/state");
@@ -823,13 +853,13 @@ mod tests {
             Path::new(DEFAULT_PRIVATE_KEY_FILE)
         );
         assert_eq!(config.private_key_path(Some(dir)), dir.join("private.key"));
-        config.private_key_file = PathBuf::from("keys/relay.key");
+        config.private_key_file = Some(PathBuf::from("keys/relay.key"));
         assert_eq!(
             config.private_key_path(Some(dir)),
             dir.join("keys/relay.key")
         );
         assert_eq!(config.private_key_path(None), Path::new("keys/relay.key"));
-        config.private_key_file = PathBuf::from("/etc/lanrage/relay.key");
+        config.private_key_file = Some(PathBuf::from("/etc/lanrage/relay.key"));
         assert_eq!(
             config.private_key_path(Some(dir)),
             Path::new("/etc/lanrage/relay.key")

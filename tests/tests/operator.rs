@@ -233,3 +233,58 @@ fn check_config_refuses_what_the_start_refuses() -> Result<()> {
     assert!(out.ends_with(": ok\n"), "{out}");
     Ok(())
 }
+
+/// Where `public-key --state-dir DIR` puts (generates) the key: an absolute
+/// `private_key_file` as written, a relative one under DIR, none at
+/// DIR/private.key (docs/configuration.md, "The private key").
+#[test]
+fn state_dir_keeps_an_absolute_key_path_and_holds_the_others() -> Result<()> {
+    let dir = ScratchDir::new("key-paths")?;
+    let state = dir.path().join("state");
+    let elsewhere = dir.path().join("elsewhere").join("relay.key");
+    let cases = [
+        (
+            format!("private_key_file: \"{}\"\n", elsewhere.display()),
+            elsewhere.clone(),
+        ),
+        (
+            "private_key_file: keys/relay.key\n".to_owned(),
+            state.join("keys/relay.key"),
+        ),
+        ("log: info\n".to_owned(), state.join("private.key")),
+    ];
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let config = dir.path().join(format!("relay-{i}.yaml"));
+        std::fs::write(&config, yaml)?;
+        let (status, out, err) = run_relay(
+            &[
+                "public-key".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--state-dir".as_ref(),
+                state.as_os_str(),
+            ],
+            Duration::from_secs(20),
+        )?;
+        assert!(status.success(), "{yaml:?}: {err}");
+        assert_eq!(out.trim().len(), 44, "{yaml:?}: not a public key: {out:?}");
+        assert!(
+            expected.is_file(),
+            "{yaml:?}: no key at {}; stderr: {err}",
+            expected.display()
+        );
+        assert!(
+            err.contains(&expected.display().to_string()),
+            "{yaml:?}: {err}"
+        );
+        std::fs::remove_file(expected)?;
+    }
+    // Nothing else was generated in the state directory.
+    let left: Vec<_> = std::fs::read_dir(&state)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "stray key files: {left:?}");
+    Ok(())
+}
