@@ -465,7 +465,8 @@ mod tests {
         assert_eq!(exit_code(&error), EXIT_CONFIG);
         assert_eq!(
             render_error(&error),
-            "config file relay.yaml: batch_size must be between 1 and 1024, got 0"
+            "config file relay.yaml: batch_size must be a whole number from 1 to 1024, got 0 \
+             at line 1 column 13"
         );
         let error = anyhow::Error::from(UsageError("x"));
         assert_eq!(exit_code(&error), EXIT_CONFIG);

@@ -288,3 +288,70 @@ fn state_dir_keeps_an_absolute_key_path_and_holds_the_others() -> Result<()> {
     assert!(left.is_empty(), "stray key files: {left:?}");
     Ok(())
 }
+
+/// What the operator sees on stderr for config mistakes: one `error:` line
+/// naming the field by its dotted path, what it allows, and the line, with
+/// no Rust type names.
+#[test]
+fn config_mistakes_are_reported_in_the_operators_words() -> Result<()> {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "listen_addr: \"0.0.0.0:1\"\n",
+            &["listen_addr is not a known field", "at line 4 column 1"],
+        ),
+        (
+            "handshake_rate_limit:\n  per_second: lots\n",
+            &[
+                "handshake_rate_limit.per_second must be a whole number from 1 to 1000000",
+                "got \"lots\" at line 5",
+            ],
+        ),
+        (
+            "limits:\n  max_routes: 99999999999999999999999999\n",
+            &["limits.max_routes must be a whole number from 1 to 100000000"],
+        ),
+        (
+            "limits: 5\n",
+            &[
+                "limits must be a mapping with max_registrations",
+                "at line 4",
+            ],
+        ),
+        (
+            "timeouts:\n  route_idle_secs: -1\n",
+            &["timeouts.route_idle_secs must be a whole number from 10 to 3600, got -1"],
+        ),
+        (
+            "backend: turbo\n",
+            &["backend must be one of auto, io_uring, epoll, got \"turbo\""],
+        ),
+    ];
+    for (extra, fragments) in cases {
+        // RelaySetup writes three lines (listen, metrics_listen, private_key_file) first.
+        let setup = RelaySetup::new(extra)?;
+        let (status, _, stderr) = run_relay(
+            &["--config".as_ref(), setup.config_path.as_os_str()],
+            Duration::from_secs(20),
+        )?;
+        assert_eq!(status.code(), Some(2), "{extra:?}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error: config file "))
+            .with_context(|| format!("{extra:?}: no error line in {stderr:?}"))?;
+        for fragment in *fragments {
+            assert!(
+                line.contains(fragment),
+                "{extra:?}: {line:?} lacks {fragment:?}"
+            );
+        }
+        for word in line.split(|c: char| !c.is_ascii_alphanumeric() && c != '_') {
+            assert!(
+                !["usize", "u32", "u64", "u128", "i64", "struct", "Limits", "Option"]
+                    .contains(&word),
+                "{extra:?}: {line:?} shows {word:?}"
+            );
+        }
+        assert!(!line.contains("invalid type"), "{line:?}");
+    }
+    Ok(())
+}
