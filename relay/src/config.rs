@@ -5,7 +5,7 @@
 //! Every error names the field by its dotted path, says what is allowed in
 //! words, and gives the line: `limits.max_routes must be a whole number from
 //! 1 to 100000000, got 0 at line 2 column 15`. The fields are read by the
-//! checking deserializers of [`de`], which share each rule with
+//! checking deserializers of `config/de.rs`, which share each rule with
 //! [`Config::validate`] (for configs built in code).
 //!
 //! `docs/configuration.md` and `systemd/relay.example.yaml` mirror this file;
