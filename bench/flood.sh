@@ -168,8 +168,11 @@ EOF
         sleep "$LEAD_IN"
     fi
 
+    # --setup-timeout: a flood may slow setup down; measure it rather than
+    # give up at the load generator's default (30 s + 20 ms per pair).
     timeout 300 "$BIN/lanrage-loadgen" --relay "127.0.0.1:$port" --relay-public-key "$key" \
         --preset gaming --pairs "$PAIRS" --duration "$LOADGEN_DURATION" --no-baseline --json \
+        --setup-timeout 240 \
         >"$dir/loadgen.json" 2>"$dir/loadgen.log" || loadgen_rc=$?
     if [ -n "$flood_pid" ]; then
         wait "$flood_pid" || { log "lanrage-flood failed:"; cat "$dir/flood.log" >&2; return 1; }
