@@ -175,8 +175,11 @@ EOF
         --duration "$LOADGEN_DURATION" >"$dir/probe.json" 2>"$dir/probe.log" &
     local probe_pid=$!
     PIDS+=("$probe_pid")
+    # --setup-timeout: a flood may slow setup down; measure it rather than
+    # give up at the load generator's default (30 s + 20 ms per pair).
     timeout 300 "$BIN/lanrage-loadgen" --relay "127.0.0.1:$port" --relay-public-key "$key" \
         --preset gaming --pairs "$PAIRS" --duration "$LOADGEN_DURATION" --no-baseline --json \
+        --setup-timeout 240 \
         >"$dir/loadgen.json" 2>"$dir/loadgen.log" || loadgen_rc=$?
     wait "$probe_pid" || { log "lanrage-clientprobe failed:"; cat "$dir/probe.log" >&2; return 1; }
     if [ -n "$flood_pid" ]; then

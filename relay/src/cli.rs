@@ -5,7 +5,7 @@
 //! config in `check-config`); 2 for a bad config file or usage when starting
 //! (systemd's unit doesn't restart on 2: a restart can't fix a config).
 
-use std::io::{self, IsTerminal as _, Read as _};
+use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -82,7 +82,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", render_error(&error));
+            report(&format!("error: {}", render_error(&error)));
             ExitCode::from(exit_code(&error))
         }
     }
@@ -93,7 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => serve(cli.config.as_deref(), cli.state_dir.as_deref()).map(|()| ExitCode::SUCCESS),
         Some(Command::Keygen) => {
-            println!("{}", keys::encode(&keys::generate()?));
+            print_result(&keys::encode(&keys::generate()?))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Pubkey) => {
@@ -104,7 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .read_to_string(&mut text)
                 .context("cannot read a private key from stdin")?;
             let secret = keys::decode(&text).context("stdin")?;
-            println!("{}", keys::public_key(&secret));
+            print_result(&keys::public_key(&secret).to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::PublicKey) => {
@@ -113,9 +113,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config.private_key_path(cli.state_dir.as_deref());
             let (secret, origin) = keys::load_or_generate(&path)?;
             if origin == KeyOrigin::Generated {
-                eprintln!("generated a new private key in {}", path.display());
+                report(&format!(
+                    "generated a new private key in {}",
+                    path.display()
+                ));
             }
-            println!("{}", keys::public_key(&secret));
+            print_result(&keys::public_key(&secret).to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::CheckConfig) => {
@@ -124,13 +127,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "check-config needs --config FILE (or LANRAGE_RELAY_CONFIG)"
                 ));
             };
-            match Config::load(&path) {
+            match load_for_start(Some(&path)) {
                 Ok(_) => {
-                    println!("{}: ok", path.display());
+                    print_result(&format!("{}: ok", path.display()))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("error: {}", render_error(&e.into()));
+                    report(&format!("error: {}", render_error(&e)));
                     Ok(ExitCode::from(EXIT_FAILURE))
                 }
             }
@@ -151,16 +154,25 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Every check of a config that a start makes before it touches the key
+/// file, a socket or the kernel: the file parses, every field is in range,
+/// and this build has what the config asks for. `check-config` runs exactly
+/// this, so a config it accepts can only fail at start for a reason outside
+/// the file (a port in use, io_uring or XDP unavailable on this host).
+fn load_for_start(path: Option<&Path>) -> anyhow::Result<Config> {
+    let config = load_config(path)?;
+    require_xdp_support(&config)?;
+    Ok(config)
+}
+
 /// Runs the relay until SIGINT or SIGTERM.
 fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result<()> {
-    let config = load_config(config_path)?;
+    let config = load_for_start(config_path)?;
     init_logging(&config.log);
     match config_path {
         Some(path) => tracing::debug!(path = %path.display(), "loaded config"),
         None => tracing::info!("no config file given (--config); using the defaults"),
     }
-    // Before touching the key file or any socket.
-    require_xdp_support(&config)?;
 
     let key_path = config.private_key_path(state_dir);
     let (secret, origin) = keys::load_or_generate(&key_path)?;
@@ -350,14 +362,20 @@ fn spawn_signal_thread(stop: StopAll) -> io::Result<()> {
 fn init_logging(filter: &str) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(&env).unwrap_or_else(|e| {
-            eprintln!("warning: ignoring RUST_LOG={env:?}: {e}");
+            report(&format!("warning: ignoring RUST_LOG={env:?}: {e}"));
             EnvFilter::new(filter)
         }),
         _ => EnvFilter::new(filter),
     };
+    // A log line that can't be written (stderr is a closed pipe, e.g. under
+    // `| head`) is dropped. Without `log_internal_errors(false)` the
+    // subscriber reports the failure with `eprintln!`, which panics on that
+    // same broken pipe and kills whichever thread logged, such as the signal
+    // thread in the middle of a SIGTERM.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .log_internal_errors(false)
         .with_ansi(io::stderr().is_terminal());
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -365,6 +383,21 @@ fn init_logging(filter: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// Writes a line to stderr for the operator; if stderr is gone (a closed
+/// pipe), the line is lost, but nothing panics (`eprintln!` would).
+fn report(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// Writes a subcommand's result line to stdout. Unlike `println!`, a closed
+/// stdout is an error (exit 1) rather than a panic.
+fn print_result(line: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 /// The error and its causes joined by `: `, skipping a cause whose text the
@@ -432,7 +465,8 @@ mod tests {
         assert_eq!(exit_code(&error), EXIT_CONFIG);
         assert_eq!(
             render_error(&error),
-            "config file relay.yaml: batch_size must be between 1 and 1024, got 0"
+            "config file relay.yaml: batch_size must be a whole number from 1 to 1024, got 0 \
+             at line 1 column 13"
         );
         let error = anyhow::Error::from(UsageError("x"));
         assert_eq!(exit_code(&error), EXIT_CONFIG);

@@ -2,21 +2,24 @@
 //!
 //! Every field has a default, so an empty file (or no file) is a working relay.
 //! Unknown fields are rejected so a typo never silently falls back to a default.
-//! After parsing, [`Config::validate`] checks every range and names the field
-//! path in its error (`limits.max_routes must be between …`).
+//! Every error names the field by its dotted path, says what is allowed in
+//! words, and gives the line: `limits.max_routes must be a whole number from
+//! 1 to 100000000, got 0 at line 2 column 15`. The fields are read by the
+//! checking deserializers of `config/de.rs`, which share each rule with
+//! [`Config::validate`] (for configs built in code).
 //!
 //! `docs/configuration.md` and `systemd/relay.example.yaml` mirror this file;
 //! a test keeps the example equal to [`Config::default`].
 
-use std::fmt::Display;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::router::{RateLimit, RouterConfig};
+
+mod de;
 
 /// Errors from [`Config::load`].
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +31,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// serde_norway's message names unknown fields, wrong types and the line and column.
-    #[error("config file {}: {source}", path.display())]
+    /// A syntax error, an unknown or missing field, or a value the field
+    /// does not allow; `message` names the field path and the location.
+    #[error("config file {}: {message}", path.display())]
     Yaml {
         path: PathBuf,
-        #[source]
-        source: serde_yaml::Error,
+        message: String,
+        /// Line and column (from 1), when the parser knows them.
+        location: Option<(usize, usize)>,
     },
     #[error("config file {}: {source}", path.display())]
     Invalid {
@@ -54,39 +59,52 @@ pub struct InvalidField {
 
 /// The relay's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping of relay settings such as `listen: \"0.0.0.0:51888\"` (docs/configuration.md)"
+)]
 pub struct Config {
     /// UDP address for WireGuard, STUN and LANrage control traffic. An IP
     /// literal and port; `[::]:PORT` serves IPv4 and IPv6 on one socket.
     /// Port 0 picks a free port (logged at startup; for tests).
     /// Default `0.0.0.0:51888`.
+    #[serde(deserialize_with = "de::address")]
     pub listen: SocketAddr,
     /// The relay's X25519 private key (base64, one line, as `wg genkey` prints).
-    /// Generated with mode 0600 if missing. A relative path is resolved against
-    /// `--state-dir` if given, else the working directory; `--state-dir` also
-    /// replaces the directory of the default path.
-    /// Default `/var/lib/lanrage-relay/private.key`.
-    pub private_key_file: PathBuf,
+    /// Generated with mode 0600 if missing. An absolute path is used as
+    /// written; a relative one is resolved against `--state-dir` if given,
+    /// else the working directory. Absent or `null`: `private.key` in
+    /// `--state-dir`, else [`DEFAULT_PRIVATE_KEY_FILE`]
+    /// (`/var/lib/lanrage-relay/private.key`). Default `null`.
+    #[serde(deserialize_with = "field::private_key_file")]
+    pub private_key_file: Option<PathBuf>,
     /// TCP address of the Prometheus `/metrics` and `/health` endpoint; `null`
     /// disables it. Default `127.0.0.1:9588`.
+    #[serde(deserialize_with = "de::optional_address")]
     pub metrics_listen: Option<SocketAddr>,
     /// Log filter in tracing `EnvFilter` syntax (`info`,
     /// `lanrage_relay=debug,info`, …). `RUST_LOG` overrides it. Default `info`.
+    #[serde(deserialize_with = "field::log")]
     pub log: String,
     /// UDP socket options.
     pub socket: SocketConfig,
     /// Datagrams received (and sent) per system call. 1..=1024. Default 64.
+    #[serde(deserialize_with = "field::batch_size")]
     pub batch_size: usize,
     /// Data-plane backend: `auto` (the one measured fastest that this kernel
     /// offers, epoll for now; the choice and the reason are logged),
     /// `io_uring` (fail at start without it), or `epoll`. Default `auto`.
+    #[serde(deserialize_with = "field::backend")]
     pub backend: BackendChoice,
     /// Coalesce consecutive datagrams to one destination with one size into a
     /// single UDP GSO send (`UDP_SEGMENT`, Linux ≥ 4.18; ignored where the
     /// kernel lacks it). Default `true`.
+    #[serde(deserialize_with = "de::boolean")]
     pub gso: bool,
     /// Data-plane worker threads, each with its own `SO_REUSEPORT` socket.
     /// 0 means one per CPU core. 0..=256. Default 0.
+    #[serde(deserialize_with = "field::workers")]
     pub workers: usize,
     /// Table sizes; memory use is bounded by these.
     pub limits: Limits,
@@ -102,6 +120,7 @@ pub struct Config {
     /// must carry a valid mac2, i.e. the relay answers with cookie replies, as
     /// WireGuard responders do under load. 0 means always demand cookies.
     /// 0..=10000000. Default 5000.
+    #[serde(deserialize_with = "field::under_load")]
     pub under_load_handshakes_per_second: u32,
     /// The XDP fast path (Linux; a binary built with the `xdp` feature):
     /// established sessions forwarded inside the kernel. Absent or `null`:
@@ -111,29 +130,33 @@ pub struct Config {
 
 /// The XDP fast path (`docs/xdp.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with interface (required), mode, pin_path and max_routes, or null"
+)]
 pub struct XdpConfig {
     /// The network interface the relay's traffic arrives on (e.g. `eth0`).
     /// Required.
+    #[serde(deserialize_with = "field::interface")]
     pub interface: String,
     /// `native` (in the driver; fails the start where the driver lacks XDP)
     /// or `skb` (generic XDP: any interface, slower). Default `native`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::xdp_mode")]
     pub mode: XdpModeChoice,
     /// A directory on a bpffs (e.g. `/sys/fs/bpf/lanrage`): pin the maps and
     /// the program's link there, so established sessions keep flowing through
     /// XDP while the relay restarts. `null`: nothing pinned, the program is
     /// detached when the relay stops. Absolute path. Default `null`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::pin_path")]
     pub pin_path: Option<PathBuf>,
     /// Size of the kernel route map (entries; two per session).
     /// 1..=1048576. Default: `limits.max_routes`, capped at 1048576.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::xdp_max_routes")]
     pub max_routes: Option<u32>,
 }
 
 /// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XdpModeChoice {
     #[default]
@@ -165,35 +188,15 @@ impl XdpConfig {
     }
 
     fn validate(&self, listen: SocketAddr) -> Result<(), InvalidField> {
-        // IFNAMSIZ is 16 with the terminating NUL.
-        let name_ok = !self.interface.is_empty()
-            && self.interface.len() <= 15
-            && !self
-                .interface
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-        if !name_ok {
-            return Err(InvalidField {
-                field: "xdp.interface",
-                reason: format!(
-                    "must be a network interface name (1 to 15 characters, no '/', ':' or spaces), got {:?}",
-                    self.interface
-                ),
-            });
-        }
+        check("xdp.interface", field::check_interface(&self.interface))?;
         if let Some(path) = &self.pin_path {
-            if !path.is_absolute() {
-                return Err(InvalidField {
-                    field: "xdp.pin_path",
-                    reason: format!(
-                        "must be an absolute path on a bpffs (e.g. /sys/fs/bpf/lanrage), got {:?}",
-                        path.display().to_string()
-                    ),
-                });
-            }
+            check(
+                "xdp.pin_path",
+                field::check_pin_path(&path.display().to_string()),
+            )?;
         }
         if let Some(n) = self.max_routes {
-            in_range("xdp.max_routes", n, 1..=XDP_MAX_ROUTES_LIMIT)?;
+            check("xdp.max_routes", field::XDP_MAX_ROUTES.check_number(n))?;
         }
         if xdp_relay_addr(listen).is_none() {
             return Err(InvalidField {
@@ -220,7 +223,7 @@ pub fn xdp_relay_addr(listen: SocketAddr) -> Option<std::net::SocketAddrV4> {
 }
 
 /// Which data-plane backend runs the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendChoice {
     Auto,
@@ -231,77 +234,112 @@ pub enum BackendChoice {
 
 /// UDP socket options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with recv_buffer_bytes and send_buffer_bytes"
+)]
 pub struct SocketConfig {
     /// `SO_RCVBUF` in bytes. The kernel caps it at `net.core.rmem_max`; the
     /// relay logs a warning when it got less. 4096..=1073741824. Default 4194304 (4 MiB).
+    #[serde(deserialize_with = "field::buffer_bytes")]
     pub recv_buffer_bytes: usize,
     /// `SO_SNDBUF` in bytes, capped at `net.core.wmem_max`.
     /// 4096..=1073741824. Default 4194304 (4 MiB).
+    #[serde(deserialize_with = "field::buffer_bytes")]
     pub send_buffer_bytes: usize,
 }
 
 /// Table sizes. When a table is full, new entries are refused (and counted),
 /// existing ones keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with max_registrations, max_routes, max_pending_handshakes and max_rate_limited_sources"
+)]
 pub struct Limits {
     /// Registered clients. 1..=10000000. Default 100000.
+    #[serde(deserialize_with = "field::table_entries")]
     pub max_registrations: usize,
     /// Transport routes (two per WireGuard session). 1..=100000000. Default 1000000.
+    #[serde(deserialize_with = "field::routes")]
     pub max_routes: usize,
     /// Initiations awaiting a response. 1..=10000000. Default 100000.
+    #[serde(deserialize_with = "field::table_entries")]
     pub max_pending_handshakes: usize,
     /// Source addresses tracked by the rate limiters. 1..=10000000. Default 100000.
+    #[serde(deserialize_with = "field::table_entries")]
     pub max_rate_limited_sources: usize,
 }
 
 /// Expiry of soft state, in seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with route_idle_secs, registration_secs and pending_handshake_secs"
+)]
 pub struct Timeouts {
     /// A route unused this long is removed. WireGuard rekeys every 120 s and
     /// rejects sessions older than 180 s (WireGuard paper §6.1,
     /// `Reject-After-Time`), so 180 s outlives every session. 10..=3600. Default 180.
+    #[serde(deserialize_with = "field::expiry_secs")]
     pub route_idle_secs: u64,
     /// A registration not refreshed this long is removed. Clients refresh every
     /// 20–25 s. 10..=3600. Default 90.
+    #[serde(deserialize_with = "field::expiry_secs")]
     pub registration_secs: u64,
     /// An initiation not answered this long is forgotten. WireGuard retries an
     /// initiation after 5 s (`Rekey-Timeout`). 1..=300. Default 10.
+    #[serde(deserialize_with = "field::pending_handshake_secs")]
     pub pending_handshake_secs: u64,
 }
 
 /// A per-source token bucket for handshakes and registrations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with per_second and burst"
+)]
 pub struct HandshakeRateLimit {
     /// Tokens added per second. 1..=1000000. Default 20.
+    #[serde(deserialize_with = "field::rate")]
     pub per_second: u32,
     /// Bucket size: how many may arrive at once. 1..=1000000. Default 50.
+    #[serde(deserialize_with = "field::rate")]
     pub burst: u32,
 }
 
 /// A per-source token bucket for "unknown session" hints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with per_second and burst"
+)]
 pub struct HintRateLimit {
     /// Tokens added per second. 1..=1000000. Default 2.
+    #[serde(deserialize_with = "field::rate")]
     pub per_second: u32,
     /// Bucket size. 1..=1000000. Default 4.
+    #[serde(deserialize_with = "field::rate")]
     pub burst: u32,
 }
 
 /// The default `listen` port.
 pub const DEFAULT_PORT: u16 = 51888;
-/// The default `private_key_file`.
+/// The key file when `private_key_file` is not set and there is no `--state-dir`.
 pub const DEFAULT_PRIVATE_KEY_FILE: &str = "/var/lib/lanrage-relay/private.key";
+/// The key file's name in `--state-dir` when `private_key_file` is not set.
+pub const DEFAULT_PRIVATE_KEY_NAME: &str = "private.key";
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
-            private_key_file: PathBuf::from(DEFAULT_PRIVATE_KEY_FILE),
+            private_key_file: None,
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9588))),
             log: "info".to_owned(),
             socket: SocketConfig::default(),
@@ -394,9 +432,10 @@ impl Config {
         let config = if is_blank_yaml(text) {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+            serde_yaml::from_str(text).map_err(|error| ConfigError::Yaml {
                 path: origin.to_owned(),
-                source,
+                message: de::render(&error, text),
+                location: error.location().map(|l| (l.line(), l.column())),
             })?
         };
         config.validate().map_err(|source| ConfigError::Invalid {
@@ -406,72 +445,82 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every range; the error names the first field out of range.
+    /// Checks every field (the same rules the parser applies, for configs
+    /// built in code) and the fields' combinations; the error names the
+    /// first field that is wrong.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        if self.private_key_file.as_os_str().is_empty() {
-            return Err(InvalidField {
-                field: "private_key_file",
-                reason: "must not be empty".to_owned(),
-            });
+        if let Some(path) = &self.private_key_file {
+            check(
+                "private_key_file",
+                field::check_key_file(&path.display().to_string()),
+            )?;
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(InvalidField {
-                field: "log",
-                reason: format!("is not a valid tracing filter ({e}), got {:?}", self.log),
-            });
-        }
-        const BUFFER: RangeInclusive<usize> = 4096..=1 << 30;
-        in_range(
+        check("log", field::check_log(&self.log))?;
+        let buffer = field::BUFFER_BYTES;
+        check(
             "socket.recv_buffer_bytes",
-            self.socket.recv_buffer_bytes,
-            BUFFER,
+            buffer.check_number(self.socket.recv_buffer_bytes),
         )?;
-        in_range(
+        check(
             "socket.send_buffer_bytes",
-            self.socket.send_buffer_bytes,
-            BUFFER,
+            buffer.check_number(self.socket.send_buffer_bytes),
         )?;
-        in_range("batch_size", self.batch_size, 1..=1024)?;
-        in_range("workers", self.workers, 0..=256)?;
+        check(
+            "batch_size",
+            field::BATCH_SIZE.check_number(self.batch_size),
+        )?;
+        check("workers", field::WORKERS.check_number(self.workers))?;
 
         let l = &self.limits;
-        in_range(
+        let table = field::TABLE_ENTRIES;
+        check(
             "limits.max_registrations",
-            l.max_registrations,
-            1..=10_000_000,
+            table.check_number(l.max_registrations),
         )?;
-        in_range("limits.max_routes", l.max_routes, 1..=100_000_000)?;
-        in_range(
+        check(
+            "limits.max_routes",
+            field::ROUTES.check_number(l.max_routes),
+        )?;
+        check(
             "limits.max_pending_handshakes",
-            l.max_pending_handshakes,
-            1..=10_000_000,
+            table.check_number(l.max_pending_handshakes),
         )?;
-        in_range(
+        check(
             "limits.max_rate_limited_sources",
-            l.max_rate_limited_sources,
-            1..=10_000_000,
+            table.check_number(l.max_rate_limited_sources),
         )?;
 
         let t = &self.timeouts;
-        in_range("timeouts.route_idle_secs", t.route_idle_secs, 10..=3600)?;
-        in_range("timeouts.registration_secs", t.registration_secs, 10..=3600)?;
-        in_range(
+        let expiry = field::EXPIRY_SECS;
+        check(
+            "timeouts.route_idle_secs",
+            expiry.check_number(t.route_idle_secs),
+        )?;
+        check(
+            "timeouts.registration_secs",
+            expiry.check_number(t.registration_secs),
+        )?;
+        check(
             "timeouts.pending_handshake_secs",
-            t.pending_handshake_secs,
-            1..=300,
+            field::PENDING_HANDSHAKE_SECS.check_number(t.pending_handshake_secs),
         )?;
 
-        const RATE: RangeInclusive<u32> = 1..=1_000_000;
+        let rate = field::RATE;
         let h = &self.handshake_rate_limit;
-        in_range("handshake_rate_limit.per_second", h.per_second, RATE)?;
-        in_range("handshake_rate_limit.burst", h.burst, RATE)?;
+        check(
+            "handshake_rate_limit.per_second",
+            rate.check_number(h.per_second),
+        )?;
+        check("handshake_rate_limit.burst", rate.check_number(h.burst))?;
         let h = &self.hint_rate_limit;
-        in_range("hint_rate_limit.per_second", h.per_second, RATE)?;
-        in_range("hint_rate_limit.burst", h.burst, RATE)?;
-        in_range(
+        check(
+            "hint_rate_limit.per_second",
+            rate.check_number(h.per_second),
+        )?;
+        check("hint_rate_limit.burst", rate.check_number(h.burst))?;
+        check(
             "under_load_handshakes_per_second",
-            self.under_load_handshakes_per_second,
-            0..=10_000_000,
+            field::UNDER_LOAD.check_number(self.under_load_handshakes_per_second),
         )?;
         if let Some(xdp) = &self.xdp {
             xdp.validate(self.listen)?;
@@ -503,37 +552,151 @@ impl Config {
 
     /// Where the private key lives, after applying `--state-dir`.
     ///
-    /// `state_dir` replaces the directory of the default path and is the base
-    /// of a relative path; an explicit absolute path is the operator's choice
-    /// and stays as written.
+    /// An absolute `private_key_file` is the operator's choice and stays as
+    /// written, even if it names the default path. `state_dir` is the base of
+    /// a relative one, and holds `private.key` when the field is not set.
     pub fn private_key_path(&self, state_dir: Option<&Path>) -> PathBuf {
-        let file = &self.private_key_file;
-        match state_dir {
-            Some(dir) if file == Path::new(DEFAULT_PRIVATE_KEY_FILE) => {
-                dir.join(file.file_name().unwrap_or(file.as_os_str()))
-            }
-            Some(dir) if file.is_relative() => dir.join(file),
-            _ => file.clone(),
+        match (&self.private_key_file, state_dir) {
+            (Some(file), Some(dir)) if file.is_relative() => dir.join(file),
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => dir.join(DEFAULT_PRIVATE_KEY_NAME),
+            (None, None) => PathBuf::from(DEFAULT_PRIVATE_KEY_FILE),
         }
     }
 }
 
-fn in_range<T: PartialOrd + Display>(
-    field: &'static str,
-    value: T,
-    range: RangeInclusive<T>,
-) -> Result<(), InvalidField> {
-    if range.contains(&value) {
-        return Ok(());
+/// A field check's verdict as an [`InvalidField`].
+fn check(field: &'static str, verdict: Result<(), String>) -> Result<(), InvalidField> {
+    verdict.map_err(|reason| InvalidField { field, reason })
+}
+
+/// Each field's rule, used by the parser (`deserialize_with`, so a bad value
+/// is reported at its line) and by [`Config::validate`].
+mod field {
+    use std::path::{Path, PathBuf};
+
+    use serde::Deserializer;
+
+    use super::de::{self, Whole};
+    use super::{BackendChoice, XdpModeChoice, XDP_MAX_ROUTES_LIMIT};
+
+    pub const BUFFER_BYTES: Whole = Whole::new(4096, 1 << 30);
+    pub const BATCH_SIZE: Whole = Whole::new(1, 1024);
+    pub const WORKERS: Whole = Whole::new(0, 256);
+    /// `limits.max_registrations`, `max_pending_handshakes`, `max_rate_limited_sources`.
+    pub const TABLE_ENTRIES: Whole = Whole::new(1, 10_000_000);
+    pub const ROUTES: Whole = Whole::new(1, 100_000_000);
+    /// `timeouts.route_idle_secs` and `registration_secs`.
+    pub const EXPIRY_SECS: Whole = Whole::new(10, 3600);
+    pub const PENDING_HANDSHAKE_SECS: Whole = Whole::new(1, 300);
+    /// Both token buckets' `per_second` and `burst`.
+    pub const RATE: Whole = Whole::new(1, 1_000_000);
+    pub const UNDER_LOAD: Whole = Whole::new(0, 10_000_000);
+    pub const XDP_MAX_ROUTES: Whole = Whole::new(1, XDP_MAX_ROUTES_LIMIT as u64);
+
+    pub fn buffer_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        BUFFER_BYTES.deserialize(d)
     }
-    Err(InvalidField {
-        field,
-        reason: format!(
-            "must be between {} and {}, got {value}",
-            range.start(),
-            range.end()
-        ),
-    })
+    pub fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        BATCH_SIZE.deserialize(d)
+    }
+    pub fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        WORKERS.deserialize(d)
+    }
+    pub fn table_entries<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        TABLE_ENTRIES.deserialize(d)
+    }
+    pub fn routes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        ROUTES.deserialize(d)
+    }
+    pub fn expiry_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        EXPIRY_SECS.deserialize(d)
+    }
+    pub fn pending_handshake_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        PENDING_HANDSHAKE_SECS.deserialize(d)
+    }
+    pub fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        RATE.deserialize(d)
+    }
+    pub fn under_load<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        UNDER_LOAD.deserialize(d)
+    }
+    pub fn xdp_max_routes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        XDP_MAX_ROUTES.deserialize_optional(d)
+    }
+
+    pub fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<BackendChoice, D::Error> {
+        de::choice(
+            d,
+            &[
+                ("auto", BackendChoice::Auto),
+                ("io_uring", BackendChoice::IoUring),
+                ("epoll", BackendChoice::Epoll),
+            ],
+        )
+    }
+    pub fn xdp_mode<'de, D: Deserializer<'de>>(d: D) -> Result<XdpModeChoice, D::Error> {
+        de::choice(
+            d,
+            &[
+                ("native", XdpModeChoice::Native),
+                ("skb", XdpModeChoice::Skb),
+            ],
+        )
+    }
+
+    const LOG: &str = "a log filter such as info or lanrage_relay=debug,info";
+    pub fn log<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        de::text(d, LOG, check_log)
+    }
+    pub fn check_log(text: &str) -> Result<(), String> {
+        match tracing_subscriber::EnvFilter::try_new(text) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("must be {LOG} ({e}), got {text:?}")),
+        }
+    }
+
+    const KEY_FILE: &str = "a file path";
+    pub fn private_key_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        de::optional_path(d, KEY_FILE, check_key_file)
+    }
+    pub fn check_key_file(text: &str) -> Result<(), String> {
+        if text.is_empty() {
+            return Err(format!("must be {KEY_FILE}, got \"\""));
+        }
+        Ok(())
+    }
+
+    const INTERFACE: &str =
+        "a network interface name such as eth0 (1 to 15 characters, no '/', ':' or spaces)";
+    pub fn interface<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        de::text(d, INTERFACE, check_interface)
+    }
+    pub fn check_interface(name: &str) -> Result<(), String> {
+        // IFNAMSIZ is 16 with the terminating NUL.
+        let ok = !name.is_empty()
+            && name.len() <= 15
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("must be {INTERFACE}, got {name:?}"))
+        }
+    }
+
+    const PIN_PATH: &str = "an absolute path on a bpffs such as /sys/fs/bpf/lanrage, or null";
+    pub fn pin_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        de::optional_path(d, PIN_PATH, check_pin_path)
+    }
+    pub fn check_pin_path(text: &str) -> Result<(), String> {
+        if Path::new(text).is_absolute() {
+            Ok(())
+        } else {
+            Err(format!("must be {PIN_PATH}, got {text:?}"))
+        }
+    }
 }
 
 /// True if the text holds no YAML content: only blank lines, comments and
@@ -552,11 +715,16 @@ mod tests {
         Config::from_yaml(text, Path::new("test.yaml"))
     }
 
-    fn invalid_field(text: &str) -> &'static str {
-        match parse(text) {
-            Err(ConfigError::Invalid { source, .. }) => source.field,
-            other => panic!("expected a validation error, got {other:?}"),
-        }
+    /// The field an error message names first (messages start with it).
+    fn invalid_field(text: &str) -> String {
+        let message = match parse(text) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {text:?}"),
+        };
+        let rest = message
+            .strip_prefix("config file test.yaml: ")
+            .unwrap_or_else(|| panic!("{message}"));
+        rest.split(' ').next().unwrap_or_default().to_owned()
     }
 
     #[test]
@@ -627,7 +795,162 @@ mod tests {
         let err = parse("batch_size: lots\n").expect_err("type");
         assert!(err.to_string().contains("batch_size"), "{err}");
         let err = parse("listen: localhost:80\n").expect_err("hostname");
-        assert!(matches!(err, ConfigError::Yaml { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Yaml {
+                    location: Some((1, 9)),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Every kind of mistake: the message names the field by its dotted
+    /// path, says what is allowed in words, gives the line, and never shows
+    /// a Rust type or serde's vocabulary.
+    #[test]
+    fn config_errors_name_the_field_say_what_is_allowed_and_give_the_line() {
+        let cases: &[(&str, &[&str])] = &[
+            // Unknown fields, at the top level (line 1 column 1 too) and nested.
+            ("listen_addr: 1\n", &["listen_addr is not a known field", "`listen`", "at line 1 column 1"]),
+            ("log: info\nlisten_adr: 1\n", &["listen_adr is not a known field", "at line 2 column 1"]),
+            ("limits:\n  max_routs: 3\n", &["limits.max_routs is not a known field", "`max_routes`", "at line 2 column 3"]),
+            ("xdp: { interface: eth0, pinpath: /x }\n", &["xdp.pinpath is not a known field", "`pin_path`"]),
+            // Whole numbers: wrong shape, negative, fraction, huge, out of range.
+            ("batch_size: lots\n", &["batch_size must be a whole number from 1 to 1024, got \"lots\" at line 1 column 13"]),
+            ("batch_size: -1\n", &["batch_size must be a whole number from 1 to 1024, got -1"]),
+            ("batch_size: 1.5\n", &["batch_size must be a whole number from 1 to 1024, got 1.5"]),
+            ("batch_size: 99999999999999999999999999\n", &["batch_size must be a whole number from 1 to 1024, got 99999999999999999999999999"]),
+            ("batch_size: 340282366920938463463374607431768211456\n", &["batch_size must be a whole number from 1 to 1024"]),
+            ("batch_size:\n", &["batch_size must be a whole number from 1 to 1024, got nothing"]),
+            ("batch_size: [1]\n", &["batch_size must be a whole number from 1 to 1024, got a list"]),
+            ("batch_size: 0\n", &["batch_size must be a whole number from 1 to 1024, got 0 at line 1 column 13"]),
+            ("workers: true\n", &["workers must be a whole number from 0 to 256, got true"]),
+            ("socket:\n  recv_buffer_bytes: 10\n", &["socket.recv_buffer_bytes must be a whole number from 4096 to 1073741824, got 10 at line 2 column 22"]),
+            ("limits: { max_registrations: 0 }\n", &["limits.max_registrations must be a whole number from 1 to 10000000"]),
+            ("timeouts: { route_idle_secs: -5 }\n", &["timeouts.route_idle_secs must be a whole number from 10 to 3600, got -5"]),
+            ("handshake_rate_limit:\n  burst: 5000000000\n", &["handshake_rate_limit.burst must be a whole number from 1 to 1000000, got 5000000000 at line 2"]),
+            ("hint_rate_limit: { per_second: x }\n", &["hint_rate_limit.per_second must be a whole number from 1 to 1000000"]),
+            ("under_load_handshakes_per_second: ~\n", &["under_load_handshakes_per_second must be a whole number from 0 to 10000000"]),
+            ("xdp: { interface: eth0, max_routes: -1 }\n", &["xdp.max_routes must be a whole number from 1 to 1048576, got -1"]),
+            // Sections that are not mappings.
+            ("limits: 5\n", &["limits must be a mapping with max_registrations", "got 5 at line 1 column 9"]),
+            ("socket: [1]\n", &["socket must be a mapping with recv_buffer_bytes", "got a list"]),
+            ("timeouts: x\n", &["timeouts must be a mapping with route_idle_secs"]),
+            ("handshake_rate_limit: 1\n", &["handshake_rate_limit must be a mapping with per_second and burst"]),
+            ("xdp: 5\n", &["xdp must be a mapping with interface (required)", "or null, got 5"]),
+            ("- a\n- b\n", &["the config file must be a mapping of relay settings", "got a list"]),
+            ("xdp: {}\n", &["xdp.interface is required but missing"]),
+            // Words, addresses, booleans, text.
+            ("backend: turbo\n", &["backend must be one of auto, io_uring, epoll, got \"turbo\" at line 1 column 10"]),
+            ("backend: [a]\n", &["backend must be one of auto, io_uring, epoll, got a list"]),
+            ("xdp: { interface: eth0, mode: turbo }\n", &["xdp.mode must be one of native, skb, got \"turbo\""]),
+            ("gso: yes\n", &["gso must be true or false, got \"yes\" at line 1 column 6"]),
+            ("listen: localhost:80\n", &["listen must be an IP address and port such as 0.0.0.0:51888", "host names are not resolved", "got \"localhost:80\" at line 1 column 9"]),
+            ("listen: 5\n", &["listen must be an IP address and port"]),
+            ("metrics_listen: nope\n", &["metrics_listen must be an IP address and port", "at line 1 column 17"]),
+            ("private_key_file: [a]\n", &["private_key_file must be a file path, got a list"]),
+            ("private_key_file: \"\"\n", &["private_key_file must be a file path, got \"\""]),
+            ("log: [a]\n", &["log must be a log filter such as info"]),
+            ("log: \"foo=bar=baz\"\n", &["log must be a log filter such as info", "got \"foo=bar=baz\" at line 1 column 6"]),
+            ("xdp: { interface: \"a/b\" }\n", &["xdp.interface must be a network interface name", "got \"a/b\" at line 1 column 19"]),
+            ("xdp: { interface: eth0, pin_path: bpf/lr }\n", &["xdp.pin_path must be an absolute path on a bpffs", "got \"bpf/lr\""]),
+            // Two fields together (checked after parsing: no line to give).
+            ("listen: \"[2001:db8::1]:51888\"\nxdp: { interface: eth0 }\n", &["listen must be an IPv4 address or \"[::]:PORT\" when xdp is set"]),
+            // YAML syntax: libyaml's words and lines, and the line itself.
+            ("listen: [::]:51888\n", &["at line 1 column 10", "line 1 is `listen: [::]:51888`"]),
+        ];
+        for (text, fragments) in cases {
+            let message = match parse(text) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted {text:?}"),
+            };
+            assert!(message.starts_with("config file test.yaml: "), "{message}");
+            for fragment in *fragments {
+                assert!(
+                    message.contains(fragment),
+                    "{text:?}: {message:?} lacks {fragment:?}"
+                );
+            }
+            assert_no_rust_words(&message);
+        }
+    }
+
+    /// Fails if `message` shows a Rust type name or serde's own wording.
+    fn assert_no_rust_words(message: &str) {
+        const TYPES: [&str; 26] = [
+            "usize",
+            "isize",
+            "u8",
+            "u16",
+            "u32",
+            "u64",
+            "u128",
+            "i8",
+            "i16",
+            "i32",
+            "i64",
+            "i128",
+            "f32",
+            "f64",
+            "bool",
+            "String",
+            "PathBuf",
+            "SocketAddr",
+            "Option",
+            "struct",
+            "enum",
+            "Limits",
+            "SocketConfig",
+            "Timeouts",
+            "XdpConfig",
+            "BackendChoice",
+        ];
+        for word in message.split(|c: char| !c.is_ascii_alphanumeric() && c != '_') {
+            assert!(!TYPES.contains(&word), "{message:?} shows {word:?}");
+        }
+        for phrase in [
+            "invalid type",
+            "invalid value",
+            "unit value",
+            "as u128",
+            "YAML tag",
+        ] {
+            assert!(!message.contains(phrase), "{message:?} shows {phrase:?}");
+        }
+    }
+
+    /// A config built in code gets the parser's rules from `validate`.
+    #[test]
+    fn validate_applies_the_parsers_rules() {
+        let config = Config {
+            batch_size: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(InvalidField {
+                field: "batch_size",
+                reason: "must be a whole number from 1 to 1024, got 0".to_owned(),
+            })
+        );
+        let config = Config {
+            log: "foo=bar=baz".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(config.validate().map_err(|e| e.field), Err("log"));
+        let config = Config {
+            xdp: Some(XdpConfig {
+                interface: "eth0".to_owned(),
+                mode: XdpModeChoice::Native,
+                pin_path: Some(PathBuf::from("relative")),
+                max_routes: None,
+            }),
+            ..Config::default()
+        };
+        assert_eq!(config.validate().map_err(|e| e.field), Err("xdp.pin_path"));
     }
 
     #[test]
@@ -701,7 +1024,8 @@ mod tests {
         let err = parse("limits:\n  max_routes: 0\n").expect_err("invalid");
         assert_eq!(
             err.to_string(),
-            "config file test.yaml: limits.max_routes must be between 1 and 100000000, got 0"
+            "config file test.yaml: limits.max_routes must be a whole number from 1 to \
+             100000000, got 0 at line 2 column 15"
         );
     }
 
@@ -766,7 +1090,8 @@ mod tests {
         let err = parse("xdp: { interface: eth0, max_routes: 0 }").expect_err("range");
         assert_eq!(
             err.to_string(),
-            "config file test.yaml: xdp.max_routes must be between 1 and 1048576, got 0"
+            "config file test.yaml: xdp.max_routes must be a whole number from 1 to 1048576, \
+             got 0 at line 1 column 37"
         );
     }
 
@@ -814,6 +1139,31 @@ mod tests {
         assert_eq!(r.under_load_handshakes_per_second, 5000);
     }
 
+    /// `private_key_file` spelled out as the default path is still an
+    /// explicit absolute path: `--state-dir` leaves it alone.
+    #[test]
+    fn state_dir_keeps_an_explicit_absolute_key_path_even_the_default_one() {
+        let dir = Path::new("/tmp/state");
+        for path in [DEFAULT_PRIVATE_KEY_FILE, "/etc/lanrage/relay.key"] {
+            let config = parse(&format!("private_key_file: \"{path}\"\n")).expect("parse");
+            assert_eq!(config.private_key_path(Some(dir)), Path::new(path));
+            assert_eq!(config.private_key_path(None), Path::new(path));
+        }
+        let config = parse("private_key_file: keys/relay.key\n").expect("parse");
+        assert_eq!(
+            config.private_key_path(Some(dir)),
+            dir.join("keys/relay.key")
+        );
+        for text in ["", "private_key_file: null\n"] {
+            let config = parse(text).expect("parse");
+            assert_eq!(config.private_key_path(Some(dir)), dir.join("private.key"));
+            assert_eq!(
+                config.private_key_path(None),
+                Path::new(DEFAULT_PRIVATE_KEY_FILE)
+            );
+        }
+    }
+
     #[test]
     fn state_dir_moves_default_and_relative_key_paths_only() {
         let dir = Path::new("/tmp/state");
@@ -823,13 +1173,13 @@ mod tests {
             Path::new(DEFAULT_PRIVATE_KEY_FILE)
         );
         assert_eq!(config.private_key_path(Some(dir)), dir.join("private.key"));
-        config.private_key_file = PathBuf::from("keys/relay.key");
+        config.private_key_file = Some(PathBuf::from("keys/relay.key"));
         assert_eq!(
             config.private_key_path(Some(dir)),
             dir.join("keys/relay.key")
         );
         assert_eq!(config.private_key_path(None), Path::new("keys/relay.key"));
-        config.private_key_file = PathBuf::from("/etc/lanrage/relay.key");
+        config.private_key_file = Some(PathBuf::from("/etc/lanrage/relay.key"));
         assert_eq!(
             config.private_key_path(Some(dir)),
             Path::new("/etc/lanrage/relay.key")

@@ -27,15 +27,15 @@ pub struct DataPlane {
 impl DataPlane {
     /// Binds `config.worker_count()` sockets on `config.listen` and picks the
     /// backend per `config.backend`. With port 0, the first socket's port is
-    /// used for the rest.
+    /// used for the rest. Fails if another process is bound to the address
+    /// ([`backend::bind_udp_exclusive`]), even one using `SO_REUSEPORT`.
     pub fn bind(config: &Config) -> io::Result<Self> {
         let workers = config.worker_count().max(1);
-        let first = backend::bind_udp(config.listen, &config.socket)?;
-        let listen = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(backend::bind_udp(listen, &config.socket)?);
-        }
+        let sockets = backend::bind_udp_exclusive(config.listen, &config.socket, workers)?;
+        let listen = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no UDP socket bound"))?
+            .local_addr()?;
         // Before the backends take the sockets over: worker `i` is socket `i`.
         let socket_stats = Arc::new(SocketStats::new(&sockets)?);
         let options = Options {

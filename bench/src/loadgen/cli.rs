@@ -104,6 +104,11 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub grace_ms: u64,
 
+    /// Give up registering and handshaking the pairs after this many
+    /// seconds. Default 30 plus 0.02 per pair.
+    #[arg(long, value_name = "SECS")]
+    pub setup_timeout: Option<f64>,
+
     /// Instead of sending traffic: install this many routes in an in-process
     /// router (through `Router::handle`, no sockets) and report the RSS cost
     /// per route and per registration.
@@ -163,6 +168,8 @@ pub struct Settings {
     pub baseline: bool,
     pub json: bool,
     pub grace: Duration,
+    /// The bound on registering and handshaking every pair.
+    pub setup_timeout: Duration,
 }
 
 /// The largest payload: the inner packet must fit WireGuard's 1420-byte MTU.
@@ -239,6 +246,13 @@ impl Settings {
         if args.grace_ms > 10_000 {
             bail!("--grace-ms must be at most 10000, got {}", args.grace_ms);
         }
+        let setup_timeout = match args.setup_timeout {
+            None => super::setup_progress::default_timeout(pairs),
+            Some(secs) if secs.is_finite() && (1.0..=86_400.0).contains(&secs) => {
+                Duration::from_secs_f64(secs)
+            }
+            Some(secs) => bail!("--setup-timeout must be between 1 and 86400 seconds, got {secs}"),
+        };
         Ok(Self {
             target,
             preset: args.preset,
@@ -252,6 +266,7 @@ impl Settings {
             baseline: !args.no_baseline,
             json: args.json,
             grace: Duration::from_millis(args.grace_ms),
+            setup_timeout,
         })
     }
 

@@ -47,7 +47,12 @@ pub fn config() -> Config {
 
 impl EmbeddedRelay {
     pub fn start(seed: u64) -> Result<Self> {
-        let config = config();
+        Self::start_with(config(), seed)
+    }
+
+    /// A relay with another configuration (tests: a low rate limit); only
+    /// `listen`, the socket, the backend and the router's settings are used.
+    pub fn start_with(config: Config, seed: u64) -> Result<Self> {
         let secret = relay_secret(seed);
         let public = PublicKey::from(&secret);
         let socket = backend::bind_udp(config.listen, &config.socket)

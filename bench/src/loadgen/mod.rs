@@ -27,6 +27,7 @@ pub mod route_memory;
 pub mod send_batch;
 pub mod sender;
 pub mod setup;
+pub mod setup_progress;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ use payload::{wire_len, PHASE_DIRECT, PHASE_FORWARDED};
 use receiver::{Opener, Receiver, Window};
 use report::{ConfigEcho, PhaseReport, Phases, Report, SetupReport};
 use sender::{Packets, Plan, Progress, Refresher, Sender};
+use setup_progress::SetupProgress;
 
 /// The binary's entry point: `error: …` on stderr and exit code 1 on failure.
 pub fn main() -> ExitCode {
@@ -189,7 +191,7 @@ fn relay_rig(
     relay: SocketAddr,
     relay_public: &lanrage_proto::x25519::PublicKey,
 ) -> Result<Rig> {
-    let est = setup::establish(relay, relay_public, settings.pairs, settings.seed)?;
+    let est = establish_reporting(settings, relay, relay_public)?;
     let direct_dests = est
         .b_sockets
         .iter()
@@ -224,6 +226,41 @@ fn relay_rig(
         receiver: Receiver::new(est.b_sockets, opener)?,
         forwarded_dests: vec![relay; settings.pairs],
         direct_dests,
+    })
+}
+
+/// [`setup::establish`] with a reporter thread saying what it waits for, and
+/// the likely cause added to a failure after slow (retried) steps.
+fn establish_reporting(
+    settings: &Settings,
+    relay: SocketAddr,
+    relay_public: &lanrage_proto::x25519::PublicKey,
+) -> Result<setup::Established> {
+    let progress = SetupProgress::new(
+        settings.pairs,
+        // The peers' sockets are on 127.0.0.1 (`setup::bind_loopback`).
+        Ipv4Addr::LOCALHOST.into(),
+        setup::STEP_TIMEOUT,
+        settings.setup_timeout,
+        Instant::now(),
+    );
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| progress.report_until_done());
+        let result = setup::establish(
+            relay,
+            relay_public,
+            settings.pairs,
+            settings.seed,
+            &progress,
+        );
+        progress.finish();
+        result
+    });
+    result.map_err(|e| match progress.explain_failure() {
+        Some(why) if !e.to_string().starts_with("setup gave up") => {
+            e.context(format!("setup failed: {why}"))
+        }
+        _ => e,
     })
 }
 

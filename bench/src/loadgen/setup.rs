@@ -5,7 +5,9 @@
 //! Each pair is set up in turn (about a millisecond on loopback, most of it
 //! X25519), with every wait bounded: [`STEP_TIMEOUT`] per step and
 //! [`ATTEMPTS`] tries, so a relay that drops us fails the run in seconds,
-//! naming the pair and the step. The handshake is the dance a real client
+//! naming the pair and the step; the whole setup is bounded by
+//! `--setup-timeout`, and [`SetupProgress`] says every few seconds what it
+//! is waiting for. The handshake is the dance a real client
 //! does (see `tests/src/peer.rs`): A's initiation, B's response, and A's
 //! confirming keepalive, which B must receive before its side of the
 //! session is usable.
@@ -22,6 +24,8 @@ use lanrage_proto::mac::derive_secret;
 use lanrage_proto::wireguard::{TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{PeerKey, WgMessage};
+
+use super::setup_progress::SetupProgress;
 
 /// How long one step (an ack, a handshake message) may take before a retry.
 pub const STEP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -130,12 +134,14 @@ pub struct Established {
     pub elapsed: Duration,
 }
 
-/// Registers and handshakes `pairs` pairs with the relay at `relay`.
+/// Registers and handshakes `pairs` pairs with the relay at `relay`,
+/// counting each step in `progress` and giving up past its deadline.
 pub fn establish(
     relay: SocketAddr,
     relay_public: &PublicKey,
     pairs: usize,
     seed: u64,
+    progress: &SetupProgress,
 ) -> Result<Established> {
     let started = Instant::now();
     let mut out = Established {
@@ -158,17 +164,26 @@ pub fn establish(
         let b = bind_loopback()?;
         let mut buf = [0u8; BUF_LEN];
 
+        progress.check_deadline(Instant::now())?;
+        let step = Instant::now();
         register(&a, relay, &mut reg_a, &mut buf)
             .with_context(|| format!("pair {pair}: registering peer A"))?;
+        progress.registered(step.elapsed());
+        progress.check_deadline(Instant::now())?;
+        let step = Instant::now();
         register(&b, relay, &mut reg_b, &mut buf)
             .with_context(|| format!("pair {pair}: registering peer B"))?;
+        progress.registered(step.elapsed());
+        progress.check_deadline(Instant::now())?;
 
         // boringtun puts `index << 8` in its session indices; 24 bits fit.
         let index = (pair as u32) & 0x00FF_FFFF;
         let mut tunn_a = Tunn::new(secret_a, PublicKey::from(key_b), None, None, index, None);
         let mut tunn_b = Tunn::new(secret_b, PublicKey::from(key_a), None, None, index, None);
+        let step = Instant::now();
         let b_index = handshake(&a, &b, relay, &mut tunn_a, &mut tunn_b, &mut buf)
             .with_context(|| format!("pair {pair}: WireGuard handshake through {relay}"))?;
+        progress.handshaken(step.elapsed());
 
         out.a_sockets.push(a);
         out.b_sockets.push(b);

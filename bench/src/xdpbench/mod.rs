@@ -632,6 +632,8 @@ impl TrialRig<'_> {
             baseline: false,
             json: true,
             grace: Duration::from_millis(500),
+            // Unused: the lab set its peers up already (`peers::establish`).
+            setup_timeout: Duration::from_secs(30),
         };
         let tag = if self.trials % 2 == 0 {
             PHASE_FORWARDED

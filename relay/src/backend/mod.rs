@@ -216,20 +216,75 @@ impl StopHandle {
     }
 }
 
-/// Opens the relay's UDP socket: non-blocking, `SO_REUSEPORT` (so more
-/// workers can later bind the same port), the configured buffer sizes, and
-/// dual-stack when bound to an IPv6 address (IPv4 peers then appear as IPv4
-/// addresses, see `sockaddr`).
+/// Opens a UDP socket on `addr` with `SO_REUSEPORT` set, so more sockets can
+/// share the port: non-blocking, the configured buffer sizes, and dual-stack
+/// when bound to an IPv6 address (IPv4 peers then appear as IPv4 addresses,
+/// see `sockaddr`).
 ///
-/// Because of `SO_REUSEPORT`, a second relay started by the same user on the
-/// same port does not fail to bind; the kernel splits traffic between them.
+/// This does not notice another process on the port if that one set
+/// `SO_REUSEPORT` too (same user): the kernel would split the traffic between
+/// them. The relay binds its workers with [`bind_udp_exclusive`] instead.
 pub fn bind_udp(addr: SocketAddr, config: &SocketConfig) -> io::Result<UdpSocket> {
+    let socket = udp_socket(addr, config)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Opens `count` (at least one) UDP sockets on `addr`, like [`bind_udp`],
+/// but only if no other socket is bound to that address: the first one is
+/// bound *without* `SO_REUSEPORT`, which the kernel refuses (`EADDRINUSE`)
+/// while any socket, with or without `SO_REUSEPORT`, holds the port. Only
+/// then is `SO_REUSEPORT` switched on for it (Linux lets a bound socket
+/// join a reuseport group that way) and the others bound to its address.
+///
+/// A probe socket closed before the real bind would leave a window in which
+/// a second relay passes its probe too; here the port is held from the first
+/// check on, so two relays can't both start. For one socket, `SO_REUSEPORT`
+/// stays off, so nothing can join it later either.
+///
+/// `EADDRINUSE` comes back as an error that says another process is bound
+/// to `addr`.
+pub fn bind_udp_exclusive(
+    addr: SocketAddr,
+    config: &SocketConfig,
+    count: usize,
+) -> io::Result<Vec<UdpSocket>> {
+    let first = udp_socket(addr, config)?;
+    first.bind(&addr.into()).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process is already bound to UDP {addr} (another relay?); \
+                 stop it or choose another port ({e})"
+            ),
+        ),
+        _ => e,
+    })?;
+    if count <= 1 {
+        return Ok(vec![first.into()]);
+    }
+    first.set_reuse_port(true)?;
+    // With port 0 the kernel picked one; the others join that.
+    let bound = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a UDP socket has no IP address"))?;
+    let mut sockets = vec![UdpSocket::from(first)];
+    for _ in 1..count {
+        sockets.push(bind_udp(bound, config)?);
+    }
+    Ok(sockets)
+}
+
+/// A new UDP socket for `addr` with the relay's options, not yet bound and
+/// without `SO_REUSEPORT`.
+fn udp_socket(addr: SocketAddr, config: &SocketConfig) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Explicit, so behaviour doesn't depend on the net.ipv6.bindv6only sysctl.
         socket.set_only_v6(false)?;
     }
-    socket.set_reuse_port(true)?;
     socket.set_recv_buffer_size(config.recv_buffer_bytes)?;
     socket.set_send_buffer_size(config.send_buffer_bytes)?;
     warn_if_capped(
@@ -245,8 +300,7 @@ pub fn bind_udp(addr: SocketAddr, config: &SocketConfig) -> io::Result<UdpSocket
         socket.send_buffer_size(),
     );
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// The kernel silently caps buffer sizes for unprivileged processes; say so,
@@ -262,5 +316,77 @@ fn warn_if_capped(option: &str, sysctl: &str, wanted: usize, got: io::Result<usi
         ),
         Ok(_) => {}
         Err(e) => tracing::debug!(option, error = %e, "cannot read back socket buffer size"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    const LOOPBACK: &str = "127.0.0.1:0";
+
+    #[test]
+    fn exclusive_bind_refuses_a_port_held_with_or_without_reuseport() {
+        let config = SocketConfig::default();
+        let held = bind_udp_exclusive(LOOPBACK.parse().expect("addr"), &config, 2).expect("bind");
+        let addr = held[0].local_addr().expect("addr");
+        assert_eq!(held[1].local_addr().expect("addr"), addr);
+        let err = bind_udp_exclusive(addr, &config, 2).expect_err("second group");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let text = err.to_string();
+        assert!(
+            text.contains(&addr.to_string()) && text.contains("another process"),
+            "{text}"
+        );
+        // A plain socket holding the port is refused too.
+        let plain = UdpSocket::bind(LOOPBACK).expect("plain");
+        let addr = plain.local_addr().expect("addr");
+        let err = bind_udp_exclusive(addr, &config, 1).expect_err("plain holder");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // And a group holding the port keeps out a one-socket relay.
+        let err = bind_udp_exclusive(held[0].local_addr().expect("addr"), &config, 1)
+            .expect_err("single after group");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// The first socket joins the reuseport group although it was bound
+    /// before `SO_REUSEPORT` was set: the kernel spreads sources over all.
+    #[test]
+    fn every_socket_of_an_exclusive_group_receives() {
+        let config = SocketConfig::default();
+        let group = bind_udp_exclusive(LOOPBACK.parse().expect("addr"), &config, 2).expect("bind");
+        let addr = group[0].local_addr().expect("addr");
+        // 64 sources: the chance that the hash sends them all to one of two
+        // sockets is 2^-63.
+        let clients: Vec<UdpSocket> = (0..64)
+            .map(|_| UdpSocket::bind(LOOPBACK).expect("client"))
+            .collect();
+        for client in &clients {
+            client.send_to(b"x", addr).expect("send");
+        }
+        let mut sources = HashSet::new();
+        let mut per_socket = [0usize; 2];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 16];
+        while sources.len() < clients.len() && Instant::now() < deadline {
+            let mut idle = true;
+            for (i, socket) in group.iter().enumerate() {
+                // Non-blocking sockets: drain what has arrived.
+                while let Ok((_, src)) = socket.recv_from(&mut buf) {
+                    idle = false;
+                    per_socket[i] += 1;
+                    sources.insert(src);
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(sources.len(), clients.len(), "datagrams lost on loopback");
+        assert!(
+            per_socket.iter().all(|&n| n > 0),
+            "one socket got nothing: {per_socket:?}"
+        );
     }
 }
