@@ -77,6 +77,20 @@ impl From<Loopback> for SocketAddr {
     }
 }
 
+/// A spoofer for test `test`, or `None` after [`crate::gate::skip_or_fail`]
+/// said why not (it fails the test under `LANRAGE_REQUIRE_PRIVILEGED=1`).
+/// Any other error is a bug in the test setup, and panics.
+pub fn spoofer_or_skip(test: &str) -> Option<Spoofer> {
+    match Spoofer::new() {
+        Ok(s) => Some(s),
+        Err(e @ SpoofError::NotPermitted(_)) => {
+            crate::gate::skip_or_fail(test, &e.to_string());
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
 /// A raw IPv4 socket and one batch of hand-built loopback datagrams.
 pub struct Spoofer {
     fd: OwnedFd,

@@ -21,9 +21,8 @@ use anyhow::{bail, Context as _, Result};
 use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
-use lanrage_tests::gate::skip_or_fail;
 use lanrage_tests::session::{establish, pair, transfer};
-use lanrage_tests::spoof::{Loopback, SpoofError, Spoofer};
+use lanrage_tests::spoof::{spoofer_or_skip, Loopback, Spoofer};
 use lanrage_tests::{Backend, RelaySetup, TestPeer};
 
 /// One attack at a time: each floods a relay, and in parallel they would
@@ -34,18 +33,6 @@ fn serialize() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The spoofer, or `None` after printing (or, in CI, failing) why not.
-fn spoofer(test: &str) -> Option<Spoofer> {
-    match Spoofer::new() {
-        Ok(s) => Some(s),
-        Err(e @ SpoofError::NotPermitted(_)) => {
-            skip_or_fail(test, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
 }
 
 /// A spoofed source: one of 2^22 addresses in 127.64.0.0/10 (never
@@ -157,7 +144,7 @@ fn establish_with_retries(a: &mut TestPeer, b: &mut TestPeer) -> Result<()> {
 fn a_spoofed_registration_flood_leaves_legitimate_clients_working() -> Result<()> {
     let _one = serialize();
     let test = "a_spoofed_registration_flood_leaves_legitimate_clients_working";
-    let Some(mut spoofer) = spoofer(test) else {
+    let Some(mut spoofer) = spoofer_or_skip(test) else {
         return Ok(());
     };
     let setup = RelaySetup::new(Backend::Epoll.yaml())?;
@@ -213,7 +200,7 @@ fn a_spoofed_registration_flood_leaves_legitimate_clients_working() -> Result<()
 fn a_full_rate_limiter_table_does_not_lock_newcomers_out() -> Result<()> {
     let _one = serialize();
     let test = "a_full_rate_limiter_table_does_not_lock_newcomers_out";
-    let Some(mut spoofer) = spoofer(test) else {
+    let Some(mut spoofer) = spoofer_or_skip(test) else {
         return Ok(());
     };
     let setup = RelaySetup::new(&format!(
@@ -263,7 +250,7 @@ fn a_full_rate_limiter_table_does_not_lock_newcomers_out() -> Result<()> {
 fn a_spoofed_registration_cannot_bind_or_take_over_an_address() -> Result<()> {
     let _one = serialize();
     let test = "a_spoofed_registration_cannot_bind_or_take_over_an_address";
-    let Some(mut spoofer) = spoofer(test) else {
+    let Some(mut spoofer) = spoofer_or_skip(test) else {
         return Ok(());
     };
     let setup = RelaySetup::new(Backend::Epoll.yaml())?;
@@ -324,7 +311,7 @@ fn a_spoofed_registration_cannot_bind_or_take_over_an_address() -> Result<()> {
 fn junk_registrations_from_a_clients_ip_do_not_starve_its_refreshes() -> Result<()> {
     let _one = serialize();
     let test = "junk_registrations_from_a_clients_ip_do_not_starve_its_refreshes";
-    let Some(mut spoofer) = spoofer(test) else {
+    let Some(mut spoofer) = spoofer_or_skip(test) else {
         return Ok(());
     };
     let setup = RelaySetup::new(&format!(

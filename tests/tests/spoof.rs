@@ -9,20 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use lanrage_tests::gate::skip_or_fail;
-use lanrage_tests::spoof::{Loopback, SpoofError, Spoofer, BATCH, MAX_PAYLOAD};
-
-/// The spoofer, or `None` after printing (or panicking) why not.
-fn spoofer(test: &str) -> Option<Spoofer> {
-    match Spoofer::new() {
-        Ok(s) => Some(s),
-        Err(e @ SpoofError::NotPermitted(_)) => {
-            skip_or_fail(test, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
+use lanrage_tests::spoof::{spoofer_or_skip, Loopback, SpoofError, BATCH, MAX_PAYLOAD};
 
 fn receiver() -> Result<(UdpSocket, Loopback)> {
     let rx = UdpSocket::bind("127.0.0.1:0")?;
@@ -34,7 +21,7 @@ fn receiver() -> Result<(UdpSocket, Loopback)> {
 #[test]
 fn a_spoofed_datagram_arrives_with_exactly_its_source_and_payload() -> Result<()> {
     let Some(mut spoofer) =
-        spoofer("a_spoofed_datagram_arrives_with_exactly_its_source_and_payload")
+        spoofer_or_skip("a_spoofed_datagram_arrives_with_exactly_its_source_and_payload")
     else {
         return Ok(());
     };
@@ -53,7 +40,7 @@ fn a_spoofed_datagram_arrives_with_exactly_its_source_and_payload() -> Result<()
 
 #[test]
 fn a_full_batch_arrives_from_all_its_sources() -> Result<()> {
-    let Some(mut spoofer) = spoofer("a_full_batch_arrives_from_all_its_sources") else {
+    let Some(mut spoofer) = spoofer_or_skip("a_full_batch_arrives_from_all_its_sources") else {
         return Ok(());
     };
     let (rx, dst) = receiver()?;
@@ -87,7 +74,7 @@ fn a_full_batch_arrives_from_all_its_sources() -> Result<()> {
 
 #[test]
 fn oversized_payloads_are_refused() -> Result<()> {
-    let Some(mut spoofer) = spoofer("oversized_payloads_are_refused") else {
+    let Some(mut spoofer) = spoofer_or_skip("oversized_payloads_are_refused") else {
         return Ok(());
     };
     let (_rx, dst) = receiver()?;

@@ -55,6 +55,13 @@ impl Peer {
         }
     }
 
+    /// Another handle on the same key (for consent lists), never registered.
+    fn view(&self) -> Peer {
+        let mut view = Peer::new(0, "0.0.0.0:1");
+        view.key = self.key;
+        view
+    }
+
     fn tunnel_to(&self, other: &Peer, index: u32) -> Tunn {
         Tunn::new(
             self.secret.clone(),
@@ -154,6 +161,20 @@ fn register(router: &mut Router, now: Instant, peer: &mut Peer, consent: &[&Peer
     accepted
 }
 
+/// Two peers registered with consent to each other.
+fn registered_pair(
+    router: &mut Router,
+    now: Instant,
+    a: (u8, &str),
+    b: (u8, &str),
+) -> (Peer, Peer) {
+    let (mut pa, mut pb) = (Peer::new(a.0, a.1), Peer::new(b.0, b.1));
+    let (a_view, b_view) = (Peer::new(a.0, "0.0.0.0:1"), Peer::new(b.0, "0.0.0.0:1"));
+    register(router, now, &mut pa, &[&b_view]);
+    register(router, now, &mut pb, &[&a_view]);
+    (pa, pb)
+}
+
 fn initiation(tunn: &mut Tunn) -> Vec<u8> {
     let mut out = vec![0u8; 2048];
     match tunn.format_handshake_initiation(&mut out, true) {
@@ -209,11 +230,12 @@ struct Session {
 fn session() -> Session {
     let now = Instant::now();
     let mut router = router(now);
-    let mut a = Peer::new(1, "198.51.100.1:40001");
-    let mut b = Peer::new(2, "198.51.100.2:40002");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:40001"),
+        (2, "198.51.100.2:40002"),
+    );
     let mut ab = a.tunnel_to(&b, 1);
     let mut ba = b.tunnel_to(&a, 2);
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
@@ -516,11 +538,13 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let mut a = Peer::new(1, "198.51.100.1:1");
-    let mut b = Peer::new(2, "198.51.100.2:2");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:1"),
+        (2, "198.51.100.2:2"),
+    );
+    let (a_view, b_view) = (a.view(), b.view());
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
 
     let mut init = initiation(&mut ab);
@@ -560,11 +584,12 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
 fn responder_cookie_reply_follows_the_pending_initiation() {
     let now = Instant::now();
     let mut router = router(now);
-    let mut a = Peer::new(1, "198.51.100.1:1");
-    let mut b = Peer::new(2, "198.51.100.2:2");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:1"),
+        (2, "198.51.100.2:2"),
+    );
     let mut ab = a.tunnel_to(&b, 1);
     // B is "under load" from the start: a limit of 0 handshakes.
     let b_public = PublicKey::from(&b.secret);
@@ -784,11 +809,13 @@ fn route_mirror_follows_installs_roaming_and_expiry() {
         now,
         Some(dyn_mirror),
     );
-    let mut a = Peer::new(1, "198.51.100.1:40001");
-    let mut b = Peer::new(2, "198.51.100.2:40002");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:40001"),
+        (2, "198.51.100.2:40002"),
+    );
+    let (a_view, b_view) = (a.view(), b.view());
     let mut ab = a.tunnel_to(&b, 1);
     let mut ba = b.tunnel_to(&a, 2);
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
@@ -935,11 +962,13 @@ fn xdp_on_veth_body() -> Result<(), String> {
         Some(dyn_mirror),
     );
     router.metrics().add_source(mirror.clone());
-    let mut a = Peer::new(1, "198.51.100.1:40001");
-    let mut b = Peer::new(2, "198.51.100.2:40002");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:40001"),
+        (2, "198.51.100.2:40002"),
+    );
+    let (a_view, b_view) = (a.view(), b.view());
     let mut ab = a.tunnel_to(&b, 1);
     let mut ba = b.tunnel_to(&a, 2);
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
@@ -1240,11 +1269,12 @@ fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let mut x = Peer::new(11, "198.51.100.11:1");
-    let mut y = Peer::new(12, "198.51.100.12:1");
-    let (x_view, y_view) = (Peer::new(11, "0.0.0.0:1"), Peer::new(12, "0.0.0.0:1"));
-    register(&mut router, now, &mut x, &[&y_view]);
-    register(&mut router, now, &mut y, &[&x_view]);
+    let (mut x, mut y) = registered_pair(
+        &mut router,
+        now,
+        (11, "198.51.100.11:1"),
+        (12, "198.51.100.12:1"),
+    );
     let mut xy = x.tunnel_to(&y, 100);
     for _ in 0..40 {
         // boringtun picks a fresh sender index for every initiation.
@@ -1258,11 +1288,12 @@ fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
     assert_eq!(pending, MAX_PENDING_PER_PEER);
     assert_eq!(router.metrics().event_count(Event::PendingReplaced), 38);
 
-    let mut a = Peer::new(1, "198.51.100.1:1");
-    let mut b = Peer::new(2, "198.51.100.2:2");
-    let (a_view, b_view) = (Peer::new(1, "0.0.0.0:1"), Peer::new(2, "0.0.0.0:1"));
-    register(&mut router, now, &mut a, &[&b_view]);
-    register(&mut router, now, &mut b, &[&a_view]);
+    let (mut a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:1"),
+        (2, "198.51.100.2:2"),
+    );
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
 }
