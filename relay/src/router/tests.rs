@@ -230,7 +230,7 @@ struct Session {
 fn session() -> Session {
     let now = Instant::now();
     let mut router = router(now);
-    let (mut a, mut b) = registered_pair(
+    let (a, b) = registered_pair(
         &mut router,
         now,
         (1, "198.51.100.1:40001"),
@@ -538,13 +538,13 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let (mut a, mut b) = registered_pair(
+    let (mut a, b) = registered_pair(
         &mut router,
         now,
         (1, "198.51.100.1:1"),
         (2, "198.51.100.2:2"),
     );
-    let (a_view, b_view) = (a.view(), b.view());
+    let b_view = b.view();
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
 
     let mut init = initiation(&mut ab);
@@ -584,7 +584,7 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
 fn responder_cookie_reply_follows_the_pending_initiation() {
     let now = Instant::now();
     let mut router = router(now);
-    let (mut a, mut b) = registered_pair(
+    let (a, b) = registered_pair(
         &mut router,
         now,
         (1, "198.51.100.1:1"),
@@ -1269,7 +1269,7 @@ fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let (mut x, mut y) = registered_pair(
+    let (x, y) = registered_pair(
         &mut router,
         now,
         (11, "198.51.100.11:1"),
@@ -1288,7 +1288,7 @@ fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
     assert_eq!(pending, MAX_PENDING_PER_PEER);
     assert_eq!(router.metrics().event_count(Event::PendingReplaced), 38);
 
-    let (mut a, mut b) = registered_pair(
+    let (a, b) = registered_pair(
         &mut router,
         now,
         (1, "198.51.100.1:1"),
