@@ -56,7 +56,7 @@ arch=$(dpkg --print-architecture)
 [ "$(field Architecture)" = "$arch" ] && ok "Architecture: $arch" || fail "Architecture is '$(field Architecture)'"
 # The synopsis is one line under 80 characters (Debian policy 3.4.1); cargo-deb
 # wraps a longer Cargo description into the extended one.
-synopsis=$(field Description | head -n 1)
+synopsis=$(field Description | sed -n 1p)
 [ "${#synopsis}" -lt 80 ] && ok "synopsis: $synopsis" || fail "synopsis is ${#synopsis} characters: $synopsis"
 depends=$(field Depends)
 case "$depends" in
@@ -147,7 +147,7 @@ has postrm 'deb-systemd-helper purge lanrage-relay.service' "forget the unit on 
 has postrm 'rm -rf "${DPKG_ROOT:-}/var/lib/lanrage-relay"' "delete the state on purge"
 # Order in the postinst: the buffers are raised, and the user and its state
 # directory exist, before the service starts.
-line_of() { grep -nF -- "$1" "$control/postinst" | grep -v '^[0-9]*:[[:space:]]*#' | head -n 1 | cut -d: -f1; }
+line_of() { grep -nF -- "$1" "$control/postinst" | grep -v '^[0-9]*:[[:space:]]*#' | sed -n 1p | cut -d: -f1; }
 l_sysctl=$(line_of 'raise_sysctl 30-lanrage-relay.conf')
 l_user=$(line_of 'systemd-sysusers ')
 l_state=$(line_of 'systemd-tmpfiles --create')
