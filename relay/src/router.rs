@@ -930,6 +930,11 @@ impl Core {
             return Err(DropReason::NoPendingHandshake);
         }
         let initiator_endpoint = initiator_client.endpoint;
+        // Consent may have been withdrawn since the initiation was pending
+        // (found by the router_sequences fuzz target).
+        if !self.mutually_consenting(&initiator, &responder) {
+            return Err(DropReason::NoPendingHandshake);
+        }
         // It answers a pending initiation: only now may it spend its source
         // IP's handshake budget.
         if !self.handshake_limiter.allow(now, src.ip()) {
@@ -949,6 +954,14 @@ impl Core {
             if self.routes.get(&key).is_some_and(|r| r.to != to) {
                 tracing::debug!(src = %key.src, index = key.index, "route index collision");
                 return Err(DropReason::IndexCollision);
+            }
+        }
+        // A key that already routes to the same peer but belongs to another
+        // pair (one side reused an index) would leave two half-pairs whose
+        // reverses disagree; the new session replaces that pair.
+        for (key, other) in [(to_responder, to_initiator), (to_initiator, to_responder)] {
+            if self.routes.get(&key).is_some_and(|r| r.reverse != other) {
+                self.remove_route_pair(key);
             }
         }
         let new_entries = [to_responder, to_initiator]
@@ -976,6 +989,14 @@ impl Core {
         self.update_gauges();
         tracing::debug!(from = %responder, to = %initiator, "session routed");
         Ok(Outcome::Forward(initiator_endpoint))
+    }
+
+    /// Whether both keys are registered and list each other.
+    fn mutually_consenting(&self, a: &PeerKey, b: &PeerKey) -> bool {
+        let (Some(ca), Some(cb)) = (self.clients.get(a), self.clients.get(b)) else {
+            return false;
+        };
+        ca.consents_to(b) && cb.consents_to(a)
     }
 
     /// Keeps the sessions between two peers within [`MAX_SESSIONS_PER_PEER`]:
@@ -1032,7 +1053,10 @@ impl Core {
         let sender = *self.by_endpoint.get(&src).ok_or(DropReason::Unregistered)?;
         let index = reply.receiver_index();
         let dst = match self.pending.get(&(sender, index)) {
-            Some(pending) => self.clients.get(&pending.initiator).map(|c| c.endpoint),
+            Some(pending) if self.mutually_consenting(&pending.initiator, &sender) => {
+                self.clients.get(&pending.initiator).map(|c| c.endpoint)
+            }
+            Some(_) => None,
             None => self.routes.get(&RouteKey { src, index }).map(|r| r.dst),
         }
         .ok_or(DropReason::NoPendingHandshake)?;

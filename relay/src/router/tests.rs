@@ -1498,3 +1498,31 @@ fn hints_are_capped_in_total_not_only_per_ip() {
     assert_eq!(hints, 5_000);
     assert_eq!(router.metrics().dropped(DropReason::NoRoute), 20_000);
 }
+
+/// Found by the router_sequences fuzz target: B withdrew its consent while
+/// A's initiation was pending; B's response then still installed a route
+/// pair between peers that no longer both consent.
+#[test]
+fn a_response_after_consent_was_withdrawn_installs_nothing() {
+    let now = Instant::now();
+    let mut router = router(now);
+    let (a, mut b) = registered_pair(
+        &mut router,
+        now,
+        (1, "198.51.100.1:1"),
+        (2, "198.51.100.2:2"),
+    );
+    let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
+    let mut init = initiation(&mut ab);
+    assert_eq!(
+        router.handle(now, a.endpoint, &mut init),
+        Verdict::Forward(b.endpoint)
+    );
+    let mut response = deliver(&mut ba, &init).expect("B answers");
+    register(&mut router, now, &mut b, &[]);
+    assert_eq!(
+        router.handle(now, b.endpoint, &mut response),
+        Verdict::Drop(DropReason::NoPendingHandshake)
+    );
+    assert_eq!(router.route_count(), 0);
+}
