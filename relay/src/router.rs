@@ -742,6 +742,24 @@ impl Router {
     pub fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
         self.core().clients.get(key).map(|c| c.endpoint)
     }
+
+    /// Number of initiations awaiting their response.
+    pub fn pending_count(&self) -> usize {
+        self.core().pending.len()
+    }
+
+    /// Route entries that `from` sends on and that reach `to`: one per session
+    /// between the two (each session is one such entry each way).
+    pub fn routes_between(&self, from: &PeerKey, to: &PeerKey) -> usize {
+        let core = self.core();
+        core.clients.get(from).map_or(0, |client| {
+            client
+                .routes
+                .iter()
+                .filter(|k| self.routes.get(k).is_some_and(|r| r.to == *to))
+                .count()
+        })
+    }
 }
 
 impl Core {

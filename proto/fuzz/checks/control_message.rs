@@ -1,0 +1,63 @@
+//! `ControlMessage::parse` on arbitrary datagrams, then `verify` of whatever
+//! parsed, under fixed session keys: never panics; whatever verifies re-seals,
+//! and an accepted unknown-session hint, challenge or unauthenticated probe
+//! ack re-encodes, to the same bytes.
+//!
+//! Shared by the cargo-fuzz target (`fuzz_targets/control_message.rs`) and the stable
+//! replay test `proto/tests/fuzz_replay.rs`.
+
+use std::sync::OnceLock;
+
+use lanrage_proto::control::{Probe, ProbeAck, SessionKeys, PROBE_ACK_LEN};
+use lanrage_proto::wireguard::MAC_LEN;
+use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::{classify, ControlMessage, DatagramKind};
+
+fn keys() -> &'static SessionKeys {
+    static KEYS: OnceLock<SessionKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let client = PublicKey::from(&StaticSecret::from([0x11; 32]));
+        SessionKeys::for_relay(&StaticSecret::from([0x22; 32]), &client).expect("valid keys")
+    })
+}
+
+pub fn check(data: &[u8]) {
+    let Ok(message) = ControlMessage::parse(data) else {
+        return;
+    };
+    assert_eq!(classify(data), DatagramKind::Control);
+    match message {
+        ControlMessage::Register(view) => {
+            let _ = view.client();
+            if let Ok(reg) = view.verify(keys()) {
+                assert_eq!(reg.seal(keys()).expect("parsed consent is capped"), data);
+            }
+        }
+        ControlMessage::RegisterAck(view) => {
+            if let Ok(ack) = view.verify(keys()) {
+                assert_eq!(ack.seal(keys()), data);
+            }
+        }
+        ControlMessage::UnknownSession(hint) => assert_eq!(&hint.encode()[..], data),
+        ControlMessage::Challenge(challenge) => assert_eq!(&challenge.encode()[..], data),
+        ControlMessage::Probe(view) => {
+            let (client, timestamp) = (view.client(), view.timestamp());
+            if view.verify(keys()).is_ok() {
+                assert_eq!(&Probe { client, timestamp }.seal(keys())[..], data);
+            }
+        }
+        ControlMessage::ProbeAck(view) => {
+            let ack = view.unauthenticated();
+            if !ack.registered && data[PROBE_ACK_LEN - MAC_LEN..] == [0; MAC_LEN] {
+                let encoded = ProbeAck::not_registered(ack.echoed_timestamp, ack.relay_epoch);
+                assert_eq!(&encoded[..], data);
+            }
+            if let Ok(verified) = view.verify(keys()) {
+                assert_eq!(verified, ack);
+                if ack.registered {
+                    assert_eq!(&verified.seal(keys())[..], data);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The cargo-fuzz targets' checks (`proto/fuzz/checks/`), on stable: every
+//! input committed under `proto/fuzz/regressions/<target>/`, then random
+//! inputs from fixed seeds, some steered into each parser's deeper paths.
+//! `LANRAGE_FUZZ_CASES` sets the number of random inputs per target
+//! (default 20000).
+
+#[path = "../fuzz/checks/control_message.rs"]
+mod control_message;
+#[path = "../fuzz/checks/demux_classify.rs"]
+mod demux_classify;
+#[path = "../fuzz/checks/registration_verify.rs"]
+mod registration_verify;
+#[path = "../fuzz/checks/wireguard_message.rs"]
+mod wireguard_message;
+
+use std::path::PathBuf;
+
+use arbitrary::{Arbitrary, Unstructured};
+
+fn cases() -> u64 {
+    std::env::var("LANRAGE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// SplitMix64 bytes for one seed: up to 1600 long, and for two seeds in
+/// three, headed like a WireGuard or LANrage message (types 1–4, 1–6).
+fn random_bytes(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xF022;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let steer = next() % 3;
+    // Lengths near the fixed sizes are the interesting ones.
+    let len = match next() % 4 {
+        0 => (next() % 1600) as usize,
+        _ => [24, 32, 48, 59, 64, 92, 100, 148][(next() % 8) as usize] + (next() % 3) as usize,
+    };
+    let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+    match steer {
+        0 if bytes.len() >= 4 => {
+            bytes[0] = 1 + (next() % 4) as u8;
+            bytes[1..4].fill(0);
+        }
+        1 if bytes.len() >= 8 => {
+            bytes[..8].copy_from_slice(&[b'L', b'R', b'G', b'!', 2, 1 + (next() % 6) as u8, 0, 0]);
+        }
+        _ => {}
+    }
+    bytes
+}
+
+/// Every file under `proto/fuzz/regressions/<target>/`, sorted.
+fn committed(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no inputs in {}", dir.display());
+    println!("{target}: {} committed inputs", files.len());
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            (f, bytes)
+        })
+        .collect()
+}
+
+/// Runs `check` on every committed input, then on the random ones; a panic
+/// names the input.
+fn replay(target: &str, check: impl Fn(&[u8])) {
+    let inputs = committed(target)
+        .into_iter()
+        .map(|(path, bytes)| (path.display().to_string(), bytes))
+        .chain((0..cases()).map(|seed| (format!("random seed {seed}"), random_bytes(seed))));
+    for (name, bytes) in inputs {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&bytes)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!(
+                "{target} failed on {name} ({} bytes {bytes:02x?}): {message}",
+                bytes.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn wireguard_message_inputs() {
+    replay("wireguard_message", wireguard_message::check);
+}
+
+#[test]
+fn control_message_inputs() {
+    replay("control_message", control_message::check);
+}
+
+#[test]
+fn demux_classify_inputs() {
+    replay("demux_classify", demux_classify::check);
+}
+
+/// Decoded the way `fuzz_target!` decodes a typed input; bytes that decode
+/// to nothing are skipped there too.
+#[test]
+fn registration_verify_inputs() {
+    replay("registration_verify", |bytes| {
+        if let Ok(input) = registration_verify::Input::arbitrary_take_rest(Unstructured::new(bytes))
+        {
+            registration_verify::check(input);
+        }
+    });
+}
