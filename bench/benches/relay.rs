@@ -13,8 +13,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
-use lanrage_relay::route_table::{Route, RouteKey, RouteTable};
-use lanrage_relay::router::{Router, RouterConfig, Verdict};
+use lanrage_relay_core::command::CommandQueue;
+use lanrage_relay_core::route_table::{Route, RouteKey, RouteTable};
+use lanrage_relay_core::router::{Router, RouterConfig, Verdict};
 
 const RELAY_SECRET: [u8; 32] = [0x33; 32];
 
@@ -47,6 +48,7 @@ fn table_with(routes: u32, now: Instant) -> (RouteTable, Vec<RouteKey>) {
                 reverse,
             },
             now,
+            &mut CommandQueue::default(),
         );
         keys.push(key);
     }
@@ -144,7 +146,7 @@ fn wire(result: TunnResult<'_>) -> Vec<u8> {
 /// message of the first pair (A → B) and A's endpoint.
 fn router_with_sessions(pairs: u32, now: Instant) -> (Router, Vec<u8>, SocketAddr) {
     let config = RouterConfig {
-        handshake_rate_limit: lanrage_relay::router::RateLimit {
+        handshake_rate_limit: lanrage_relay_core::router::RateLimit {
             per_second: 1_000_000,
             burst: 1_000_000,
         },

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lanrage_proto::PeerKey;
-use lanrage_relay::route_table::{Route, RouteKey, RouteTable};
+use lanrage_relay_core::command::CommandQueue;
+use lanrage_relay_core::route_table::{Route, RouteKey, RouteTable};
 
 const ROUTES: u32 = 100_000;
 const WRITES_PER_SECOND: u64 = 10_000;
@@ -62,10 +63,16 @@ impl Table for RouteTable {
         self.forward(key, now)
     }
     fn insert(&self, key: RouteKey, route: Route) {
-        RouteTable::insert(self, key, route, Instant::now());
+        RouteTable::insert(
+            self,
+            key,
+            route,
+            Instant::now(),
+            &mut CommandQueue::default(),
+        );
     }
     fn remove(&self, key: &RouteKey) {
-        RouteTable::remove(self, key);
+        RouteTable::remove(self, key, &mut CommandQueue::default());
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lanrage_bench::loadgen::embedded::EmbeddedRelay;
 use lanrage_proto::PeerKey;
-use lanrage_relay::metrics::{DropReason, Event, Metrics};
+use lanrage_relay_core::metrics::{DropReason, Event, Metrics};
 use lanrage_tests::gate::skip_or_fail;
 use lanrage_tests::spoof::{SpoofError, Spoofer};
 use serde_json::Value;

@@ -20,5 +20,13 @@ pub use demux::{classify, DatagramKind};
 pub use key::PeerKey;
 pub use wireguard::{WgError, WgMessage};
 
-/// Re-exported so that every crate uses the same x25519 types as boringtun.
-pub use boringtun::x25519;
+/// The x25519 types, exactly as boringtun re-exports them
+/// (`boringtun::x25519`): the same `x25519-dalek` crate and version, so keys
+/// pass between this crate and boringtun's `Tunn` unchanged. Taken from
+/// x25519-dalek directly so that the wire formats don't pull boringtun (and
+/// its libc, nix and ring) into the relay core.
+pub mod x25519 {
+    pub use x25519_dalek::{
+        EphemeralSecret, PublicKey, ReusableSecret, SharedSecret, StaticSecret,
+    };
+}

@@ -23,7 +23,8 @@ use crate::config::{Config, ConfigError};
 use crate::data_plane::{self, DataPlane, StopAll};
 use crate::http;
 use crate::keys::{self, KeyOrigin};
-use crate::router::Router;
+use crate::worker::{RouteCopy, SharedCopy};
+use lanrage_relay_core::router::Router;
 
 /// Exit code for runtime failures.
 pub const EXIT_FAILURE: u8 = 1;
@@ -209,14 +210,11 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let router = Router::with_mirror(
-        config.router_config(),
-        secret,
-        epoch,
-        seed,
-        Instant::now(),
-        xdp.clone().map(|x| x.mirror),
-    );
+    let router_config = config.router_config();
+    let route_copy = xdp
+        .as_ref()
+        .map(|x| SharedCopy::new(Arc::clone(&x.routes), router_config.route_idle_timeout));
+    let router = Router::new(router_config, secret, epoch, seed, Instant::now());
     let xdp_pinned = xdp.as_ref().and_then(|x| x.pinned.clone());
     router.metrics().add_source(data_plane.socket_stats());
     if let Some(xdp) = xdp {
@@ -244,7 +242,7 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     // Operators and the end-to-end tests read this exact line; keep its shape.
     tracing::info!(%listen, %metrics, %public_key, "relay ready");
     notify(&[sd_notify::NotifyState::Ready]);
-    let result = data_plane.run(router);
+    let result = data_plane.run(router, route_copy);
     notify(&[sd_notify::NotifyState::Stopping]);
     result.context("the relay loop failed")?;
     if let Some(dir) = xdp_pinned {
@@ -261,8 +259,8 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
 /// The XDP fast path as the router and the metrics see it.
 #[derive(Clone)]
 struct XdpParts {
-    mirror: Arc<dyn crate::router::RouteMirror>,
-    metrics: Arc<dyn crate::metrics::MetricsSource>,
+    routes: Arc<dyn RouteCopy>,
+    metrics: Arc<dyn lanrage_relay_core::metrics::MetricsSource>,
     /// The pin directory: the program stays attached after exit.
     pinned: Option<PathBuf>,
 }
@@ -295,7 +293,7 @@ fn start_xdp(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Op
         "XDP attached"
     );
     Ok(Some(XdpParts {
-        mirror: mirror.clone(),
+        routes: mirror.clone(),
         metrics: mirror,
         pinned: attached.pin_path,
     }))

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::router::{RateLimit, RouterConfig};
+use lanrage_relay_core::router::{RateLimit, RouterConfig};
 
 mod de;
 
@@ -547,6 +547,8 @@ impl Config {
                 per_second: self.hint_rate_limit.per_second,
                 burst: self.hint_rate_limit.burst,
             },
+            // The XDP fast path keeps a copy of the routes in the kernel.
+            route_commands: self.xdp.is_some(),
         }
     }
 
@@ -1137,6 +1139,7 @@ mod tests {
             }
         );
         assert_eq!(r.under_load_handshakes_per_second, 5000);
+        assert!(!r.route_commands, "no XDP, nobody to apply them");
     }
 
     /// `private_key_file` spelled out as the default path is still an

@@ -11,11 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 
+use std::time::Instant;
+
+use lanrage_relay_core::metrics;
+use lanrage_relay_core::router::Router;
+
 use crate::backend::socket_stats::SocketStats;
 use crate::backend::{self, Backend, Options, StopHandle};
 use crate::config::{BackendChoice, Config};
-use crate::metrics;
-use crate::router::Router;
+use crate::worker::{SharedCopy, Worker};
 
 /// Bound sockets and backends, ready to run.
 pub struct DataPlane {
@@ -81,28 +85,31 @@ impl DataPlane {
     }
 
     /// Runs every worker until stopped: worker 0 on the calling thread, the
-    /// others on threads of their own. Returns the first worker error.
-    pub fn run(self, router: Router) -> io::Result<()> {
+    /// others on threads of their own. With `copy` (the XDP fast path), the
+    /// workers apply the router's route commands to it ([`Worker`]).
+    /// Returns the first worker error.
+    pub fn run(self, router: Router, copy: Option<SharedCopy>) -> io::Result<()> {
         let mut backends = self.backends.into_iter();
         let Some(first) = backends.next() else {
             return Ok(());
         };
+        let now = Instant::now();
         let mut threads = Vec::new();
         for (i, backend) in backends.enumerate() {
-            let worker = i + 1;
-            let mut handle = router.worker();
+            let index = i + 1;
+            let mut worker = Worker::new(index, router.worker(), copy.clone(), now);
             threads.push(
                 thread::Builder::new()
-                    .name(format!("relay-worker-{worker}"))
+                    .name(format!("relay-worker-{index}"))
                     .spawn(move || {
-                        metrics::bind_thread_to_shard(worker);
-                        backend.run(&mut handle)
+                        metrics::bind_thread_to_shard(index);
+                        backend.run(&mut worker)
                     })?,
             );
         }
         metrics::bind_thread_to_shard(0);
-        let mut router = router;
-        let mut result = first.run(&mut router);
+        let mut worker = Worker::new(0, router, copy, now);
+        let mut result = first.run(&mut worker);
         for thread in threads {
             let joined = thread
                 .join()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use lanrage_relay_core::metrics::Metrics;
 
 /// Largest request (line plus headers) read; anything longer gets 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;

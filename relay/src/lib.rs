@@ -1,9 +1,11 @@
-//! `lanrage-relay` forwards WireGuard UDP between registered, mutually
-//! consenting peers without decrypting anything. It owns the sans-IO router
-//! (`router`), the relay's configuration, its metrics, and the IO backends that
-//! execute the router's verdicts.
+//! `lanrage-relay` is the relay appliance around `lanrage-relay-core`: it
+//! forwards WireGuard UDP between registered, mutually consenting peers
+//! without decrypting anything. This crate owns everything that does IO:
+//! the configuration, keys on disk, the metrics endpoint, the IO backends
+//! (io_uring and epoll) that feed datagrams to the core's router and
+//! execute its verdicts, and the XDP map updater that applies its commands.
 //!
-//! The router must stay free of IO: backends own sockets, the clock and
+//! Decisions belong in the core. Backends own sockets, the clock and
 //! signals, and pass time and bytes in.
 
 pub mod backend;
@@ -12,9 +14,6 @@ pub mod config;
 pub mod data_plane;
 pub mod http;
 pub mod keys;
-pub mod metrics;
-pub mod rate_limit;
-pub mod route_table;
-pub mod router;
+pub mod worker;
 #[cfg(feature = "xdp")]
 pub mod xdp;

@@ -1,12 +1,14 @@
 //! The XDP fast path wired into the relay (feature `xdp`, `docs/xdp.md`).
 //!
 //! [`start`] loads the program from `lanrage-ebpf`, points it at the relay's
-//! port and attaches it; [`XdpMirror`] is the [`RouteMirror`] that copies the
-//! route table into the kernel's route map, answers expiry with the kernel's
-//! last-use times, and renders the kernel counters into `/metrics`.
+//! port and attaches it; [`XdpMirror`] is the [`RouteCopy`] that applies the
+//! router's route commands to the kernel's route map, reports the kernel's
+//! last-use times back to the router, and renders the kernel counters into
+//! `/metrics`.
 //!
-//! This module decides nothing about routing: the router changes routes, the
-//! route table calls the mirror. A failed map operation is counted
+//! This module decides nothing about routing: the router changes routes and
+//! queues commands, the data-plane workers hand them here after the router's
+//! lock is released. A failed map operation is counted
 //! (`lanrage_relay_xdp_map_errors_total`) and logged at most every
 //! [`WARN_INTERVAL`]; the route keeps working in userspace, only slower.
 
@@ -23,9 +25,13 @@ use lanrage_ebpf::{
     XdpLoadConfig, XdpMode,
 };
 
+use lanrage_relay_core::metrics::MetricsSource;
+use lanrage_relay_core::route_table::RouteKey;
+use lanrage_relay_core::router::Router;
+use lanrage_relay_core::Command;
+
 use crate::config::{xdp_relay_addr, Limits, XdpConfig, XdpModeChoice, XDP_MAX_ROUTES_LIMIT};
-use crate::metrics::MetricsSource;
-use crate::route_table::{RouteKey, RouteMirror};
+use crate::worker::RouteCopy;
 
 const _: () = assert!(XDP_MAX_ROUTES_LIMIT == lanrage_ebpf::MAX_ROUTES_LIMIT);
 
@@ -113,32 +119,25 @@ pub fn start(
 pub enum MapOp {
     Insert,
     Remove,
-    Lookup,
     Sweep,
     Counters,
 }
 
 impl MapOp {
-    pub const ALL: [MapOp; 5] = [
-        MapOp::Insert,
-        MapOp::Remove,
-        MapOp::Lookup,
-        MapOp::Sweep,
-        MapOp::Counters,
-    ];
+    pub const ALL: [MapOp; 4] = [MapOp::Insert, MapOp::Remove, MapOp::Sweep, MapOp::Counters];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MapOp::Insert => "insert",
             MapOp::Remove => "remove",
-            MapOp::Lookup => "lookup",
             MapOp::Sweep => "sweep",
             MapOp::Counters => "counters",
         }
     }
 }
 
-/// The loaded, attached fast path as the route table's mirror.
+/// The loaded, attached fast path, as the copy of the route table that
+/// forwards in the kernel.
 pub struct XdpMirror {
     fast_path: Mutex<XdpFastPath>,
     /// `CLOCK_MONOTONIC` at start: routes left by an earlier run that never
@@ -239,47 +238,40 @@ fn ipv4(addr: SocketAddr) -> Option<SocketAddrV4> {
     }
 }
 
-impl RouteMirror for XdpMirror {
-    fn install(&self, key: &RouteKey, dst: SocketAddr) {
+impl XdpMirror {
+    fn install(&self, fast_path: &mut XdpFastPath, key: &RouteKey, dst: SocketAddr) {
         let (Some(map_key), Some(dst)) = (map_key(key), ipv4(dst)) else {
             self.skipped_ipv6.fetch_add(1, Ordering::Relaxed);
             // A route that roamed to IPv6 must not keep its old IPv4 target.
-            self.remove(key);
+            self.remove(fast_path, key);
             return;
         };
-        let result = self
-            .fast_path()
-            .insert_route(&map_key, &RouteValue::new(dst));
-        if let Err(e) = result {
+        if let Err(e) = fast_path.insert_route(&map_key, &RouteValue::new(dst)) {
             self.failed(MapOp::Insert, &e);
         }
     }
 
-    fn remove(&self, key: &RouteKey) {
+    fn remove(&self, fast_path: &mut XdpFastPath, key: &RouteKey) {
         let Some(map_key) = map_key(key) else { return };
-        let result = self.fast_path().remove_route(&map_key);
-        if let Err(e) = result {
+        if let Err(e) = fast_path.remove_route(&map_key) {
             self.failed(MapOp::Remove, &e);
         }
     }
+}
 
-    fn idle_for(&self, key: &RouteKey) -> Option<Duration> {
-        let map_key = map_key(key)?;
-        let result = self.fast_path().route_last_seen(&map_key);
-        match result {
-            Ok(Some(ns)) if ns != 0 => {
-                Some(Duration::from_nanos(monotonic_now_ns().saturating_sub(ns)))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                self.failed(MapOp::Lookup, &e);
-                None
+impl RouteCopy for XdpMirror {
+    fn apply(&self, commands: &[Command]) {
+        let mut fast_path = self.fast_path();
+        for command in commands {
+            match command {
+                Command::InstallRoute { key, dst } => self.install(&mut fast_path, key, *dst),
+                Command::RemoveRoute { key } => self.remove(&mut fast_path, key),
             }
         }
     }
 
-    fn sweep(&self, timeout: Duration, known: &dyn Fn(&RouteKey) -> bool) {
-        let limit = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    fn reconcile(&self, router: &Router, now: Instant, idle_timeout: Duration) {
+        let limit = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let mut fast_path = self.fast_path();
         let routes = match fast_path.routes() {
             Ok(routes) => routes,
@@ -289,18 +281,31 @@ impl RouteMirror for XdpMirror {
                 return;
             }
         };
-        let now = monotonic_now_ns();
+        let kernel_now = monotonic_now_ns();
         let mut errors = Vec::new();
         for (map_key, value) in routes {
+            let v4 = map_key.src();
             let key = RouteKey {
-                src: SocketAddr::V4(map_key.src()),
+                src: SocketAddr::V4(v4),
                 index: map_key.receiver_index(),
             };
-            if known(&key) {
-                continue;
-            }
-            let used = value.last_seen_ns.max(self.started_ns);
-            if now.saturating_sub(used) < limit {
+            // The table may hold a v4 peer as a v4-mapped address (dual-stack socket).
+            let mapped = RouteKey {
+                src: SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+                index: key.index,
+            };
+            let idle = kernel_now.saturating_sub(value.last_seen_ns.max(self.started_ns));
+            let used = value.last_seen_ns != 0;
+            let at = now.checked_sub(Duration::from_nanos(idle)).unwrap_or(now);
+            // A route this run knows: tell the router when the kernel last used it.
+            let known = if used {
+                router.note_route_used(&key, at) || router.note_route_used(&mapped, at)
+            } else {
+                router.has_route(&key) || router.has_route(&mapped)
+            };
+            // One it doesn't (left by an earlier run, or already removed and
+            // its command still on the way): removed once idle past the timeout.
+            if known || idle < limit {
                 continue;
             }
             match fast_path.remove_route(&map_key) {

@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use lanrage_proto::x25519::PublicKey;
 use lanrage_relay::backend::{self, Backend, Options, StopHandle};
 use lanrage_relay::config::{Config, HandshakeRateLimit};
-use lanrage_relay::metrics::Metrics;
-use lanrage_relay::router::Router;
+use lanrage_relay_core::metrics::Metrics;
+use lanrage_relay_core::router::Router;
 
 use super::setup::relay_secret;
 

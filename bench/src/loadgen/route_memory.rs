@@ -22,7 +22,7 @@ use lanrage_proto::mac::Mac1Key;
 use lanrage_proto::wireguard::{INITIATION_LEN, MAC_LEN, RESPONSE_LEN};
 use lanrage_proto::x25519::PublicKey;
 use lanrage_proto::PeerKey;
-use lanrage_relay::router::{Router, Verdict, MAX_SESSIONS_PER_PEER};
+use lanrage_relay_core::router::{Router, Verdict, MAX_SESSIONS_PER_PEER};
 use serde::Serialize;
 
 use super::embedded;

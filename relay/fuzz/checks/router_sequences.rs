@@ -42,7 +42,9 @@
 //!     registration table equals the model's;
 //! (d) an accepted registration's timestamp is above the key's last accepted
 //!     one while the relay must still remember it;
-//! (e) every `Drop` is counted under its reason, and nothing else is.
+//! (e) every `Drop` is counted under its reason, a reply counts only what it
+//!     stands for (a hint: `no_route`; a cookie reply: `mac2_invalid`), and
+//!     nothing else counts a drop.
 //!
 //! Bugs found and not fixed yet are listed in [`UNFIXED`]; see
 //! [`tolerating_known_bugs`]. [`run_observed`] also reports the states a run
@@ -64,8 +66,8 @@ use lanrage_proto::mac::{self, CookieKey, Mac1Key};
 use lanrage_proto::wireguard::{COOKIE_REPLY_LEN, INITIATION_LEN, MAC_LEN, RESPONSE_LEN};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, ControlMessage, DatagramKind, PeerKey, WgMessage};
-use lanrage_relay::metrics::DropReason;
-use lanrage_relay::router::{RateLimit, Router, RouterConfig, Verdict, MAX_SESSIONS_PER_PEER};
+use lanrage_relay_core::metrics::DropReason;
+use lanrage_relay_core::router::{RateLimit, Router, RouterConfig, Verdict, MAX_SESSIONS_PER_PEER};
 
 /// Steps past this many are ignored, so one input stays fast.
 pub const MAX_STEPS: usize = 64;
@@ -1380,11 +1382,15 @@ impl Sim {
         }
         self.remember_seen(&sent);
         self.stats.datagrams += 1;
-        let hint = matches!(
-            (WgMessage::parse(&sent), verdict),
-            (Ok(WgMessage::Transport(_)), Verdict::Reply(_))
-        );
-        self.check_counted(verdict, hint, &before)?;
+        // A reply to a transport message is a hint (a counted no_route);
+        // one to an initiation is a cookie reply under load (a counted
+        // mac2_invalid: the initiation was not forwarded).
+        let replied_drop = match (WgMessage::parse(&sent), verdict) {
+            (Ok(WgMessage::Transport(_)), Verdict::Reply(_)) => Some(DropReason::NoRoute),
+            (Ok(WgMessage::Initiation(_)), Verdict::Reply(_)) => Some(DropReason::Mac2Invalid),
+            _ => None,
+        };
+        self.check_counted(verdict, replied_drop, &before)?;
         self.observe_verdict(&sent, verdict, &buf);
         match verdict {
             Verdict::Forward(dst) => {
@@ -1474,14 +1480,20 @@ impl Sim {
         self.features.push(DEPTH_AT + transport * 8 + responses);
     }
 
-    /// (e): a drop is counted once under its reason; a hint counts `no_route`;
-    /// nothing else counts a drop.
-    fn check_counted(&self, verdict: Verdict, hint: bool, before: &[u64]) -> Result<(), Violation> {
+    /// (e): a drop is counted once under its reason; a hint counts
+    /// `no_route`, a cookie reply under load `mac2_invalid`; nothing else
+    /// counts a drop.
+    fn check_counted(
+        &self,
+        verdict: Verdict,
+        replied_drop: Option<DropReason>,
+        before: &[u64],
+    ) -> Result<(), Violation> {
         let after = self.drop_counts();
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             let expected = match verdict {
                 Verdict::Drop(r) if r == *reason => 1,
-                Verdict::Reply(_) if hint && *reason == DropReason::NoRoute => 1,
+                Verdict::Reply(_) if replied_drop == Some(*reason) => 1,
                 _ => 0,
             };
             let counted = after[i] - before[i];

@@ -20,8 +20,8 @@ use libc::{iovec, mmsghdr, sockaddr_storage, socklen_t};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
-use crate::metrics::{DropReason, Event};
-use crate::router::Verdict;
+use lanrage_relay_core::metrics::{DropReason, Event};
+use lanrage_relay_core::router::Verdict;
 
 /// Receive buffer per datagram. WireGuard over a 1500-byte path MTU sends at
 /// most 1472 bytes of UDP payload; anything larger than this is not a

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{BackendChoice, SocketConfig};
-use crate::metrics::Metrics;
-use crate::router::{Router, Verdict};
+use lanrage_relay_core::metrics::Metrics;
+use lanrage_relay_core::router::{Router, Verdict};
 
 /// What a backend drives: the sans-IO router, or a test double.
 pub trait Handler {

@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, AsRawFd as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::metrics::MetricsSource;
+use lanrage_relay_core::metrics::MetricsSource;
 
 /// Counters the kernel keeps for one socket (`sk_get_meminfo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

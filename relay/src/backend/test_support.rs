@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Handler;
-use crate::metrics::{DropReason, Metrics};
-use crate::router::Verdict;
+use lanrage_relay_core::metrics::{DropReason, Metrics};
+use lanrage_relay_core::router::Verdict;
 
 /// A stand-in router: `fwd…` goes to `sink`, `fw2…` to `sink2`, `reply…` is
 /// answered with `ok`, anything else is dropped. Its timer is overdue until

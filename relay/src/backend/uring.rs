@@ -45,8 +45,8 @@ use libc::{iovec, msghdr, sockaddr_storage};
 use mio::{Poll, Token, Waker};
 
 use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
-use crate::metrics::{DropReason, Event};
-use crate::router::Verdict;
+use lanrage_relay_core::metrics::{DropReason, Event};
+use lanrage_relay_core::router::Verdict;
 
 /// Largest datagram handled, as in the epoll backend: larger ones arrive
 /// truncated (`MSG_TRUNC`) and are dropped as [`DropReason::Oversized`].
@@ -128,7 +128,7 @@ pub fn probe() -> Result<(), String> {
     })
 }
 
-/// Counters of the io_uring loop itself, beyond the router's [`crate::metrics::Metrics`].
+/// Counters of the io_uring loop itself, beyond the router's [`lanrage_relay_core::metrics::Metrics`].
 #[derive(Debug, Default)]
 pub struct UringStats {
     recv_rearms: AtomicU64,

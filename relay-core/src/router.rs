@@ -10,7 +10,10 @@
 //! 1. for each received datagram: `handle(now, src, &mut buf[..len])`, then act
 //!    on the verdict (send `buf` to the forward address, or `buf[..n]` back to
 //!    `src`);
-//! 2. when `poll_timeout()` has passed: `handle_timeout(now)`.
+//! 2. when `poll_timeout()` has passed: `handle_timeout(now)`;
+//! 3. if route commands are on ([`RouterConfig::route_commands`]) and
+//!    [`Router::has_commands`]: [`Router::take_commands`], and apply them in
+//!    order, outside any router call (the XDP map updater does).
 //!
 //! Routing follows `docs/protocol.md` ("Routing"): registrations bind a
 //! WireGuard public key to an endpoint; an initiation is routed to the
@@ -31,23 +34,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lanrage_proto::control::{
     Challenge, ControlError, ControlMessage, ProbeAck, ProbeView, RegisterAck, RegisterView,
-    Registration, RegistrationCookie, SessionKeys, UnknownSession, NO_COOKIE,
+    Registration, RegistrationCookie, SessionKeys, UnknownSession, CHALLENGE_LEN, NO_COOKIE,
+    PROBE_ACK_LEN, REGISTER_ACK_LEN, UNKNOWN_SESSION_LEN,
 };
 use lanrage_proto::mac::{self, CookieKey, Mac1Key};
-use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, MAC_LEN};
+use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, COOKIE_REPLY_LEN, MAC_LEN};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey, WgMessage};
 
+use crate::command::{Command, CommandQueue};
 use crate::metrics::{DropReason, Event, Metrics};
 pub use crate::rate_limit::RateLimit;
 use crate::rate_limit::{Bucket, RateLimiter};
 pub use crate::route_table::RouteKey;
-pub use crate::route_table::RouteMirror;
 use crate::route_table::{Route, RouteTable};
 
 /// What to do with a datagram after [`Router::handle`].
@@ -89,6 +94,10 @@ pub struct RouterConfig {
     pub under_load_handshakes_per_second: u32,
     /// Unknown-session hints per source IP.
     pub hint_rate_limit: RateLimit,
+    /// Queue a [`Command`] for every route change, for a driver that keeps
+    /// a copy of the routes (the XDP fast path). Off by default: nothing
+    /// is queued that nobody would drain.
+    pub route_commands: bool,
 }
 
 impl Default for RouterConfig {
@@ -110,6 +119,7 @@ impl Default for RouterConfig {
                 per_second: 2,
                 burst: 4,
             },
+            route_commands: false,
         }
     }
 }
@@ -136,9 +146,6 @@ const CLIENT_REGISTRATION_LIMIT: RateLimit = RateLimit {
 };
 /// How often `handle_timeout` sweeps the tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the route mirror (XDP map) is swept for routes this run doesn't
-/// know. It walks the whole kernel map, so far less often than the tables.
-const MIRROR_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why the core did not apply an authenticated registration.
 enum Refusal {
@@ -161,18 +168,55 @@ enum Outcome {
     Reply(Reply),
 }
 
-/// A reply held inline: the largest the relay sends is a 64-byte cookie reply.
+impl Outcome {
+    /// A reply of `bytes`, or a counted drop if it is longer than any reply
+    /// should be (a bug, never sent cut short).
+    fn reply(bytes: &[u8]) -> Result<Self, DropReason> {
+        Reply::new(bytes)
+            .map(Outcome::Reply)
+            .ok_or(DropReason::ReplyLargerThanRequest)
+    }
+}
+
+/// The largest reply the relay sends: a cookie reply, a registration ack,
+/// a challenge, a probe ack or an unknown-session hint.
+const MAX_REPLY_LEN: usize = {
+    let lens = [
+        COOKIE_REPLY_LEN,
+        REGISTER_ACK_LEN,
+        CHALLENGE_LEN,
+        PROBE_ACK_LEN,
+        UNKNOWN_SESSION_LEN,
+    ];
+    let mut max = 0;
+    let mut i = 0;
+    while i < lens.len() {
+        if lens[i] > max {
+            max = lens[i];
+        }
+        i += 1;
+    }
+    max
+};
+
+/// A reply held inline, until it is checked against the request's length.
+#[derive(Debug)]
 struct Reply {
-    buf: [u8; 64],
+    buf: [u8; MAX_REPLY_LEN],
     len: usize,
 }
 
 impl Reply {
-    fn new(bytes: &[u8]) -> Self {
-        let mut buf = [0u8; 64];
-        let len = bytes.len().min(64);
-        buf[..len].copy_from_slice(&bytes[..len]);
-        Self { buf, len }
+    /// `None` if `bytes` is longer than any reply the relay sends: a reply
+    /// is never cut short (a truncated reply would pass the "never larger
+    /// than the request" check and go out corrupt).
+    fn new(bytes: &[u8]) -> Option<Self> {
+        let mut buf = [0u8; MAX_REPLY_LEN];
+        buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Self {
+            buf,
+            len: bytes.len(),
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -368,6 +412,9 @@ pub struct Router {
     registration_cookies: RotatingSecret,
     epoch: u64,
     public: PeerKey,
+    /// Set under the core lock when a command is queued, cleared when they
+    /// are taken: lets a driver check for commands without the lock.
+    commands_queued: Arc<AtomicBool>,
 }
 
 /// The slow path's state: registrations, pending handshakes, rate limits,
@@ -388,8 +435,9 @@ struct Core {
     replay: ReplayMemory,
     load: LoadMeter,
     next_sweep: Instant,
-    next_mirror_sweep: Instant,
     metrics: Arc<Metrics>,
+    /// Side effects for the driver (route changes for the XDP map).
+    commands: CommandQueue,
 }
 
 impl Router {
@@ -402,20 +450,6 @@ impl Router {
         seed: [u8; 32],
         now: Instant,
     ) -> Self {
-        Self::with_mirror(config, secret, epoch, seed, now, None)
-    }
-
-    /// [`Router::new`] with route changes copied to `mirror` (the XDP fast
-    /// path): installs, roaming and expiry reach it through the route table,
-    /// and expiry asks it when it last forwarded on a route.
-    pub fn with_mirror(
-        config: RouterConfig,
-        secret: StaticSecret,
-        epoch: u64,
-        seed: [u8; 32],
-        now: Instant,
-        mirror: Option<Arc<dyn RouteMirror>>,
-    ) -> Self {
         let public = PeerKey::from(&PublicKey::from(&secret));
         let handshake_limiter =
             RateLimiter::new(config.handshake_rate_limit, config.max_rate_limited_sources);
@@ -423,9 +457,11 @@ impl Router {
             per_ip: RateLimiter::new(config.hint_rate_limit, config.max_rate_limited_sources),
             total: Bucket::full(TOTAL_HINT_LIMIT, now),
         };
-        let routes = Arc::new(RouteTable::with_mirror(now, mirror));
+        let routes = Arc::new(RouteTable::new(now));
         let metrics = Arc::new(Metrics::default());
         let replay = ReplayMemory::new(config.max_registrations);
+        let commands = CommandQueue::new(config.route_commands);
+        let commands_queued = commands.signal();
         let core = Core {
             config,
             epoch,
@@ -444,8 +480,8 @@ impl Router {
                 previous: 0,
             },
             next_sweep: now + SWEEP_INTERVAL,
-            next_mirror_sweep: now + MIRROR_SWEEP_INTERVAL,
             metrics: Arc::clone(&metrics),
+            commands,
         };
         Self {
             core: Arc::new(Mutex::new(core)),
@@ -456,6 +492,7 @@ impl Router {
             registration_cookies: RotatingSecret::new(seed, REGISTRATION_COOKIE_LABEL, now),
             epoch,
             public,
+            commands_queued,
         }
     }
 
@@ -474,6 +511,7 @@ impl Router {
             ),
             epoch: self.epoch,
             public: self.public,
+            commands_queued: Arc::clone(&self.commands_queued),
         }
     }
 
@@ -562,7 +600,7 @@ impl Router {
         };
         self.metrics.record(Event::UnknownSessionHintSent);
         tracing::debug!(%src, index = key.index, registered = hint.registered, "unknown session hint");
-        Ok(Outcome::Reply(Reply::new(&hint.encode())))
+        Outcome::reply(&hint.encode())
     }
 
     // ---- control ----------------------------------------------------------------
@@ -608,7 +646,7 @@ impl Router {
         let refresh = known.as_ref().is_some_and(|(endpoint, _)| *endpoint == src);
         if !refresh {
             if let Err(current) = self.check_cookie(now, src, &key, &view.cookie()) {
-                return Ok(self.challenge(current, src, view.timestamp()));
+                return self.challenge(current, src, view.timestamp());
             }
         }
         let keys = match known {
@@ -636,7 +674,7 @@ impl Router {
             Err(Refusal::NeedsProof) => {
                 let (current, _) = self.registration_cookies.secrets(now);
                 let cookie = mac::registration_cookie(&current, key.as_bytes(), src);
-                Ok(self.challenge(cookie, src, view.timestamp()))
+                self.challenge(cookie, src, view.timestamp())
             }
             Err(Refusal::Drop(reason)) => Err(reason),
             Ok(outcome) => Ok(outcome),
@@ -677,14 +715,14 @@ impl Router {
         cookie: RegistrationCookie,
         src: SocketAddr,
         timestamp: u64,
-    ) -> Outcome {
+    ) -> Result<Outcome, DropReason> {
         let challenge = Challenge {
             echoed_timestamp: timestamp,
             cookie,
         };
         self.metrics.record(Event::ChallengeSent);
         tracing::trace!(%src, "registration challenged");
-        Outcome::Reply(Reply::new(&challenge.encode()))
+        Outcome::reply(&challenge.encode())
     }
 
     /// A liveness probe: answered with an authenticated ack if its key is
@@ -699,7 +737,7 @@ impl Router {
         let Some((_, keys)) = bound else {
             self.metrics.record(Event::ProbeAnswered);
             let ack = ProbeAck::not_registered(view.timestamp(), self.epoch);
-            return Ok(Outcome::Reply(Reply::new(&ack)));
+            return Outcome::reply(&ack);
         };
         let probe = view.verify(&keys).map_err(|_| DropReason::ProbeBadMac)?;
         let ack = ProbeAck {
@@ -708,7 +746,7 @@ impl Router {
             registered: true,
         };
         self.metrics.record(Event::ProbeAnswered);
-        Ok(Outcome::Reply(Reply::new(&ack.seal(&keys))))
+        Outcome::reply(&ack.seal(&keys))
     }
 
     /// The next time `handle_timeout` has work to do.
@@ -729,6 +767,33 @@ impl Router {
         }
     }
 
+    /// Whether commands wait to be taken. Lock-free: a driver can ask after
+    /// every datagram.
+    pub fn has_commands(&self) -> bool {
+        self.commands_queued.load(Ordering::Acquire)
+    }
+
+    /// Moves the queued commands to the end of `out`, oldest first. A driver
+    /// with several workers must take and apply them under one lock of its
+    /// own, so that they are applied in the order they were queued.
+    pub fn take_commands(&mut self, out: &mut Vec<Command>) {
+        self.core().commands.drain_into(out);
+    }
+
+    /// The driver's report that its own copy of the routes (the XDP map)
+    /// forwarded on `key`'s route at `at`: packets forwarded there never
+    /// reach [`Router::handle`], and expiry must not take a busy route.
+    /// Lock-free. Returns whether the route exists (a driver may remove an
+    /// unknown route from its copy once it is idle).
+    pub fn note_route_used(&self, key: &RouteKey, at: Instant) -> bool {
+        self.routes.note_used(key, at)
+    }
+
+    /// Whether the route table holds `key`. Lock-free.
+    pub fn has_route(&self, key: &RouteKey) -> bool {
+        self.routes.contains(key)
+    }
+
     /// Number of installed route entries (two per session).
     pub fn route_count(&self) -> usize {
         self.routes.len()
@@ -741,6 +806,12 @@ impl Router {
     /// The endpoint a registered client is reachable at.
     pub fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
         self.core().clients.get(key).map(|c| c.endpoint)
+    }
+
+    /// Keys whose last registration timestamp is remembered after their
+    /// state went (replay protection; for tests and diagnostics).
+    pub fn remembered_replays(&self) -> usize {
+        self.core().replay.last.len()
     }
 
     /// Number of initiations awaiting their response.
@@ -772,10 +843,6 @@ impl Core {
         self.expire_pending(now);
         self.expire_registrations(now);
         self.expire_routes(now);
-        if now >= self.next_mirror_sweep {
-            self.next_mirror_sweep = now + MIRROR_SWEEP_INTERVAL;
-            self.routes.sweep_mirror(self.config.route_idle_timeout);
-        }
         self.handshake_limiter.forget_idle(now);
         // Remembered for as long as a captured registration's cookie can be
         // valid: after that, a replay only earns a challenge.
@@ -840,9 +907,12 @@ impl Core {
 
         let under_load = self.count_initiation(now);
         if under_load && !self.mac2_proves_source(now, src, &h) {
+            // Not forwarded: counted as a drop, and answered with a cookie
+            // reply so that a real initiator retries with a valid mac2.
             let reply = self.cookie_reply(now, src, &responder, &h);
+            self.metrics.record_drop(DropReason::Mac2Invalid);
             self.metrics.record(Event::CookieReplySent);
-            return Ok(Outcome::Reply(Reply::new(&reply)));
+            return Outcome::reply(&reply);
         }
 
         let pending_key = (responder, h.sender_index());
@@ -1052,7 +1122,7 @@ impl Core {
             to,
             reverse,
         };
-        if self.routes.insert(key, route, now) {
+        if self.routes.insert(key, route, now, &mut self.commands) {
             if let Some(client) = self.clients.get_mut(&from) {
                 client.routes.push(key);
             }
@@ -1253,7 +1323,7 @@ impl Core {
             relay_epoch: self.epoch,
             reflexive: src,
         };
-        Ok(Outcome::Reply(Reply::new(&ack.seal(&keys))))
+        Outcome::reply(&ack.seal(&keys)).map_err(Refusal::Drop)
     }
 
     /// Roaming: the client's authenticated registration came from a new
@@ -1272,13 +1342,14 @@ impl Core {
                 src: new,
                 index: old_key.index,
             };
-            let Some(route) = self.routes.rekey(&old_key, new_key) else {
+            let Some(route) = self.routes.rekey(&old_key, new_key, &mut self.commands) else {
                 continue;
             };
-            self.routes.update(&route.reverse, |reverse| {
-                reverse.dst = new;
-                reverse.reverse = new_key;
-            });
+            self.routes
+                .update(&route.reverse, &mut self.commands, |reverse| {
+                    reverse.dst = new;
+                    reverse.reverse = new_key;
+                });
             moved.push(new_key);
         }
         if let Some(client) = self.clients.get_mut(key) {
@@ -1340,11 +1411,11 @@ impl Core {
 
     /// Removes a route and its reverse, and unlinks both from their owners.
     fn remove_route_pair(&mut self, key: RouteKey) {
-        let Some(route) = self.routes.remove(&key) else {
+        let Some(route) = self.routes.remove(&key, &mut self.commands) else {
             return;
         };
         self.unlink_route(&route.from, key);
-        if let Some(reverse) = self.routes.remove(&route.reverse) {
+        if let Some(reverse) = self.routes.remove(&route.reverse, &mut self.commands) {
             self.unlink_route(&reverse.from, route.reverse);
         }
     }
@@ -1402,5 +1473,39 @@ impl Core {
     }
 }
 
+// The router's tests drive it with real boringtun peers, which the core
+// may not depend on even for tests (its dependency tree is the proof that it
+// does no IO): they are in relay/tests/router.rs.
+
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_the_relay_sends_fits_inline() {
+        for len in [
+            COOKIE_REPLY_LEN,
+            REGISTER_ACK_LEN,
+            CHALLENGE_LEN,
+            PROBE_ACK_LEN,
+            UNKNOWN_SESSION_LEN,
+        ] {
+            let bytes = vec![0xab; len];
+            let reply = Reply::new(&bytes).expect("fits");
+            assert_eq!(reply.bytes(), &bytes[..]);
+        }
+    }
+
+    /// A reply longer than any the relay sends is refused whole, never cut
+    /// to fit (which would slip past the "never larger than the request"
+    /// check and send a corrupt reply).
+    #[test]
+    fn an_overlong_reply_is_refused_not_truncated() {
+        let bytes = vec![0xab; MAX_REPLY_LEN + 1];
+        assert!(Reply::new(&bytes).is_none());
+        assert!(matches!(
+            Outcome::reply(&bytes),
+            Err(DropReason::ReplyLargerThanRequest)
+        ));
+    }
+}

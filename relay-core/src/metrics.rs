@@ -53,7 +53,9 @@ pub enum DropReason {
     RegistrationTableFull,
     /// Route or pending-handshake table is at its limit.
     RouteTableFull,
-    /// Under load, an initiation's mac2 did not verify and no cookie could be sent.
+    /// Under load, an initiation carried no valid mac2: not forwarded, and
+    /// answered with a cookie reply (`cookie_replies_sent_total`) so that a
+    /// real initiator retries with one.
     Mac2Invalid,
     /// A liveness probe from a key's bound endpoint whose MAC failed.
     ProbeBadMac,
