@@ -1,0 +1,50 @@
+//! What the engine is told at start: its key, the relays, and (until
+//! parties) the peers. The driver builds it from the user's config file.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use lanrage_proto::x25519::StaticSecret;
+use lanrage_proto::PeerKey;
+
+/// A relay to register with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub key: PeerKey,
+}
+
+/// A peer on the virtual LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub key: PeerKey,
+    /// Its address on the virtual LAN; the only source address accepted
+    /// from its tunnel (WireGuard's AllowedIPs, one /32).
+    pub virtual_ip: Ipv4Addr,
+}
+
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub private_key: StaticSecret,
+    /// This client's address on the virtual LAN.
+    pub virtual_ip: Ipv4Addr,
+    pub relays: Vec<RelaySpec>,
+    pub peers: Vec<PeerSpec>,
+    /// Unix time in nanoseconds at the `now` given to [`crate::Engine::new`]:
+    /// registration timestamps must grow across restarts of the client, so
+    /// they are wall-clock based (`docs/protocol.md` §2.2).
+    pub unix_nanos_at_start: u64,
+    /// Random bytes for the engine's own choices (refresh jitter).
+    pub seed: [u8; 32],
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("virtual_ip", &self.virtual_ip)
+            .field("relays", &self.relays)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}

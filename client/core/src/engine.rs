@@ -1,0 +1,702 @@
+//! The engine: relays, peers and the packets between them. See the crate
+//! docs for the verbs and the drive order.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use lanrage_proto::control::{ControlMessage, MAX_CONSENT};
+use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::{classify, DatagramKind, PeerKey};
+
+use crate::config::EngineConfig;
+use crate::peer::Peer;
+use crate::relay::{Registrant, Relay, RelayNews};
+use crate::status::{PeerStatus, RelayStatus, Status};
+use crate::wall_clock::Timestamps;
+
+/// The TUN device's MTU: 1500 minus WireGuard (32), UDP (8), IPv4 (20) and
+/// room for PPPoE (8, rounded to 1420 as wg-quick does).
+pub const TUN_MTU: u16 = 1420;
+/// The virtual LAN's prefix length (10.66.0.0/16).
+pub const PREFIX_LEN: u8 = 16;
+/// How often boringtun's timers run (rekey, keepalive, retries), as its
+/// documentation asks (LAB.md: about every 100 ms).
+pub const WIREGUARD_TICK: Duration = Duration::from_millis(100);
+/// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
+const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
+
+/// A datagram for the driver to send from the engine's one UDP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Something the driver applies or reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Give the TUN this address and MTU (first event, once).
+    ConfigureInterface {
+        address: Ipv4Addr,
+        prefix_len: u8,
+        mtu: u16,
+    },
+    RelayRegistered {
+        relay: String,
+        reflexive: Option<SocketAddr>,
+    },
+    RelayUnreachable {
+        relay: String,
+    },
+    RelayRestarted {
+        relay: String,
+    },
+    /// A peer's traffic now goes through this relay.
+    PathChanged {
+        peer: String,
+        relay: String,
+    },
+}
+
+/// Why the engine dropped something it was given. Every drop is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// A datagram from an address that is no configured relay.
+    UnknownSource,
+    /// Not WireGuard or LANrage control, or malformed.
+    Malformed,
+    /// A control message that failed its MAC, echoed nothing we sent, or
+    /// is not one a relay sends a client.
+    BadControl,
+    /// A WireGuard message for no session of ours.
+    NoSession,
+    /// boringtun refused a WireGuard message (bad MAC, replay, decryption).
+    WireGuardRejected,
+    /// A decrypted packet whose source is not the peer's virtual IP.
+    SpoofedInnerSource,
+    /// A TUN packet that isn't IPv4 unicast to a known peer.
+    NoPeerForPacket,
+    /// A packet for a peer when no relay is usable.
+    NoRelay,
+    /// STUN, which this client doesn't use yet.
+    Stun,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::UnknownSource,
+        DropReason::Malformed,
+        DropReason::BadControl,
+        DropReason::NoSession,
+        DropReason::WireGuardRejected,
+        DropReason::SpoofedInnerSource,
+        DropReason::NoPeerForPacket,
+        DropReason::NoRelay,
+        DropReason::Stun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::Malformed => "malformed",
+            DropReason::BadControl => "bad_control",
+            DropReason::NoSession => "no_session",
+            DropReason::WireGuardRejected => "wireguard_rejected",
+            DropReason::SpoofedInnerSource => "spoofed_inner_source",
+            DropReason::NoPeerForPacket => "no_peer_for_packet",
+            DropReason::NoRelay => "no_relay",
+            DropReason::Stun => "stun",
+        }
+    }
+}
+
+/// Why a configuration can't run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("relay {0}: its public key is a low-order point; check the key")]
+    WeakRelayKey(String),
+    #[error("{count} peers configured; at most {MAX_CONSENT} fit a relay registration")]
+    TooManyPeers { count: usize },
+    #[error("peer {0} is configured twice (same public key)")]
+    DuplicatePeer(String),
+    #[error("peers {0} and {1} have the same virtual IP")]
+    DuplicateVirtualIp(String, String),
+    #[error("peer {0} has this client's own public key")]
+    PeerIsSelf(String),
+}
+
+pub struct Engine {
+    secret: StaticSecret,
+    public: PublicKey,
+    key: PeerKey,
+    virtual_ip: Ipv4Addr,
+    relays: Vec<Relay>,
+    by_relay_addr: HashMap<SocketAddr, usize>,
+    peers: Vec<Peer>,
+    by_ip: HashMap<Ipv4Addr, usize>,
+    by_key: HashMap<PeerKey, usize>,
+    by_slot: HashMap<u32, usize>,
+    consent: Vec<PeerKey>,
+    timestamps: Timestamps,
+    rng: u64,
+    next_wireguard_tick: Instant,
+    transmits: VecDeque<Transmit>,
+    tun_out: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    drops: [u64; DropReason::ALL.len()],
+    scratch: Vec<u8>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, now: Instant) -> Result<Self, ConfigError> {
+        let EngineConfig {
+            private_key,
+            virtual_ip,
+            relays,
+            peers,
+            unix_nanos_at_start,
+            seed,
+        } = config;
+        if peers.len() > MAX_CONSENT {
+            return Err(ConfigError::TooManyPeers { count: peers.len() });
+        }
+        let public = PublicKey::from(&private_key);
+        let key = PeerKey::from(&public);
+        let mut rng = u64::from_le_bytes(seed[..8].try_into().unwrap_or([7; 8])) | 1;
+        let mut engine_relays = Vec::with_capacity(relays.len());
+        for spec in relays {
+            let jitter = Duration::from_millis(xorshift(&mut rng) % 5_000);
+            let name = spec.name.clone();
+            let relay = Relay::new(spec, &private_key, jitter, now)
+                .map_err(|_| ConfigError::WeakRelayKey(name))?;
+            engine_relays.push(relay);
+        }
+        let by_relay_addr = engine_relays
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.spec.addr, i))
+            .collect();
+        let mut engine = Self {
+            secret: private_key,
+            public,
+            key,
+            virtual_ip,
+            relays: engine_relays,
+            by_relay_addr,
+            peers: Vec::new(),
+            by_ip: HashMap::new(),
+            by_key: HashMap::new(),
+            by_slot: HashMap::new(),
+            consent: Vec::new(),
+            timestamps: Timestamps::new(now, unix_nanos_at_start),
+            rng,
+            next_wireguard_tick: now + WIREGUARD_TICK,
+            transmits: VecDeque::new(),
+            tun_out: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: [0; DropReason::ALL.len()],
+            scratch: vec![0; MAX_DATAGRAM],
+        };
+        // Slots start at a random base so a restarted client doesn't reuse
+        // the receiver indices of its previous run (a relay still holding
+        // routes for them would refuse the collision).
+        let base = (xorshift(&mut engine.rng) as u32) & 0x00ff_ffff;
+        for (i, spec) in peers.into_iter().enumerate() {
+            if spec.key == key {
+                return Err(ConfigError::PeerIsSelf(spec.name));
+            }
+            if engine.by_key.contains_key(&spec.key) {
+                return Err(ConfigError::DuplicatePeer(spec.name));
+            }
+            if let Some(&other) = engine.by_ip.get(&spec.virtual_ip) {
+                return Err(ConfigError::DuplicateVirtualIp(
+                    engine.peers[other].spec.name.clone(),
+                    spec.name,
+                ));
+            }
+            let slot = (base + i as u32) & 0x00ff_ffff;
+            engine.by_ip.insert(spec.virtual_ip, i);
+            engine.by_key.insert(spec.key, i);
+            engine.by_slot.insert(slot, i);
+            engine.consent.push(spec.key);
+            engine.peers.push(Peer::new(spec, &engine.secret, slot));
+        }
+        engine.events.push_back(Event::ConfigureInterface {
+            address: virtual_ip,
+            prefix_len: PREFIX_LEN,
+            mtu: TUN_MTU,
+        });
+        Ok(engine)
+    }
+
+    pub fn public_key(&self) -> PeerKey {
+        self.key
+    }
+
+    // ---- inputs
+
+    /// One datagram from the UDP socket.
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Some(&relay) = self.by_relay_addr.get(&from) else {
+            self.count(DropReason::UnknownSource);
+            return;
+        };
+        match classify(bytes) {
+            DatagramKind::Control => self.handle_control(now, relay, bytes),
+            DatagramKind::WireGuard => self.handle_wireguard(now, relay, bytes),
+            DatagramKind::Stun => self.count(DropReason::Stun),
+            DatagramKind::Unknown => self.count(DropReason::Malformed),
+        }
+    }
+
+    /// One IP packet read from the TUN.
+    pub fn handle_tun(&mut self, now: Instant, packet: &[u8]) {
+        let Ok(ip) = etherparse::Ipv4HeaderSlice::from_slice(packet) else {
+            self.count(DropReason::NoPeerForPacket);
+            return;
+        };
+        let Some(&peer) = self.by_ip.get(&ip.destination_addr()) else {
+            self.count(DropReason::NoPeerForPacket);
+            return;
+        };
+        let Some(relay) = self.path_for(now, peer) else {
+            self.count(DropReason::NoRelay);
+            return;
+        };
+        let dst = self.relays[relay].spec.addr;
+        let result = self.peers[peer].tunn.encapsulate(packet, &mut self.scratch);
+        match result {
+            TunnResult::WriteToNetwork(datagram) => {
+                let payload = datagram.to_vec();
+                self.transmits.push_back(Transmit { dst, payload });
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %self.peers[peer].spec.name, error = ?e, "encapsulate failed");
+            }
+            // Queued inside boringtun until the handshake completes.
+            _ => {}
+        }
+    }
+
+    /// Runs due timers: registrations, probes, WireGuard's own timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.relays.len() {
+            if now < self.relays[i].next_deadline() {
+                continue;
+            }
+            let in_use = self.peers.iter().any(|p| p.path == Some(i));
+            let was_reachable = self.relays[i].reachable();
+            let mut out = Vec::new();
+            let (timestamps, rng) = (&mut self.timestamps, &mut self.rng);
+            let who = Registrant {
+                client: self.key,
+                consent: &self.consent,
+            };
+            self.relays[i].on_timeout(
+                now,
+                in_use,
+                who,
+                &mut || timestamps.next(now),
+                &mut |max| jitter(rng, max),
+                &mut out,
+            );
+            let dst = self.relays[i].spec.addr;
+            for payload in out {
+                self.transmits.push_back(Transmit { dst, payload });
+            }
+            if was_reachable && !self.relays[i].reachable() {
+                self.events.push_back(Event::RelayUnreachable {
+                    relay: self.relays[i].spec.name.clone(),
+                });
+                self.move_paths_off(now, i);
+            }
+        }
+        if now >= self.next_wireguard_tick {
+            self.next_wireguard_tick = now + WIREGUARD_TICK;
+            for peer in 0..self.peers.len() {
+                self.wireguard_timers(now, peer);
+            }
+        }
+    }
+
+    // ---- outputs
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_tun(&mut self) -> Option<Vec<u8>> {
+        self.tun_out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.relays
+            .iter()
+            .map(Relay::next_deadline)
+            .chain(std::iter::once(self.next_wireguard_tick))
+            .min()
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            virtual_ip: self.virtual_ip,
+            relays: self
+                .relays
+                .iter()
+                .enumerate()
+                .map(|(i, r)| RelayStatus {
+                    name: r.spec.name.clone(),
+                    addr: r.spec.addr,
+                    registered: r.is_registered(),
+                    reachable: r.reachable(),
+                    reflexive: r.reflexive,
+                    rtt: r.estimator.rtt(),
+                    jitter: r.estimator.jitter(),
+                    loss: r.estimator.loss(now),
+                    in_use: self.peers.iter().any(|p| p.path == Some(i)),
+                })
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| {
+                    let (since, tx, rx, loss, rtt) = p.tunn.stats();
+                    PeerStatus {
+                        name: p.spec.name.clone(),
+                        virtual_ip: p.spec.virtual_ip,
+                        path: p.path.map(|r| self.relays[r].spec.name.clone()),
+                        rtt: rtt.map(|ms| Duration::from_millis(u64::from(ms))),
+                        loss,
+                        tx_bytes: tx as u64,
+                        rx_bytes: rx as u64,
+                        since_last_handshake: since,
+                    }
+                })
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|d| (d.as_str(), self.drops[*d as usize]))
+                .collect(),
+        }
+    }
+
+    // ---- internals
+
+    fn count(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+        tracing::trace!(reason = reason.as_str(), "dropped");
+    }
+
+    fn handle_control(&mut self, now: Instant, relay: usize, bytes: &[u8]) {
+        let Ok(message) = ControlMessage::parse(bytes) else {
+            self.count(DropReason::Malformed);
+            return;
+        };
+        let news = match message {
+            ControlMessage::Challenge(challenge) => {
+                let timestamp = self.timestamps.next(now);
+                let who = Registrant {
+                    client: self.key,
+                    consent: &self.consent,
+                };
+                let reply = self.relays[relay].on_challenge(now, challenge, who, timestamp);
+                match reply {
+                    Some(payload) => {
+                        let dst = self.relays[relay].spec.addr;
+                        self.transmits.push_back(Transmit { dst, payload });
+                    }
+                    None => self.count(DropReason::BadControl),
+                }
+                RelayNews::Nothing
+            }
+            ControlMessage::RegisterAck(view) => {
+                let rejected = self.relays[relay].rejected;
+                let news = self.relays[relay].on_ack(now, view);
+                if self.relays[relay].rejected != rejected {
+                    self.count(DropReason::BadControl);
+                }
+                news
+            }
+            ControlMessage::ProbeAck(view) => {
+                let rejected = self.relays[relay].rejected;
+                let news = self.relays[relay].on_probe_ack(now, view);
+                if self.relays[relay].rejected != rejected {
+                    self.count(DropReason::BadControl);
+                }
+                news
+            }
+            ControlMessage::UnknownSession(hint) => {
+                if !hint.registered {
+                    self.relays[relay].register_soon(now);
+                }
+                // The index is the peer's, in the session it shares with us:
+                // the peer whose path is this relay and whose traffic missed.
+                // The hint is unauthenticated, so it may only prompt a
+                // (rate-limited) handshake, never change anything else.
+                let peers: Vec<usize> = (0..self.peers.len())
+                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .collect();
+                for peer in peers {
+                    self.force_handshake(now, peer, relay, Urgency::Prompted);
+                }
+                RelayNews::Nothing
+            }
+            ControlMessage::Register(_) | ControlMessage::Probe(_) => {
+                self.count(DropReason::BadControl);
+                RelayNews::Nothing
+            }
+        };
+        self.on_relay_news(now, relay, news);
+    }
+
+    fn on_relay_news(&mut self, now: Instant, relay: usize, news: RelayNews) {
+        let name = self.relays[relay].spec.name.clone();
+        match news {
+            RelayNews::Nothing => {}
+            RelayNews::Registered | RelayNews::Revived => {
+                if news == RelayNews::Registered {
+                    self.events.push_back(Event::RelayRegistered {
+                        relay: name,
+                        reflexive: self.relays[relay].reflexive,
+                    });
+                }
+                // Sessions through it may have lost their routes (the relay
+                // forgot us); handshake them again through it.
+                let peers: Vec<usize> = (0..self.peers.len())
+                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .collect();
+                for peer in peers {
+                    self.force_handshake(now, peer, relay, Urgency::Now);
+                }
+            }
+            RelayNews::NewEpoch => {
+                self.events.push_back(Event::RelayRestarted { relay: name });
+                let peers: Vec<usize> = (0..self.peers.len())
+                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .collect();
+                for peer in peers {
+                    self.force_handshake(now, peer, relay, Urgency::Now);
+                }
+            }
+        }
+    }
+
+    fn handle_wireguard(&mut self, now: Instant, relay: usize, bytes: &[u8]) {
+        let Ok(packet) = Tunn::parse_incoming_packet(bytes) else {
+            self.count(DropReason::Malformed);
+            return;
+        };
+        let peer = match packet {
+            Packet::HandshakeInit(ref init) => {
+                match parse_handshake_anon(&self.secret, &self.public, init) {
+                    Ok(half) => self.by_key.get(&PeerKey(half.peer_static_public)).copied(),
+                    Err(_) => {
+                        self.count(DropReason::WireGuardRejected);
+                        return;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(ref p) => self.by_slot.get(&(p.receiver_idx >> 8)).copied(),
+            Packet::PacketCookieReply(ref p) => self.by_slot.get(&(p.receiver_idx >> 8)).copied(),
+            Packet::PacketData(ref p) => self.by_slot.get(&(p.receiver_idx >> 8)).copied(),
+        };
+        let Some(peer) = peer else {
+            self.count(DropReason::NoSession);
+            return;
+        };
+        let handshake = matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        );
+        let dst = self.relays[relay].spec.addr;
+        let result = self.peers[peer]
+            .tunn
+            .decapsulate(None, bytes, &mut self.scratch);
+        match result {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %self.peers[peer].spec.name, error = ?e, "WireGuard message refused");
+                self.count(DropReason::WireGuardRejected);
+                return;
+            }
+            TunnResult::WriteToNetwork(datagram) => {
+                let payload = datagram.to_vec();
+                self.transmits.push_back(Transmit { dst, payload });
+                // boringtun queues packets while a handshake is pending;
+                // flushing them is a decapsulate of nothing, until Done.
+                self.flush_queued(peer, dst);
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                if src != self.peers[peer].spec.virtual_ip {
+                    self.peers[peer].rejected += 1;
+                    self.count(DropReason::SpoofedInnerSource);
+                    return;
+                }
+                let packet = packet.to_vec();
+                self.tun_out.push_back(packet);
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                self.count(DropReason::SpoofedInnerSource);
+                return;
+            }
+        }
+        if handshake {
+            // The session now lives on this relay: it installed the routes
+            // from this handshake, so our datagrams go back through it.
+            self.set_path(now, peer, relay);
+        }
+    }
+
+    fn flush_queued(&mut self, peer: usize, dst: SocketAddr) {
+        // Bounded: boringtun's queue holds at most a few hundred packets.
+        for _ in 0..1024 {
+            match self.peers[peer]
+                .tunn
+                .decapsulate(None, &[], &mut self.scratch)
+            {
+                TunnResult::WriteToNetwork(datagram) => {
+                    let payload = datagram.to_vec();
+                    self.transmits.push_back(Transmit { dst, payload });
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn wireguard_timers(&mut self, now: Instant, peer: usize) {
+        match self.peers[peer].tunn.update_timers(&mut self.scratch) {
+            TunnResult::WriteToNetwork(datagram) => {
+                let payload = datagram.to_vec();
+                match self.path_for(now, peer) {
+                    Some(relay) => {
+                        let dst = self.relays[relay].spec.addr;
+                        self.transmits.push_back(Transmit { dst, payload });
+                    }
+                    None => self.count(DropReason::NoRelay),
+                }
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = %self.peers[peer].spec.name, error = ?e, "WireGuard timer");
+            }
+            _ => {}
+        }
+    }
+
+    /// The relay a datagram for `peer` goes through: the session's, while it
+    /// is usable; otherwise the best usable relay, with a handshake through
+    /// it (the old relay's routes are of no use on another).
+    fn path_for(&mut self, now: Instant, peer: usize) -> Option<usize> {
+        if let Some(relay) = self.peers[peer].path {
+            if self.relays[relay].is_usable() {
+                return Some(relay);
+            }
+        }
+        let best = self.best_relay()?;
+        if self.peers[peer].path.is_some() {
+            self.set_path(now, peer, best);
+            self.force_handshake(now, peer, best, Urgency::Now);
+        }
+        Some(best)
+    }
+
+    /// The usable relay with the lowest RTT; ties (and relays not measured
+    /// yet) broken by the relay's key, so the choice is deterministic.
+    fn best_relay(&self) -> Option<usize> {
+        (0..self.relays.len())
+            .filter(|&r| self.relays[r].is_usable())
+            .min_by_key(|&r| {
+                let relay = &self.relays[r];
+                (
+                    relay.estimator.rtt().unwrap_or(Duration::MAX),
+                    relay.spec.key.0,
+                )
+            })
+    }
+
+    fn set_path(&mut self, now: Instant, peer: usize, relay: usize) {
+        let old = self.peers[peer].path.replace(relay);
+        if old == Some(relay) {
+            return;
+        }
+        self.relays[relay].set_in_use(now, true);
+        self.events.push_back(Event::PathChanged {
+            peer: self.peers[peer].spec.name.clone(),
+            relay: self.relays[relay].spec.name.clone(),
+        });
+    }
+
+    /// A relay became unreachable: every peer on it moves to the best other
+    /// one, with a handshake through it.
+    fn move_paths_off(&mut self, now: Instant, relay: usize) {
+        let Some(best) = self.best_relay() else {
+            return;
+        };
+        let peers: Vec<usize> = (0..self.peers.len())
+            .filter(|&p| self.peers[p].path == Some(relay))
+            .collect();
+        for peer in peers {
+            self.set_path(now, peer, best);
+            self.force_handshake(now, peer, best, Urgency::Now);
+        }
+    }
+
+    /// A handshake initiation to `peer` through `relay`, now. Only through a
+    /// relay that has registered us (it drops handshakes from unregistered
+    /// sources; its ack triggers the handshake instead).
+    fn force_handshake(&mut self, now: Instant, peer: usize, relay: usize, urgency: Urgency) {
+        if !self.relays[relay].is_registered() || !self.relays[relay].reachable() {
+            return;
+        }
+        if !self.peers[peer].may_force_handshake(now) && urgency == Urgency::Prompted {
+            return;
+        }
+        let dst = self.relays[relay].spec.addr;
+        let result = self.peers[peer]
+            .tunn
+            .format_handshake_initiation(&mut self.scratch, true);
+        if let TunnResult::WriteToNetwork(datagram) = result {
+            let payload = datagram.to_vec();
+            self.transmits.push_back(Transmit { dst, payload });
+        }
+    }
+}
+
+/// Whether a forced handshake waits for the per-peer spacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// Something we know happened (a relay restart, failover): at once.
+    Now,
+    /// An unauthenticated prompt (a hint): rate-limited per peer.
+    Prompted,
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+/// A random duration in `[0, max]`.
+fn jitter(rng: &mut u64, max: Duration) -> Duration {
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(xorshift(rng) % nanos.saturating_add(1))
+}

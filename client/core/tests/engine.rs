@@ -1,0 +1,204 @@
+//! The engine against real relay routers on a simulated network (virtual
+//! time, seeded delay, jitter and loss): registration, the relay choice,
+//! failover when the relay in use dies, recovery after a relay restart, and
+//! hostile input.
+
+mod sim;
+
+use std::time::Duration;
+
+use lanrage_client_core::{DropReason, Event};
+use sim::{Link, Sim};
+
+const PING: &[u8] = b"ping";
+
+/// Two clients, two relays: relay1 is 20 ms away from both, relay2 5 ms.
+fn two_by_two(seed: u64) -> Sim {
+    Sim::new(
+        seed,
+        2,
+        &[
+            vec![Link::ms(20), Link::ms(5)],
+            vec![Link::ms(20), Link::ms(5)],
+        ],
+    )
+}
+
+/// A ping stream: one packet from 0 to 1 every `every`, for `duration`,
+/// each carrying its sequence number.
+fn ping_stream(sim: &mut Sim, every: Duration, duration: Duration) -> usize {
+    let count = (duration.as_millis() / every.as_millis()) as usize;
+    for seq in 0..count {
+        let mut payload = PING.to_vec();
+        payload.extend_from_slice(&(seq as u32).to_be_bytes());
+        sim.send_packet(0, 1, &payload);
+        sim.run_for(every);
+    }
+    count
+}
+
+/// The longest time between two consecutive pings arriving at client 1.
+fn longest_gap(sim: &Sim) -> Duration {
+    let arrivals: Vec<_> = sim
+        .received_with(1, PING)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    arrivals
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or(Duration::MAX)
+}
+
+#[test]
+fn clients_register_with_every_relay_and_ping_through_the_nearest() {
+    let mut sim = two_by_two(1);
+    sim.run_for(Duration::from_secs(1));
+    for c in 0..2 {
+        let status = sim.clients[c].engine.status(sim.now);
+        assert!(status.relays.iter().all(|r| r.registered), "{status:?}");
+        let rtt = |name: &str| {
+            status
+                .relays
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.rtt)
+                .expect("measured")
+        };
+        assert_eq!(rtt("relay1"), Duration::from_millis(40));
+        assert_eq!(rtt("relay2"), Duration::from_millis(10));
+    }
+    let sent = ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    let got = sim.received_with(1, PING);
+    // The first ping waits for the handshake (one round trip through relay2).
+    assert!(got.len() >= sent - 1, "{} of {sent}", got.len());
+    let first = got.first().expect("a ping arrived").0;
+    assert!(
+        first.saturating_duration_since(sim.start) < Duration::from_millis(1100),
+        "first ping after {:?}",
+        first - sim.start
+    );
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay2"));
+    assert_eq!(
+        sim.clients[1]
+            .engine
+            .dropped(DropReason::SpoofedInnerSource),
+        0
+    );
+}
+
+#[test]
+fn failover_moves_both_clients_when_the_relay_in_use_dies() {
+    let mut sim = two_by_two(2);
+    sim.run_for(Duration::from_secs(1));
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    let before = sim.received_with(1, PING).len();
+
+    sim.kill_relay(1);
+    let died = sim.now;
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(4));
+    let after: Vec<_> = sim
+        .received_with(1, PING)
+        .into_iter()
+        .skip(before)
+        .collect();
+    let resumed = after.first().expect("traffic resumed").0;
+    let gap = resumed.saturating_duration_since(died);
+    assert!(gap <= Duration::from_millis(1500), "failover gap {gap:?}");
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay1"));
+    assert!(sim.clients[0]
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::RelayUnreachable { relay } if relay == "relay2")));
+    // Client 1 only receives, and still moved (its probes saw relay2 die).
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay1"));
+    println!("failover gap: {gap:?}");
+}
+
+#[test]
+fn a_relay_restart_costs_under_a_second_even_for_the_receiving_side() {
+    let mut sim = two_by_two(3);
+    sim.run_for(Duration::from_secs(1));
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    let before = sim.received_with(1, PING).len();
+
+    sim.restart_relay(1);
+    let restarted = sim.now;
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(3));
+    let after: Vec<_> = sim
+        .received_with(1, PING)
+        .into_iter()
+        .skip(before)
+        .collect();
+    let resumed = after.first().expect("traffic resumed").0;
+    let gap = resumed.saturating_duration_since(restarted);
+    assert!(gap <= Duration::from_secs(1), "restart gap {gap:?}");
+    // Back through the restarted relay (still the nearest), both ways.
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert!(sim.clients[1].events.iter().any(|(_, e)| matches!(
+        e,
+        Event::RelayRestarted { .. } | Event::RelayRegistered { .. }
+    )));
+    println!("restart gap: {gap:?}");
+}
+
+#[test]
+fn jitter_on_the_relay_in_use_never_flaps_the_path() {
+    let mut sim = two_by_two(4);
+    let jittery = Link {
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(20),
+        loss: 0.02,
+    };
+    sim.set_link(0, 1, jittery);
+    sim.set_link(1, 1, jittery);
+    sim.run_for(Duration::from_secs(1));
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(60));
+    let changes = sim.clients[0]
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PathChanged { .. }))
+        .count();
+    assert_eq!(changes, 1, "one path, chosen once");
+    // 2 % loss at 50 ms spacing: a gap of a few pings at most, never a stall.
+    let gap = longest_gap(&sim);
+    assert!(gap < Duration::from_millis(500), "longest gap {gap:?}");
+}
+
+#[test]
+fn garbage_and_forgeries_are_counted_drops() {
+    let mut sim = two_by_two(5);
+    sim.run_for(Duration::from_secs(1));
+    let relay = sim.relays[1].addr;
+    let stranger = "192.0.2.99:1".parse().expect("addr");
+    let now = sim.now;
+    let engine = &mut sim.clients[0].engine;
+    engine.handle_udp(now, stranger, b"hello");
+    for bytes in [
+        &b""[..],
+        b"\x01",
+        b"LRG!\x02\x02\0\0",
+        b"LRG!\x02\x06\0\0aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &[
+            4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+            9, 9, 9,
+        ],
+        &[1u8; 148],
+    ] {
+        engine.handle_udp(now, relay, bytes);
+    }
+    let status = engine.status(now);
+    let total: u64 = status.drops.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 7, "{:?}", status.drops);
+    assert_eq!(engine.dropped(DropReason::UnknownSource), 1);
+    // Still works afterwards.
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(20),
+        Duration::from_millis(500),
+    );
+    assert!(!sim.received_with(1, PING).is_empty());
+}
