@@ -22,8 +22,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, ConfigError};
 use crate::data_plane::{self, DataPlane, StopAll};
 use crate::http;
-use crate::keys::{self, KeyOrigin};
 use crate::worker::{RouteCopy, SharedCopy};
+use lanrage_keyfile::{self as keys, KeyOrigin};
 use lanrage_relay_core::router::Router;
 
 /// Exit code for runtime failures.

@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod data_plane;
 pub mod http;
-pub mod keys;
 pub mod worker;
 #[cfg(feature = "xdp")]
 pub mod xdp;

@@ -1,5 +1,6 @@
-//! The relay's X25519 static key: generated from OS randomness, stored as one
-//! line of base64 like `wg genkey` prints, and loaded at startup.
+//! X25519 static keys on disk, for the relay and the client alike:
+//! generated from OS randomness, stored as one line of base64 like `wg
+//! genkey` prints (mode 0600, written atomically), and loaded at startup.
 //!
 //! Key text never appears in errors or logs; only the public key does.
 
@@ -26,7 +27,7 @@ pub enum KeyError {
     },
     #[error(
         "cannot create private key file {}: {source} (create the directory and make it writable \
-         for the relay's user, or pass --state-dir)",
+         for this user, or choose another path)",
         path.display()
     )]
     Create {
@@ -42,6 +43,12 @@ pub enum KeyError {
     },
     #[error("cannot get random bytes from the OS: {0}")]
     Random(#[source] rand::Error),
+    #[error(
+        "private key file {} already exists; not replacing it (its key is this machine's \
+         identity: move it away first if you really want a new one)",
+        path.display()
+    )]
+    Exists { path: PathBuf },
 }
 
 /// The text is not a base64-encoded 32-byte key. Never includes the text.
@@ -89,7 +96,7 @@ pub fn decode(text: &str) -> Result<StaticSecret, ParseKeyError> {
     Ok(StaticSecret::from(bytes))
 }
 
-/// The public key clients configure for this relay.
+/// The public key others configure for this key's owner.
 pub fn public_key(secret: &StaticSecret) -> PeerKey {
     PeerKey::from(&PublicKey::from(secret))
 }
@@ -112,6 +119,23 @@ pub fn load_or_generate(path: &Path) -> Result<(StaticSecret, KeyOrigin), KeyErr
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             load(path).map(|secret| (secret, KeyOrigin::Loaded))
         }
+        Err(source) => Err(KeyError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Generates a key into a new file at `path` (mode 0600, missing
+/// directories 0700), and refuses if the file exists: a new key is a new
+/// identity, so it is never made by accident.
+pub fn create(path: &Path) -> Result<StaticSecret, KeyError> {
+    let secret = generate()?;
+    match create_new(path, &encode(&secret)) {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(KeyError::Exists {
+            path: path.to_owned(),
+        }),
         Err(source) => Err(KeyError::Create {
             path: path.to_owned(),
             source,
@@ -187,7 +211,7 @@ mod tests {
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
-            std::env::temp_dir().join(format!("lanrage-relay-keys-{name}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("lanrage-keyfile-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -273,6 +297,23 @@ mod tests {
         assert!(matches!(err, KeyError::Parse { .. }), "{err}");
         assert!(err.to_string().contains("private.key"), "{err}");
         assert_eq!(fs::read_to_string(&path).expect("read"), "garbage\n");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn create_makes_a_private_file_and_never_replaces_one() {
+        let dir = temp_dir("create");
+        let path = dir.join("sub").join("private.key");
+        let secret = create(&path).expect("create");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load(&path).expect("load").to_bytes(), secret.to_bytes());
+        let again = create(&path);
+        assert!(matches!(again, Err(KeyError::Exists { .. })));
+        assert_eq!(
+            load(&path).expect("still the first key").to_bytes(),
+            secret.to_bytes()
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
