@@ -1,0 +1,154 @@
+//! `lanrage keygen | up | status`: a thin layer over the config, the
+//! engine and the driver.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lanrage_client_core::{Engine, EngineConfig, PeerSpec, RelaySpec};
+use rand::RngCore as _;
+
+use crate::config::{self, Loaded};
+use crate::control::{self, Request};
+use crate::driver;
+
+/// LANrage: friends' PCs on one virtual LAN, so LAN games just work.
+#[derive(Debug, Parser)]
+#[command(name = "lanrage", version)]
+pub struct Cli {
+    /// The config file (default: ~/.config/lanrage/config.yaml, or
+    /// /etc/lanrage/client.yaml as root).
+    #[arg(long, short, global = true, env = "LANRAGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make this PC's private key (next to the config, or at --key) and
+    /// print its public key, which your friends put in their configs.
+    /// Refuses to replace an existing key.
+    Keygen {
+        /// Where to write the key (default: the config's private_key_file).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Run in the foreground until Ctrl-C or SIGTERM; the TUN device goes
+    /// away with it.
+    Up,
+    /// Ask the running client about its relays and peers.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanrage: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config.clone().unwrap_or_else(config::default_path);
+    match cli.command {
+        Command::Keygen { key } => {
+            let path = match key {
+                Some(path) => path,
+                None => config_path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("private.key"),
+            };
+            let secret = lanrage_keyfile::create(&path)?;
+            eprintln!("private key written to {}", path.display());
+            println!("{}", lanrage_keyfile::public_key(&secret));
+            Ok(())
+        }
+        Command::Up => up(&config::load(&config_path)?),
+        Command::Status { json } => {
+            let loaded = config::load(&config_path)?;
+            let reply = control::ask(
+                &loaded.control_socket(),
+                &Request::Status,
+                Duration::from_secs(2),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                print!("{}", reply.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn up(loaded: &Loaded) -> anyhow::Result<()> {
+    let key_path = loaded.private_key_path();
+    let secret = lanrage_keyfile::load(&key_path).with_context(|| {
+        format!(
+            "private_key_file (run `lanrage keygen` to make {})",
+            key_path.display()
+        )
+    })?;
+    let config = &loaded.config;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("cannot get random bytes from the OS")?;
+    let unix_nanos_at_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .context("the system clock is before 1970")?;
+    let engine_config = EngineConfig {
+        private_key: secret,
+        virtual_ip: config.address,
+        relays: config
+            .relays
+            .iter()
+            .zip(&loaded.relay_keys)
+            .map(|(r, key)| RelaySpec {
+                name: r.name.clone(),
+                addr: r.address,
+                key: *key,
+            })
+            .collect(),
+        peers: config
+            .peers
+            .iter()
+            .zip(&loaded.peer_keys)
+            .map(|(p, key)| PeerSpec {
+                name: p.name.clone(),
+                key: *key,
+                virtual_ip: p.address,
+            })
+            .collect(),
+        unix_nanos_at_start,
+        seed,
+    };
+    let engine = Engine::new(engine_config, Instant::now())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.path.display()))?;
+    driver::run(
+        engine,
+        &driver::Setup {
+            interface: config.interface.clone(),
+            listen_port: config.listen_port,
+            control_socket: loaded.control_socket(),
+        },
+    )
+}

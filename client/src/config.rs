@@ -1,0 +1,322 @@
+//! The client's configuration file (YAML), its defaults and its checks.
+//! Every field is documented in `docs/client.md`; unknown fields are
+//! refused, and every error names the field in the user's terms.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use lanrage_proto::PeerKey;
+use serde::Deserialize;
+
+/// The virtual LAN every address must be in.
+pub const NETWORK: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 0);
+pub const PREFIX_LEN: u8 = 16;
+/// The most peers a relay registration can carry.
+pub const MAX_PEERS: usize = lanrage_proto::control::MAX_CONSENT;
+
+/// The default TUN device name.
+pub const DEFAULT_INTERFACE: &str = "lanrage0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This PC's private key (from `lanrage keygen`). Relative paths are
+    /// relative to the config file's directory. Default: `private.key`
+    /// beside the config file.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// This PC's address on the virtual LAN, in 10.66.0.0/16. Required.
+    pub address: Ipv4Addr,
+    /// The UDP port to send and receive on; 0 (the default) lets the system choose.
+    #[serde(default)]
+    pub listen_port: u16,
+    /// The TUN device's name. Default `lanrage0`.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// Where `lanrage status` reaches the running client. Default: see
+    /// [`default_control_socket`].
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// The relays to register with; at least one.
+    pub relays: Vec<Relay>,
+    /// The other PCs on the virtual LAN (until parties replace this list).
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    pub name: String,
+    /// `host:port` (an IP address; names are not resolved yet).
+    pub address: SocketAddr,
+    /// The relay's public key, as `lanrage-relay public-key` prints it.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    /// The peer's public key, as its `lanrage keygen` printed it.
+    pub public_key: String,
+    /// The peer's address on the virtual LAN.
+    pub address: Ipv4Addr,
+}
+
+fn default_interface() -> String {
+    DEFAULT_INTERFACE.to_owned()
+}
+
+/// A configuration that can't be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}: {field}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// A checked configuration, keys decoded.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub relay_keys: Vec<PeerKey>,
+    pub peer_keys: Vec<PeerKey>,
+}
+
+impl Loaded {
+    /// The private key file, resolved against the config file's directory.
+    pub fn private_key_path(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match &self.config.private_key_file {
+            Some(file) => dir.join(file),
+            None => dir.join("private.key"),
+        }
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.config
+            .control_socket
+            .clone()
+            .unwrap_or_else(default_control_socket)
+    }
+}
+
+/// The config file used when none is given: `$XDG_CONFIG_HOME/lanrage/config.yaml`
+/// (`~/.config/lanrage/config.yaml`), or `/etc/lanrage/client.yaml` for root.
+pub fn default_path() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/etc/lanrage/client.yaml");
+    }
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("lanrage")
+        .join("config.yaml")
+}
+
+/// The control socket used when the config names none: `/run/lanrage.sock`
+/// for root, else `$XDG_RUNTIME_DIR/lanrage.sock`, else one in the temp dir.
+pub fn default_control_socket() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/lanrage.sock");
+    }
+    dirs::runtime_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("lanrage.sock")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Reads and checks the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and checks config text (`path` only names it in errors).
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let invalid = |field: String, problem: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        field,
+        problem,
+    };
+    check_address(config.address).map_err(|p| invalid("address".into(), p))?;
+    if config.interface.is_empty() || config.interface.len() > 15 {
+        return Err(invalid(
+            "interface".into(),
+            "a device name of 1 to 15 characters is needed (Linux's limit)".into(),
+        ));
+    }
+    if config.relays.is_empty() {
+        return Err(invalid(
+            "relays".into(),
+            "at least one relay is needed (name, address, public_key)".into(),
+        ));
+    }
+    let mut relay_keys = Vec::new();
+    for (i, relay) in config.relays.iter().enumerate() {
+        if relay.name.is_empty() {
+            return Err(invalid(
+                format!("relays[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if config.relays[..i].iter().any(|r| r.name == relay.name) {
+            return Err(invalid(
+                format!("relays[{i}].name"),
+                format!("another relay is already called {:?}", relay.name),
+            ));
+        }
+        let key = parse_key(&relay.public_key)
+            .map_err(|p| invalid(format!("relays[{i}].public_key"), p))?;
+        relay_keys.push(key);
+    }
+    if config.peers.len() > MAX_PEERS {
+        return Err(invalid(
+            "peers".into(),
+            format!(
+                "{} peers listed; at most {MAX_PEERS} are allowed",
+                config.peers.len()
+            ),
+        ));
+    }
+    let mut peer_keys: Vec<PeerKey> = Vec::new();
+    for (i, peer) in config.peers.iter().enumerate() {
+        if peer.name.is_empty() {
+            return Err(invalid(
+                format!("peers[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if config.peers[..i].iter().any(|p| p.name == peer.name) {
+            return Err(invalid(
+                format!("peers[{i}].name"),
+                format!("another peer is already called {:?}", peer.name),
+            ));
+        }
+        let key = parse_key(&peer.public_key)
+            .map_err(|p| invalid(format!("peers[{i}].public_key"), p))?;
+        if peer_keys.contains(&key) {
+            return Err(invalid(
+                format!("peers[{i}].public_key"),
+                "another peer already has this key".into(),
+            ));
+        }
+        check_address(peer.address).map_err(|p| invalid(format!("peers[{i}].address"), p))?;
+        if peer.address == config.address
+            || config.peers[..i].iter().any(|p| p.address == peer.address)
+        {
+            return Err(invalid(
+                format!("peers[{i}].address"),
+                format!("{} is already used (each PC needs its own)", peer.address),
+            ));
+        }
+        peer_keys.push(key);
+    }
+    Ok(Loaded {
+        config,
+        path: path.to_owned(),
+        relay_keys,
+        peer_keys,
+    })
+}
+
+fn parse_key(text: &str) -> Result<PeerKey, String> {
+    PeerKey::from_base64(text.trim()).ok_or_else(|| {
+        "not a public key: expected 44 characters of base64, as `lanrage keygen` or \
+         `lanrage-relay public-key` prints"
+            .to_owned()
+    })
+}
+
+fn check_address(address: Ipv4Addr) -> Result<(), String> {
+    let [a, b, c, d] = address.octets();
+    if [a, b] != [10, 66] {
+        return Err(format!(
+            "{address} is outside the virtual LAN; use an address in 10.66.0.0/16"
+        ));
+    }
+    if [c, d] == [0, 0] || [c, d] == [255, 255] {
+        return Err(format!(
+            "{address} is the network's own or its broadcast address; use another in 10.66.0.0/16"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dCO3UlqKUGkyNkmh5w4hWkEaKFFWo3Xp3rLmCMWnKXI=";
+    const KEY2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn good() -> String {
+        format!(
+            "address: 10.66.0.1\nrelays:\n  - name: fra\n    address: 192.0.2.1:51820\n    \
+             public_key: {KEY}\npeers:\n  - name: bob\n    public_key: {KEY2}\n    address: 10.66.0.2\n"
+        )
+    }
+
+    fn error(text: &str) -> String {
+        parse(text, Path::new("client.yaml"))
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_minimal_config_gets_its_defaults() {
+        let loaded = parse(&good(), Path::new("/etc/lanrage/client.yaml")).expect("valid");
+        assert_eq!(loaded.config.interface, "lanrage0");
+        assert_eq!(loaded.config.listen_port, 0);
+        assert_eq!(
+            loaded.private_key_path(),
+            PathBuf::from("/etc/lanrage/private.key")
+        );
+        assert_eq!(loaded.peer_keys.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let text = good().replace("address: 10.66.0.1", "address: 10.67.0.1");
+        assert!(error(&text).contains("address: 10.67.0.1 is outside the virtual LAN"));
+        let text = good().replace(KEY2, "nope");
+        assert!(error(&text).contains("peers[0].public_key: not a public key"));
+        let text = good().replace("address: 10.66.0.2", "address: 10.66.0.1");
+        assert!(error(&text).contains("peers[0].address: 10.66.0.1 is already used"));
+        let text = good() + "colour: red\n";
+        assert!(
+            error(&text).contains("unknown field `colour`"),
+            "{}",
+            error(&text)
+        );
+        let text = "address: 10.66.0.1\nrelays: []\n";
+        assert!(error(text).contains("relays: at least one relay"));
+        let text = good().replace("address: 10.66.0.1", "address: 10.66.255.255");
+        assert!(error(&text).contains("broadcast"));
+    }
+}

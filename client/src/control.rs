@@ -1,0 +1,306 @@
+//! The local control socket: how `lanrage status` asks the running client.
+//!
+//! A Unix stream socket (mode 0600: only this user, or root). One request
+//! per connection: the command writes one line of JSON, the daemon answers
+//! with one line of JSON and closes. The daemon never blocks on a client:
+//! connections are non-blocking, at most [`MAX_CONNECTIONS`] at once, each
+//! request at most [`MAX_REQUEST`] bytes.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lanrage_client_core::Status;
+use mio::net::{UnixListener, UnixStream};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_CONNECTIONS: usize = 8;
+pub const MAX_REQUEST: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+/// `lanrage status --json`, one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub address: String,
+    pub relays: Vec<RelayRow>,
+    pub peers: Vec<PeerRow>,
+    /// Counted drops by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayRow {
+    pub name: String,
+    pub address: String,
+    pub registered: bool,
+    pub reachable: bool,
+    pub reflexive: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: f64,
+    /// Percent of recent probes unanswered.
+    pub loss_percent: f64,
+    pub in_use: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerRow {
+    pub name: String,
+    pub address: String,
+    /// `relay NAME`, or `none` before the first handshake.
+    pub path: String,
+    pub rtt_ms: Option<f64>,
+    pub loss_percent: f64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Seconds since the last WireGuard handshake.
+    pub last_handshake_secs: Option<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl From<Status> for StatusReply {
+    fn from(status: Status) -> Self {
+        Self {
+            address: status.virtual_ip.to_string(),
+            relays: status
+                .relays
+                .into_iter()
+                .map(|r| RelayRow {
+                    name: r.name,
+                    address: r.addr.to_string(),
+                    registered: r.registered,
+                    reachable: r.reachable,
+                    reflexive: r.reflexive.map(|a| a.to_string()),
+                    rtt_ms: r.rtt.map(ms),
+                    jitter_ms: ms(r.jitter),
+                    loss_percent: r.loss * 100.0,
+                    in_use: r.in_use,
+                })
+                .collect(),
+            peers: status
+                .peers
+                .into_iter()
+                .map(|p| PeerRow {
+                    name: p.name,
+                    address: p.virtual_ip.to_string(),
+                    path: p
+                        .path
+                        .map_or_else(|| "none".to_owned(), |r| format!("relay {r}")),
+                    rtt_ms: p.rtt.map(ms),
+                    loss_percent: f64::from(p.loss) * 100.0,
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                    last_handshake_secs: p.since_last_handshake.map(|d| d.as_secs_f64()),
+                })
+                .collect(),
+            drops: status
+                .drops
+                .into_iter()
+                .map(|(reason, n)| (reason.to_owned(), n))
+                .collect(),
+        }
+    }
+}
+
+impl StatusReply {
+    /// The table `lanrage status` prints.
+    pub fn render(&self) -> String {
+        let opt_ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+        let mut out = format!("address {}\n\n", self.address);
+        out.push_str(&format!(
+            "{:<12} {:<22} {:<10} {:>10} {:>9} {:>6}  {}\n",
+            "RELAY", "ADDRESS", "STATE", "RTT", "JITTER", "LOSS", "IN USE"
+        ));
+        for r in &self.relays {
+            let state = match (r.registered, r.reachable) {
+                (true, true) => "registered",
+                (_, false) => "down",
+                (false, true) => "joining",
+            };
+            out.push_str(&format!(
+                "{:<12} {:<22} {:<10} {:>10} {:>6.1} ms {:>5.0}%  {}\n",
+                r.name,
+                r.address,
+                state,
+                opt_ms(r.rtt_ms),
+                r.jitter_ms,
+                r.loss_percent,
+                if r.in_use { "yes" } else { "no" }
+            ));
+        }
+        out.push_str(&format!(
+            "\n{:<12} {:<12} {:<16} {:>10} {:>6} {:>10} {:>10} {:>14}\n",
+            "PEER", "ADDRESS", "PATH", "RTT", "LOSS", "SENT", "RECEIVED", "HANDSHAKE"
+        ));
+        for p in &self.peers {
+            let handshake = p
+                .last_handshake_secs
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.0} s ago"));
+            out.push_str(&format!(
+                "{:<12} {:<12} {:<16} {:>10} {:>5.0}% {:>10} {:>10} {:>14}\n",
+                p.name,
+                p.address,
+                p.path,
+                opt_ms(p.rtt_ms),
+                p.loss_percent,
+                p.tx_bytes,
+                p.rx_bytes,
+                handshake
+            ));
+        }
+        let drops: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !drops.is_empty() {
+            out.push_str(&format!("\ndropped: {}\n", drops.join(", ")));
+        }
+        out
+    }
+}
+
+/// Asks the daemon at `path`; waits at most `timeout`.
+pub fn ask(path: &Path, request: &Request, timeout: Duration) -> anyhow::Result<StatusReply> {
+    use anyhow::Context as _;
+    let mut stream = StdUnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot reach the lanrage client at {} (is `lanrage up` running, as this user?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream.take(1 << 20))
+        .read_line(&mut reply)
+        .context("no answer from the lanrage client")?;
+    serde_json::from_str(&reply).context("the lanrage client's answer is not understood")
+}
+
+/// The daemon's side: a listener and its open connections.
+pub struct Server {
+    pub listener: UnixListener,
+    path: PathBuf,
+    connections: Vec<(UnixStream, Vec<u8>, Instant)>,
+}
+
+/// How long a connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Binds `path`. A stale socket file (nobody answers on it) is replaced;
+    /// a live one means another client is running, which is an error.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        if StdUnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another lanrage client is running (it answers on {}); stop it first",
+                path.display()
+            );
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot remove stale {}", path.display()))
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {} to this user", path.display()))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+            connections: Vec::new(),
+        })
+    }
+
+    /// Accepts, reads and answers whatever is ready; never blocks.
+    pub fn poll(&mut self, now: Instant, status: impl Fn() -> StatusReply) {
+        // Bounded by the backlog: each accept takes one.
+        for _ in 0..64 {
+            match self.listener.accept() {
+                Ok((stream, _)) if self.connections.len() < MAX_CONNECTIONS => {
+                    self.connections.push((stream, Vec::new(), now));
+                }
+                Ok(_) => {} // over the limit: dropped, the command sees EOF
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "control socket accept failed");
+                    break;
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (i, (stream, buf, since)) in self.connections.iter_mut().enumerate() {
+            let mut chunk = [0u8; 512];
+            let finished = loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.contains(&b'\n') || buf.len() > MAX_REQUEST {
+                            answer(stream, buf, &status);
+                            break true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break now.saturating_duration_since(*since) > REQUEST_TIMEOUT
+                    }
+                    Err(_) => break true,
+                }
+            };
+            if finished {
+                done.push(i);
+            }
+        }
+        for i in done.into_iter().rev() {
+            self.connections.swap_remove(i);
+        }
+    }
+
+    /// Whether a connection waits for a request (the loop polls again soon).
+    pub fn has_pending(&self) -> bool {
+        !self.connections.is_empty()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn answer(stream: &mut UnixStream, request: &[u8], status: &impl Fn() -> StatusReply) {
+    let line = request.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let reply = match serde_json::from_slice::<Request>(line) {
+        Ok(Request::Status) => serde_json::to_string(&status()),
+        Err(e) => serde_json::to_string(&serde_json::json!({ "error": e.to_string() })),
+    };
+    if let Ok(mut reply) = reply {
+        reply.push('\n');
+        // Small enough for the socket buffer; a client that doesn't read
+        // just loses its answer.
+        let _ = stream.write_all(reply.as_bytes());
+    }
+}

@@ -1,0 +1,243 @@
+//! The Linux driver: one UDP socket (quinn-udp, with GRO where the kernel
+//! has it), one TUN device (tun-rs), the local control socket and the
+//! signals, in one mio loop on one thread. It owns the clock; the engine
+//! gets `Instant::now()` once per wake-up.
+//!
+//! Drive order per wake-up: receive every datagram (bounded per wake), read
+//! every TUN packet (bounded), fire the engine's timers if due, then flush
+//! its outputs (datagrams, TUN packets, events) and answer the control
+//! socket; sleep until a source is readable or the engine's next deadline.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use lanrage_client_core::{Engine, Event};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use tun_rs::SyncDevice;
+
+use crate::control::{Server, StatusReply};
+
+const UDP: Token = Token(0);
+const TUN: Token = Token(1);
+const CONTROL: Token = Token(2);
+const SIGNAL: Token = Token(3);
+
+/// Datagrams per receive call, each buffer big enough for a GRO batch.
+const RECV_BATCH: usize = 8;
+const RECV_BUF: usize = 64 * 1024;
+/// Reads per source per wake-up, so neither side starves the other.
+const MAX_READS_PER_WAKE: usize = 256;
+/// While a control connection waits for its request, wake at least this often.
+const CONTROL_TICK: Duration = Duration::from_millis(50);
+
+/// What the driver needs from the config.
+pub struct Setup {
+    pub interface: String,
+    pub listen_port: u16,
+    pub control_socket: std::path::PathBuf,
+}
+
+/// Runs `engine` until SIGINT or SIGTERM. The TUN device (and with it its
+/// address and route) is removed when this returns, on every path.
+pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
+        .with_context(|| format!("listen_port: cannot bind UDP port {}", setup.listen_port))?;
+    socket.set_nonblocking(true)?;
+    let udp_state =
+        UdpSocketState::new((&socket).into()).context("cannot set up the UDP socket")?;
+    let local = socket.local_addr()?;
+
+    // The engine's first event says how to configure the interface.
+    let Some(Event::ConfigureInterface {
+        address,
+        prefix_len,
+        mtu,
+    }) = engine.poll_event()
+    else {
+        anyhow::bail!("the engine did not ask for an interface");
+    };
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(&setup.interface)
+        .ipv4(address, prefix_len, None)
+        .mtu(mtu)
+        .build_sync()
+        .with_context(|| {
+            format!(
+                "interface: cannot create TUN device {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
+                setup.interface
+            )
+        })?;
+    tun.set_nonblocking(true)?;
+    tracing::info!(interface = %setup.interface, %address, prefix_len, mtu, "interface up");
+
+    let mut control = Server::bind(&setup.control_socket)?;
+    let (signal_read, signal_write) = StdUnixStream::pair()?;
+    signal_read.set_nonblocking(true)?;
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(signal, signal_write.try_clone()?)
+            .context("cannot install signal handlers")?;
+    }
+
+    let mut poll = Poll::new()?;
+    let registry = poll.registry();
+    registry.register(&mut SourceFd(&socket.as_raw_fd()), UDP, Interest::READABLE)?;
+    registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+    registry.register(&mut control.listener, CONTROL, Interest::READABLE)?;
+    registry.register(
+        &mut SourceFd(&signal_read.as_raw_fd()),
+        SIGNAL,
+        Interest::READABLE,
+    )?;
+    tracing::info!(%local, public_key = %engine.public_key(), control = %setup.control_socket.display(), "lanrage up");
+
+    let mut io = Io {
+        socket,
+        udp_state,
+        tun,
+        recv_bufs: vec![vec![0u8; RECV_BUF]; RECV_BATCH],
+        tun_buf: vec![0u8; usize::from(mtu) + 64],
+        send_failures: 0,
+    };
+    let mut events = Events::with_capacity(16);
+    let mut busy = false;
+    loop {
+        let now = Instant::now();
+        let mut timeout = engine
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(now));
+        if busy {
+            timeout = Some(Duration::ZERO);
+        }
+        if control.has_pending() {
+            timeout = Some(timeout.map_or(CONTROL_TICK, |t| t.min(CONTROL_TICK)));
+        }
+        match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("poll failed"),
+        }
+        if events.iter().any(|e| e.token() == SIGNAL) {
+            tracing::info!("stopping");
+            break;
+        }
+        let now = Instant::now();
+        // Edge-triggered readiness: drain both every time (bounded).
+        busy = io.receive(now, &mut engine);
+        busy |= io.read_tun(now, &mut engine);
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+        }
+        io.flush(&mut engine);
+        control.poll(now, || StatusReply::from(engine.status(now)));
+    }
+    drop(signal_read);
+    Ok(())
+}
+
+struct Io {
+    socket: UdpSocket,
+    udp_state: UdpSocketState,
+    tun: SyncDevice,
+    recv_bufs: Vec<Vec<u8>>,
+    tun_buf: Vec<u8>,
+    send_failures: u64,
+}
+
+impl Io {
+    /// Hands every waiting datagram to the engine. True if it stopped at
+    /// the per-wake bound with more possibly waiting.
+    fn receive(&mut self, now: Instant, engine: &mut Engine) -> bool {
+        let mut meta = [RecvMeta::default(); RECV_BATCH];
+        for _ in 0..MAX_READS_PER_WAKE {
+            let mut slices: Vec<IoSliceMut<'_>> = self
+                .recv_bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(b))
+                .collect();
+            let count = match self
+                .udp_state
+                .recv((&self.socket).into(), &mut slices, &mut meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here (ECONNREFUSED from a dead
+                    // relay): nothing to do but read on.
+                    tracing::trace!(error = %e, "UDP receive error");
+                    continue;
+                }
+            };
+            drop(slices);
+            for (m, buf) in meta.iter().zip(&self.recv_bufs).take(count) {
+                let stride = m.stride.max(1);
+                for datagram in buf[..m.len].chunks(stride) {
+                    engine.handle_udp(now, m.addr, datagram);
+                }
+            }
+            self.flush(engine);
+        }
+        true
+    }
+
+    /// Hands every waiting TUN packet to the engine (bounded, as above).
+    fn read_tun(&mut self, now: Instant, engine: &mut Engine) -> bool {
+        for _ in 0..MAX_READS_PER_WAKE {
+            match self.tun.recv(&mut self.tun_buf) {
+                Ok(n) => engine.handle_tun(now, &self.tun_buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TUN read failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn flush(&mut self, engine: &mut Engine) {
+        while let Some(t) = engine.poll_transmit() {
+            let transmit = UdpTransmit {
+                destination: t.dst,
+                ecn: None,
+                contents: &t.payload,
+                segment_size: None,
+                src_ip: None,
+            };
+            if let Err(e) = self.udp_state.try_send((&self.socket).into(), &transmit) {
+                // WireGuard tolerates loss; never block the loop on a send.
+                self.send_failures += 1;
+                tracing::trace!(error = %e, dst = %t.dst, "UDP send failed");
+            }
+        }
+        while let Some(packet) = engine.poll_tun() {
+            if let Err(e) = self.tun.send(&packet) {
+                tracing::trace!(error = %e, "TUN write failed");
+            }
+        }
+        while let Some(event) = engine.poll_event() {
+            log_event(&event);
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::RelayRegistered { relay, reflexive } => {
+            tracing::info!(%relay, reflexive = ?reflexive, "registered with relay");
+        }
+        Event::RelayUnreachable { relay } => tracing::warn!(%relay, "relay unreachable"),
+        Event::RelayRestarted { relay } => tracing::info!(%relay, "relay restarted"),
+        Event::PathChanged { peer, relay } => tracing::info!(%peer, %relay, "path"),
+        Event::ConfigureInterface { .. } => {
+            tracing::warn!("the engine asked for the interface again; ignored");
+        }
+    }
+}
