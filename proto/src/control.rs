@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use crate::key::PeerKey;
 use crate::mac::{hash, mac, mac_matches};
+use crate::signal::{SignalView, MAX_SIGNAL_PLAINTEXT, TYPE_SIGNAL};
 use crate::wireguard::MAC_LEN;
 use crate::x25519::{PublicKey, StaticSecret};
 
@@ -109,6 +110,8 @@ pub enum ControlError {
     BadMac,
     #[error("the peer's public key is a low-order point (no shared secret)")]
     WeakKey,
+    #[error("signal payload of {0} bytes exceeds the maximum of {MAX_SIGNAL_PLAINTEXT}")]
+    SignalTooLong(usize),
 }
 
 /// Any control message, parsed and length-checked but not yet authenticated.
@@ -120,6 +123,7 @@ pub enum ControlMessage<'a> {
     Challenge(Challenge),
     Probe(ProbeView<'a>),
     ProbeAck(ProbeAckView<'a>),
+    Signal(SignalView<'a>),
 }
 
 impl<'a> ControlMessage<'a> {
@@ -132,6 +136,7 @@ impl<'a> ControlMessage<'a> {
             TYPE_CHALLENGE => Challenge::parse(bytes).map(Self::Challenge),
             TYPE_PROBE => ProbeView::parse(bytes).map(Self::Probe),
             TYPE_PROBE_ACK => ProbeAckView::parse(bytes).map(Self::ProbeAck),
+            TYPE_SIGNAL => SignalView::parse(bytes).map(Self::Signal),
             other => Err(ControlError::UnknownType(other)),
         }
     }
@@ -245,6 +250,11 @@ impl SessionKeys {
         let client_public = PublicKey::from(client_secret);
         let shared = client_secret.diffie_hellman(relay_public);
         Self::derive(&shared, &client_public, relay_public)
+    }
+
+    /// The client's MAC key towards the relay (signals are MACed with it too).
+    pub(crate) fn client_to_relay(&self) -> &[u8; 32] {
+        &self.client_to_relay
     }
 
     /// What the relay computes: `X25519(relay_secret, client_public)`.
@@ -669,7 +679,7 @@ impl<'a> ProbeAckView<'a> {
     }
 }
 
-fn header(kind: u8) -> [u8; HEADER_LEN] {
+pub(crate) fn header(kind: u8) -> [u8; HEADER_LEN] {
     [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, kind, 0, 0]
 }
 

@@ -13,6 +13,7 @@ pub mod control;
 pub mod demux;
 pub mod key;
 pub mod mac;
+pub mod signal;
 pub mod wireguard;
 
 pub use control::{ControlError, ControlMessage};

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use lanrage_proto::control::{ControlMessage, MAX_CONSENT};
+use lanrage_proto::signal::{Signal, SignalView};
+
+use crate::choice::{self, LatencyVector};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
 
@@ -25,6 +28,12 @@ pub const PREFIX_LEN: u8 = 16;
 /// How often boringtun's timers run (rekey, keepalive, retries), as its
 /// documentation asks (LAB.md: about every 100 ms).
 pub const WIREGUARD_TICK: Duration = Duration::from_millis(100);
+/// How often the engine looks at its latency vector, sends it to peers
+/// when it changed, and re-evaluates each peer's relay.
+pub const VECTOR_CHECK: Duration = Duration::from_secs(1);
+/// A vector is sent again after this long even if nothing changed (the
+/// peer may have restarted and lost it).
+pub const VECTOR_REFRESH: Duration = Duration::from_secs(20);
 /// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
 const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
 
@@ -145,6 +154,7 @@ pub struct Engine {
     timestamps: Timestamps,
     rng: u64,
     next_wireguard_tick: Instant,
+    next_vector_check: Instant,
     transmits: VecDeque<Transmit>,
     tun_out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
@@ -196,6 +206,7 @@ impl Engine {
             timestamps: Timestamps::new(now, unix_nanos_at_start),
             rng,
             next_wireguard_tick: now + WIREGUARD_TICK,
+            next_vector_check: now + VECTOR_CHECK,
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
             events: VecDeque::new(),
@@ -316,6 +327,14 @@ impl Engine {
                 self.move_paths_off(now, i);
             }
         }
+        if now >= self.next_vector_check {
+            self.next_vector_check = now + VECTOR_CHECK;
+            let vector = self.latency_vector();
+            for peer in 0..self.peers.len() {
+                self.send_vector_if_changed(now, peer, &vector);
+                self.evaluate_relay(now, peer);
+            }
+        }
         if now >= self.next_wireguard_tick {
             self.next_wireguard_tick = now + WIREGUARD_TICK;
             for peer in 0..self.peers.len() {
@@ -342,7 +361,7 @@ impl Engine {
         self.relays
             .iter()
             .map(Relay::next_deadline)
-            .chain(std::iter::once(self.next_wireguard_tick))
+            .chain([self.next_wireguard_tick, self.next_vector_check])
             .min()
     }
 
@@ -454,12 +473,132 @@ impl Engine {
                 }
                 RelayNews::Nothing
             }
+            ControlMessage::Signal(view) => {
+                self.handle_signal(now, relay, view);
+                RelayNews::Nothing
+            }
             ControlMessage::Register(_) | ControlMessage::Probe(_) => {
                 self.count(DropReason::BadControl);
                 RelayNews::Nothing
             }
         };
         self.on_relay_news(now, relay, news);
+    }
+
+    /// A signal from a peer, forwarded by a relay: opened with the peer's
+    /// key and newer than the last, or a counted drop.
+    fn handle_signal(&mut self, now: Instant, _relay: usize, view: SignalView<'_>) {
+        let Some(&peer) = self.by_key.get(&view.sender()) else {
+            self.count(DropReason::BadControl);
+            return;
+        };
+        if view.recipient() != self.key {
+            self.count(DropReason::BadControl);
+            return;
+        }
+        let Ok(plaintext) = self.peers[peer].accept_signal(&view) else {
+            self.count(DropReason::BadControl);
+            return;
+        };
+        let Some(vector) = choice::decode(&plaintext) else {
+            self.count(DropReason::BadControl);
+            return;
+        };
+        self.peers[peer].remote_vector = Some(vector);
+        self.evaluate_relay(now, peer);
+    }
+
+    /// Our RTT to every relay a path could use now.
+    fn latency_vector(&self) -> LatencyVector {
+        self.relays
+            .iter()
+            .filter(|r| r.is_usable())
+            .filter_map(|r| Some((r.spec.key, r.estimator.rtt()?)))
+            .collect()
+    }
+
+    /// Sends `vector` to `peer` if it differs enough from what the peer has
+    /// (a relay gained or lost, an RTT moved by 2 ms and a tenth), or after
+    /// [`VECTOR_REFRESH`].
+    fn send_vector_if_changed(&mut self, now: Instant, peer: usize, vector: &LatencyVector) {
+        if vector.is_empty() {
+            return;
+        }
+        let stale = match &self.peers[peer].sent_vector {
+            None => true,
+            Some((sent, at)) => {
+                now.saturating_duration_since(*at) >= VECTOR_REFRESH
+                    || sent.len() != vector.len()
+                    || sent.iter().zip(vector).any(|((r1, a), (r2, b))| {
+                        r1 != r2 || a.abs_diff(*b) > Duration::from_millis(2).max(*a / 10)
+                    })
+            }
+        };
+        if !stale {
+            return;
+        }
+        let Some(relay) = self.peers[peer]
+            .path
+            .filter(|&r| self.relays[r].is_usable())
+            .or_else(|| self.best_relay())
+        else {
+            return;
+        };
+        let Some(key) = self.peers[peer].signal_key().cloned() else {
+            return;
+        };
+        let signal = Signal {
+            sender: self.key,
+            recipient: self.peers[peer].spec.key,
+            timestamp: self.timestamps.next(now),
+            plaintext: choice::encode(vector),
+        };
+        let Ok(payload) = signal.seal(&key, self.relays[relay].keys()) else {
+            return;
+        };
+        let dst = self.relays[relay].spec.addr;
+        self.transmits.push_back(Transmit { dst, payload });
+        self.peers[peer].sent_vector = Some((vector.clone(), now));
+        self.evaluate_relay(now, peer);
+    }
+
+    /// Moves `peer`'s path to the relay both vectors agree on, if it beats
+    /// the current one clearly, [`choice::CONFIRMATIONS`] times in a row.
+    fn evaluate_relay(&mut self, now: Instant, peer: usize) {
+        let p = &self.peers[peer];
+        let (Some((mine, _)), Some(theirs), Some(current)) =
+            (&p.sent_vector, &p.remote_vector, p.path)
+        else {
+            return;
+        };
+        let Some((best, best_cost)) = choice::best(mine, theirs) else {
+            return;
+        };
+        let current_key = self.relays[current].spec.key;
+        let current_cost = choice::cost(mine, theirs, &current_key).unwrap_or(Duration::MAX);
+        if best == current_key || !choice::clearly_better(best_cost, current_cost) {
+            self.peers[peer].better = None;
+            return;
+        }
+        let wins = match self.peers[peer].better {
+            Some((relay, n)) if relay == best => n + 1,
+            _ => 1,
+        };
+        self.peers[peer].better = Some((best, wins));
+        if wins < choice::CONFIRMATIONS {
+            return;
+        }
+        let Some(target) = self
+            .relays
+            .iter()
+            .position(|r| r.spec.key == best && r.is_usable())
+        else {
+            return;
+        };
+        self.peers[peer].better = None;
+        tracing::debug!(peer = %self.peers[peer].spec.name, relay = %self.relays[target].spec.name, "a clearly better relay");
+        self.set_path(now, peer, target);
+        self.force_handshake(now, peer, target, Urgency::Now);
     }
 
     fn on_relay_news(&mut self, now: Instant, relay: usize, news: RelayNews) {
@@ -604,12 +743,23 @@ impl Engine {
                 return Some(relay);
             }
         }
-        let best = self.best_relay()?;
+        let best = self.preferred_relay(peer).or_else(|| self.best_relay())?;
         if self.peers[peer].path.is_some() {
             self.set_path(now, peer, best);
             self.force_handshake(now, peer, best, Urgency::Now);
         }
         Some(best)
+    }
+
+    /// The relay both latency vectors agree on for `peer`, if we have both
+    /// and it is usable.
+    fn preferred_relay(&self, peer: usize) -> Option<usize> {
+        let p = &self.peers[peer];
+        let (mine, _) = p.sent_vector.as_ref()?;
+        let (best, _) = choice::best(mine, p.remote_vector.as_ref()?)?;
+        self.relays
+            .iter()
+            .position(|r| r.spec.key == best && r.is_usable())
     }
 
     /// The usable relay with the lowest RTT; ties (and relays not measured
@@ -641,13 +791,13 @@ impl Engine {
     /// A relay became unreachable: every peer on it moves to the best other
     /// one, with a handshake through it.
     fn move_paths_off(&mut self, now: Instant, relay: usize) {
-        let Some(best) = self.best_relay() else {
-            return;
-        };
         let peers: Vec<usize> = (0..self.peers.len())
             .filter(|&p| self.peers[p].path == Some(relay))
             .collect();
         for peer in peers {
+            let Some(best) = self.preferred_relay(peer).or_else(|| self.best_relay()) else {
+                return;
+            };
             self.set_path(now, peer, best);
             self.force_handshake(now, peer, best, Urgency::Now);
         }

@@ -20,6 +20,7 @@
 //! probes, relay choice, failover) runs on the `now` it is given, which the
 //! tests drive virtually.
 
+pub mod choice;
 pub mod config;
 pub mod engine;
 mod estimator;

@@ -4,7 +4,11 @@
 use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
+use lanrage_proto::signal::{SignalKey, SignalView};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
+use lanrage_proto::PeerKey;
+
+use crate::choice::LatencyVector;
 
 use crate::config::PeerSpec;
 
@@ -20,6 +24,18 @@ pub struct Peer {
     /// handshaken through, and so the one the relay holds routes on.
     pub path: Option<usize>,
     last_forced: Option<Instant>,
+    /// End-to-end signal keys, both directions (none for a low-order key,
+    /// which boringtun refuses too).
+    signal_out: Option<SignalKey>,
+    signal_in: Option<SignalKey>,
+    /// The timestamp of the last signal opened from this peer.
+    last_signal: u64,
+    /// The peer's latency vector, as it last sent it.
+    pub remote_vector: Option<LatencyVector>,
+    /// Ours, as we last sent it to this peer, and when.
+    pub sent_vector: Option<(LatencyVector, Instant)>,
+    /// A relay that beat the current one, and on how many evaluations in a row.
+    pub better: Option<(PeerKey, u32)>,
     /// Datagrams from this peer's tunnel that the engine refused (a source
     /// address outside the peer's virtual IP, a bad packet).
     pub rejected: u64,
@@ -38,13 +54,38 @@ impl Peer {
             slot,
             None,
         );
+        let signal_out = SignalKey::outgoing(secret, &spec.key).ok();
+        let signal_in = SignalKey::incoming(secret, &spec.key).ok();
         Self {
             spec,
             tunn,
             path: None,
             last_forced: None,
+            signal_out,
+            signal_in,
+            last_signal: 0,
+            remote_vector: None,
+            sent_vector: None,
+            better: None,
             rejected: 0,
         }
+    }
+
+    /// The key for signals to this peer.
+    pub fn signal_key(&self) -> Option<&SignalKey> {
+        self.signal_out.as_ref()
+    }
+
+    /// Opens a signal from this peer if it is authentic and newer than the
+    /// last one opened (a relay can't replay or forge one).
+    pub fn accept_signal(&mut self, view: &SignalView<'_>) -> Result<Vec<u8>, ()> {
+        let key = self.signal_in.as_ref().ok_or(())?;
+        if view.timestamp() <= self.last_signal {
+            return Err(());
+        }
+        let plaintext = view.open(key).map_err(|_| ())?;
+        self.last_signal = view.timestamp();
+        Ok(plaintext)
     }
 
     /// Whether a forced initiation may go now (and records it if so).

@@ -111,6 +111,11 @@ impl Relay {
         })
     }
 
+    /// The MAC keys this client shares with the relay.
+    pub fn keys(&self) -> &SessionKeys {
+        &self.keys
+    }
+
     pub fn is_registered(&self) -> bool {
         self.registered
     }

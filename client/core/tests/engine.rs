@@ -202,3 +202,54 @@ fn garbage_and_forgeries_are_counted_drops() {
     );
     assert!(!sim.received_with(1, PING).is_empty());
 }
+
+#[test]
+fn both_clients_move_together_when_their_relay_gets_slower() {
+    let mut sim = two_by_two(6);
+    sim.run_for(Duration::from_secs(2));
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(3));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    // A delaying forwarder in front of relay2: 5 ms becomes 60 ms each way.
+    let slowed = sim.now;
+    sim.set_link(0, 1, Link::ms(60));
+    sim.set_link(1, 1, Link::ms(60));
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(20));
+    for (c, peer) in [(0, 1), (1, 0)] {
+        assert_eq!(
+            sim.path_of(c, peer).as_deref(),
+            Some("relay1"),
+            "client {c}"
+        );
+        let moves: Vec<_> = sim.clients[c]
+            .events
+            .iter()
+            .filter(|(at, e)| *at > slowed && matches!(e, Event::PathChanged { .. }))
+            .collect();
+        assert_eq!(moves.len(), 1, "client {c} moved once: {moves:?}");
+    }
+    // Traffic kept flowing through the move.
+    assert!(
+        longest_gap(&sim) < Duration::from_millis(600),
+        "{:?}",
+        longest_gap(&sim)
+    );
+}
+
+#[test]
+fn the_pair_picks_the_relay_best_for_both_not_for_one() {
+    // relay1 is next to client 0 but far from client 1; relay2 is in the
+    // middle. Alone, client 0 would take relay1 (5 + 80 = 85 ms one way);
+    // together they take relay2 (30 + 30 = 60 ms).
+    let mut sim = Sim::new(
+        7,
+        2,
+        &[
+            vec![Link::ms(5), Link::ms(30)],
+            vec![Link::ms(80), Link::ms(30)],
+        ],
+    );
+    sim.run_for(Duration::from_secs(3));
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(15));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay2"));
+}

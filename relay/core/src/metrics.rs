@@ -65,10 +65,17 @@ pub enum DropReason {
     /// A reply would have been larger than the request it answers. Replies are
     /// built smaller by design; this counter staying at zero is the proof.
     ReplyLargerThanRequest,
+    /// A signal whose MAC is not its sender's (registration key).
+    SignalBadMac,
+    /// A signal whose timestamp is not above its sender's last forwarded one.
+    SignalReplay,
+    /// A signal to a key that isn't registered or doesn't consent to the
+    /// sender (or that the sender doesn't consent to).
+    SignalNotForwardable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 25] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
@@ -91,6 +98,9 @@ impl DropReason {
         Self::ProbeBadMac,
         Self::Oversized,
         Self::ReplyLargerThanRequest,
+        Self::SignalBadMac,
+        Self::SignalReplay,
+        Self::SignalNotForwardable,
     ];
 
     /// The label value used in metrics and logs.
@@ -118,6 +128,9 @@ impl DropReason {
             Self::ProbeBadMac => "probe_bad_mac",
             Self::Oversized => "oversized",
             Self::ReplyLargerThanRequest => "reply_larger_than_request",
+            Self::SignalBadMac => "signal_bad_mac",
+            Self::SignalReplay => "signal_replay",
+            Self::SignalNotForwardable => "signal_not_forwardable",
         }
     }
 
@@ -173,9 +186,11 @@ pub enum Event {
     /// io_uring: a completion the kernel could not post (completion queue
     /// overflow). A lost receive completion is a lost datagram.
     CompletionQueueOverflow,
+    /// A signal forwarded between two consenting peers.
+    SignalForwarded,
 }
 
-const EVENTS: [(Event, &str, &str); 23] = [
+const EVENTS: [(Event, &str, &str); 24] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -292,6 +307,11 @@ const EVENTS: [(Event, &str, &str); 23] = [
         Event::CompletionQueueOverflow,
         "lanrage_relay_uring_cq_overflow_total",
         "io_uring: completions the kernel dropped because the completion queue overflowed.",
+    ),
+    (
+        Event::SignalForwarded,
+        "lanrage_relay_signals_forwarded_total",
+        "Signals forwarded between two registered, mutually consenting peers.",
     ),
 ];
 

@@ -44,6 +44,7 @@ use lanrage_proto::control::{
     PROBE_ACK_LEN, REGISTER_ACK_LEN, UNKNOWN_SESSION_LEN,
 };
 use lanrage_proto::mac::{self, CookieKey, Mac1Key};
+use lanrage_proto::signal::SignalView;
 use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, COOKIE_REPLY_LEN, MAC_LEN};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey, WgMessage};
@@ -143,6 +144,12 @@ pub const MAX_PENDING_PER_PEER: usize = 2;
 const CLIENT_REGISTRATION_LIMIT: RateLimit = RateLimit {
     per_second: 1,
     burst: 10,
+};
+/// A registered client's budget for signals it sends through the relay
+/// (latency vectors, candidates, pings: a few per second at most).
+const CLIENT_SIGNAL_LIMIT: RateLimit = RateLimit {
+    per_second: 20,
+    burst: 40,
 };
 /// How often `handle_timeout` sweeps the tables.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -244,6 +251,11 @@ struct Client {
     /// so junk sent in a client's name can't starve a neighbour behind the
     /// same IP; when it is empty, junk is dropped before any mac1 work.
     junk_budget: Bucket,
+    /// The timestamp of the last signal forwarded from this client: the
+    /// next must be above it (replay through the relay).
+    last_signal: u64,
+    /// Signals from this client ([`CLIENT_SIGNAL_LIMIT`]).
+    signal_budget: Bucket,
 }
 
 impl Client {
@@ -614,6 +626,7 @@ impl Router {
         match ControlMessage::parse(buf) {
             Ok(ControlMessage::Register(view)) => self.register(now, src, view),
             Ok(ControlMessage::Probe(view)) => self.probe(src, view),
+            Ok(ControlMessage::Signal(view)) => self.core().forward_signal(now, src, &view),
             Ok(
                 ControlMessage::RegisterAck(_)
                 | ControlMessage::UnknownSession(_)
@@ -1221,6 +1234,46 @@ impl Core {
     // ---- registration -------------------------------------------------------------
 
     /// The endpoint and cached session keys of a registered key.
+    /// A signal (docs/protocol.md §2.10): forwarded unchanged, to the
+    /// recipient's endpoint, only from the sender's bound endpoint with its
+    /// MAC, a timestamp above the last, within its budget, and between two
+    /// registered keys that consent to each other. Anything else is a
+    /// counted drop; nothing is ever sent back.
+    fn forward_signal(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        view: &SignalView<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let sender = view.sender();
+        let recipient = view.recipient();
+        let target = self
+            .clients
+            .get(&recipient)
+            .filter(|target| target.consents_to(&sender))
+            .map(|target| target.endpoint);
+        let Some(client) = self.clients.get_mut(&sender) else {
+            return Err(DropReason::Unregistered);
+        };
+        if client.endpoint != src {
+            return Err(DropReason::Unregistered);
+        }
+        view.verify_relay_mac(&client.keys)
+            .map_err(|_| DropReason::SignalBadMac)?;
+        if view.timestamp() <= client.last_signal {
+            return Err(DropReason::SignalReplay);
+        }
+        if !client.signal_budget.take(CLIENT_SIGNAL_LIMIT, now) {
+            return Err(DropReason::RateLimited);
+        }
+        let Some(target) = target.filter(|_| client.consents_to(&recipient)) else {
+            return Err(DropReason::SignalNotForwardable);
+        };
+        client.last_signal = view.timestamp();
+        self.metrics.record(Event::SignalForwarded);
+        Ok(Outcome::Forward(target))
+    }
+
     fn session_keys(&self, key: &PeerKey) -> Option<(SocketAddr, SessionKeys)> {
         self.clients
             .get(key)
@@ -1310,6 +1363,8 @@ impl Core {
                         pending: Vec::new(),
                         registration_budget,
                         junk_budget: Bucket::full(handshake_limit, now),
+                        last_signal: 0,
+                        signal_budget: Bucket::full(CLIENT_SIGNAL_LIMIT, now),
                     },
                 );
                 self.by_endpoint.insert(src, key);
