@@ -284,6 +284,14 @@ fn exercise_control(bytes: &[u8]) -> Result<(), TestCaseError> {
             let _ = view.unauthenticated();
             let _ = view.verify(&fx.at_client);
         }
+        ControlMessage::Signal(view) => {
+            prop_assert!((lanrage_proto::signal::SIGNAL_MIN_LEN
+                ..=lanrage_proto::signal::SIGNAL_MAX_LEN)
+                .contains(&bytes.len()));
+            prop_assert_eq!(view.len(), bytes.len());
+            let _ = (view.sender(), view.recipient(), view.timestamp());
+            let _ = view.verify_relay_mac(&fx.at_relay);
+        }
     }
     Ok(())
 }

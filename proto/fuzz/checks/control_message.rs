@@ -1,7 +1,8 @@
 //! `ControlMessage::parse` on arbitrary datagrams, then `verify` of whatever
 //! parsed, under fixed session keys: never panics; whatever verifies re-seals,
 //! and an accepted unknown-session hint, challenge or unauthenticated probe
-//! ack re-encodes, to the same bytes.
+//! ack re-encodes, to the same bytes; a signal that passes both the relay's
+//! MAC and the end-to-end seal re-seals to the same bytes.
 //!
 //! Shared by the cargo-fuzz target (`fuzz_targets/control_message.rs`) and the stable
 //! replay test `proto/tests/fuzz_replay.rs`.
@@ -9,9 +10,10 @@
 use std::sync::OnceLock;
 
 use lanrage_proto::control::{Probe, ProbeAck, SessionKeys, PROBE_ACK_LEN};
+use lanrage_proto::signal::{Signal, SignalKey};
 use lanrage_proto::wireguard::MAC_LEN;
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
-use lanrage_proto::{classify, ControlMessage, DatagramKind};
+use lanrage_proto::{classify, ControlMessage, DatagramKind, PeerKey};
 
 fn keys() -> &'static SessionKeys {
     static KEYS: OnceLock<SessionKeys> = OnceLock::new();
@@ -59,5 +61,30 @@ pub fn check(data: &[u8]) {
                 }
             }
         }
+        ControlMessage::Signal(view) => {
+            let (sender, recipient, timestamp) =
+                (view.sender(), view.recipient(), view.timestamp());
+            let relay_ok = view.verify_relay_mac(keys()).is_ok();
+            if let (true, Ok(plaintext)) = (relay_ok, view.open(signal_key())) {
+                let signal = Signal {
+                    sender,
+                    recipient,
+                    timestamp,
+                    plaintext,
+                };
+                let resealed = signal
+                    .seal(signal_key(), keys())
+                    .expect("parsed length is capped");
+                assert_eq!(resealed, data);
+            }
+        }
     }
+}
+
+fn signal_key() -> &'static SignalKey {
+    static KEY: OnceLock<SignalKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let peer = PeerKey::from(&PublicKey::from(&StaticSecret::from([0x33; 32])));
+        SignalKey::outgoing(&StaticSecret::from([0x11; 32]), &peer).expect("valid keys")
+    })
 }
