@@ -16,6 +16,9 @@ mod sockaddr;
 pub mod socket_stats;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod tests;
+mod transmit;
 pub mod uring;
 
 use std::io;
@@ -320,7 +323,7 @@ fn warn_if_capped(option: &str, sysctl: &str, wanted: usize, got: io::Result<usi
 }
 
 #[cfg(test)]
-mod tests {
+mod bind_tests {
     use super::*;
     use std::collections::HashSet;
 

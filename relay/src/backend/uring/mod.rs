@@ -49,10 +49,12 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use libc::{iovec, msghdr, sockaddr_storage};
 use mio::{Poll, Token, Waker};
 
+use super::transmit::{self, Failure, SendPolicy};
 use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
 use buf_ring::BufRing;
 use lanrage_relay_core::metrics::{DropReason, Event};
-use lanrage_relay_core::router::Verdict;
+#[cfg(test)]
+pub(crate) use probe::probe_kernel;
 pub use probe::{probe, FORCE_PROBE_FAIL_ENV};
 use send_slots::{sockaddr_dst, SendSlots};
 
@@ -200,8 +202,8 @@ pub struct UringBackend {
     stop_poll_armed: bool,
     /// `SendMsg`s in the submission queue or in the kernel, not yet completed.
     sends_in_flight: usize,
-    /// Cleared for good the first time the kernel refuses a GSO send.
-    gso_enabled: bool,
+    /// GSO grouping and what a failed send means, shared with epoll.
+    policy: SendPolicy,
     stats: Arc<UringStats>,
     /// How much of `stats.sq_full` is already in the router's metrics.
     sq_full_reported: u64,
@@ -268,7 +270,7 @@ impl UringBackend {
             recv_armed: false,
             stop_poll_armed: false,
             sends_in_flight: 0,
-            gso_enabled: options.gso && gso::supported(fd),
+            policy: SendPolicy::new(options.gso && gso::supported(fd)),
             stats: Arc::default(),
             sq_full_reported: 0,
             cq_overflow_reported: 0,
@@ -481,25 +483,10 @@ impl UringBackend {
                 // reference to it exists. `offset + payload_len <= len <=
                 // BUF_SIZE` was checked by `parse`.
                 let payload = unsafe { self.bufs.slice_mut(bid, offset, payload_len) };
-                match handler.handle(now, src, payload) {
-                    Verdict::Forward(dst) => self.outgoing.push(Outgoing {
-                        bid,
-                        offset,
-                        len: payload_len,
-                        dst,
-                    }),
-                    Verdict::Reply(reply_len) => {
-                        // The router writes replies into the request's buffer;
-                        // clamp anyway rather than trust it.
-                        debug_assert!(reply_len <= payload_len, "reply longer than the request");
-                        self.outgoing.push(Outgoing {
-                            bid,
-                            offset,
-                            len: reply_len.min(payload_len),
-                            dst: src,
-                        });
-                    }
-                    Verdict::Drop(_) => self.bufs.recycle(bid),
+                let verdict = handler.handle(now, src, payload);
+                match transmit::outgoing(verdict, src, Held { bid, offset }, payload_len) {
+                    Some(out) => self.outgoing.push(out),
+                    None => self.bufs.recycle(bid),
                 }
             }
             Err(reason) => {
@@ -562,17 +549,12 @@ impl UringBackend {
         Ok((src, offset, payload.len()))
     }
 
-    /// Groups the batch's datagrams into sends: runs to one destination
-    /// with one size (a shorter last one allowed) share one GSO send, within
-    /// the kernel's limits (see [`gso::run_end`]).
+    /// Groups the batch's datagrams into sends as the shared policy says
+    /// ([`SendPolicy::run_end`]): a GSO send per run to one destination.
     fn send_grouped<H: Handler>(&mut self, outgoing: &[Outgoing], handler: &H) {
         let mut start = 0;
         while start < outgoing.len() {
-            let end = if self.gso_enabled {
-                gso::run_end(outgoing, start, |o| o.dst, |o| o.len)
-            } else {
-                start + 1
-            };
+            let end = self.policy.run_end(outgoing, start);
             self.send(&outgoing[start..end], handler);
             start = end;
         }
@@ -585,23 +567,26 @@ impl UringBackend {
         };
         let index = self.slots.alloc();
         let slot = self.slots.get_mut(index);
-        let Some(name_len) = sockaddr::from_std(first.dst, self.v6_socket, &mut slot.addr) else {
-            // An IPv6 peer on an IPv4-only socket: unreachable from here.
-            tracing::trace!(dst = %first.dst, "cannot send to this address family");
+        let Some(name_len) = self.policy.address(
+            first.dst,
+            self.v6_socket,
+            &mut slot.addr,
+            group.len(),
+            handler.metrics(),
+        ) else {
             self.slots.free(index);
             for out in group {
-                handler.metrics().record_send_error();
-                self.bufs.recycle(out.bid);
+                self.bufs.recycle(out.buf.bid);
             }
             return;
         };
         slot.count = group.len();
         for (i, out) in group.iter().enumerate() {
-            slot.bids[i] = out.bid;
-            slot.offsets[i] = out.offset as u16;
+            slot.bids[i] = out.buf.bid;
+            slot.offsets[i] = out.buf.offset as u16;
             slot.iovs[i] = iovec {
                 // Points into the held buffer; see `SendSlot`.
-                iov_base: self.bufs.ptr(out.bid, out.offset).cast(),
+                iov_base: self.bufs.ptr(out.buf.bid, out.buf.offset).cast(),
                 iov_len: out.len,
             };
         }
@@ -615,12 +600,12 @@ impl UringBackend {
             slot.write_segment_cmsg(first.len as u16);
             UringStats::add(&self.stats.gso_sends, 1);
             UringStats::add(&self.stats.gso_datagrams, group.len() as u64);
-            handler.metrics().record(Event::GsoSend);
         } else {
             slot.hdr.msg_control = ptr::null_mut();
             slot.hdr.msg_controllen = 0;
         }
         UringStats::add(&self.stats.sends, 1);
+        self.policy.submitted(group.len(), handler.metrics());
         let entry = opcode::SendMsg::new(types::Fd(self.fd), ptr::from_ref(&slot.hdr))
             .flags(libc::MSG_DONTWAIT as u32)
             .build()
@@ -629,8 +614,8 @@ impl UringBackend {
         self.push(entry);
     }
 
-    /// A send completed: give its buffers back, count failures, and resend
-    /// one by one if the kernel refused GSO.
+    /// A send completed: give its buffers back, or count the failure the
+    /// shared policy's way, and resend one by one if the kernel refused GSO.
     fn on_send<H: Handler>(&mut self, index: usize, result: i32, handler: &H) {
         let Some(slot) = self.slots.get_live(index) else {
             tracing::warn!(index, "completion for an unknown send slot");
@@ -638,24 +623,20 @@ impl UringBackend {
         };
         self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
         let count = slot.count;
-        if result < 0 && slot.gso && matches!(-result, libc::EIO | libc::EINVAL) {
-            // EIO: the device can't checksum-offload GSO; EINVAL: segments
-            // too large for the route's MTU, or GSO unsupported. Resend each
-            // datagram alone from the same buffers, and stop using GSO.
-            if self.gso_enabled {
-                self.gso_enabled = false;
-                tracing::warn!(
-                    error = %io::Error::from_raw_os_error(-result),
-                    "the kernel refused a UDP GSO send; sending one datagram per call from now on"
-                );
-            }
+        let failure = (result < 0).then(|| {
+            self.policy
+                .failed(sockaddr_dst(slot), count, -result, handler.metrics())
+        });
+        if failure == Some(Failure::ResendUnsegmented) {
             UringStats::add(&self.stats.gso_fallbacks, 1);
-            handler.metrics().record(Event::GsoRefused);
+            // Each datagram alone, from the same held buffers.
             let dst = sockaddr_dst(slot);
             let singles: Vec<Outgoing> = (0..count)
                 .map(|i| Outgoing {
-                    bid: slot.bids[i],
-                    offset: usize::from(slot.offsets[i]),
+                    buf: Held {
+                        bid: slot.bids[i],
+                        offset: usize::from(slot.offsets[i]),
+                    },
                     len: slot.iovs[i].iov_len,
                     dst,
                 })
@@ -665,22 +646,6 @@ impl UringBackend {
                 self.send(std::slice::from_ref(single), handler);
             }
             return;
-        }
-        if result < 0 {
-            tracing::trace!(
-                error = %io::Error::from_raw_os_error(-result),
-                datagrams = count,
-                "send failed"
-            );
-            if matches!(-result, libc::EAGAIN | libc::ENOBUFS) {
-                // The socket send buffer (or a queue below it) is full.
-                handler
-                    .metrics()
-                    .record_n(Event::SendBufferFull, count as u64);
-            }
-            for _ in 0..count {
-                handler.metrics().record_send_error();
-            }
         }
         for i in 0..count {
             let bid = slot.bids[i];
@@ -901,12 +866,12 @@ struct Completion {
     flags: u32,
 }
 
-/// One datagram to send, from a held buffer.
+/// Where a datagram to send lives: a held buffer, from `offset` on.
 #[derive(Debug, Clone, Copy)]
-struct Outgoing {
+struct Held {
     bid: u16,
-    /// Where the payload starts in the buffer.
     offset: usize,
-    len: usize,
-    dst: SocketAddr,
 }
+
+/// One datagram to send, from a held buffer.
+type Outgoing = transmit::Outgoing<Held>;

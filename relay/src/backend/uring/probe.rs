@@ -46,7 +46,7 @@ pub(super) fn forced_failure(value: Option<&OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-pub(super) fn probe_kernel() -> Result<(), String> {
+pub(crate) fn probe_kernel() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| explain_setup_error(&e))?;
     if !ring.params().is_feature_ext_arg() {
         return Err(
