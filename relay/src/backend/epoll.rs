@@ -21,9 +21,10 @@ use std::time::Instant;
 use libc::{iovec, mmsghdr, sockaddr_storage, socklen_t};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::metrics::{BackendMetrics, Counter};
 use super::transmit::{self, Failure, Outgoing, SendPolicy};
 use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
-use lanrage_relay_core::metrics::{DropReason, Event, Metrics};
+use std::sync::Arc;
 
 /// Receive buffer per datagram. WireGuard over a 1500-byte path MTU sends at
 /// most 1472 bytes of UDP payload; anything larger than this is not a
@@ -46,11 +47,17 @@ pub struct EpollBackend {
     stop: StopHandle,
     batch_size: usize,
     gso: bool,
+    metrics: Arc<BackendMetrics>,
 }
 
 impl EpollBackend {
-    /// Registers a non-blocking socket (from [`super::bind_udp`]) with a new poll.
-    pub fn new(socket: UdpSocket, options: Options) -> io::Result<Self> {
+    /// Registers a non-blocking socket (from [`super::bind_udp`]) with a new
+    /// poll; counts into `metrics`.
+    pub fn new(
+        socket: UdpSocket,
+        options: Options,
+        metrics: Arc<BackendMetrics>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         socket.set_nonblocking(true)?;
@@ -65,6 +72,7 @@ impl EpollBackend {
             stop: StopHandle::new(waker),
             batch_size: options.batch_size.max(1),
             gso: options.gso,
+            metrics,
         })
     }
 
@@ -120,8 +128,8 @@ impl EpollBackend {
             let now = Instant::now();
             // Under a flood the socket may never drain; timers still run.
             fire_timers(handler, now);
-            batch.dispatch(received, now, handler);
-            batch.send(fd, self.v6_socket, handler);
+            batch.dispatch(received, now, handler, &self.metrics);
+            batch.send(fd, self.v6_socket, &self.metrics);
         }
     }
 }
@@ -222,18 +230,24 @@ impl Batch {
     }
 
     /// Hands each received datagram to the handler and queues the sends.
-    fn dispatch<H: Handler>(&mut self, received: usize, now: Instant, handler: &mut H) {
+    fn dispatch<H: Handler>(
+        &mut self,
+        received: usize,
+        now: Instant,
+        handler: &mut H,
+        metrics: &BackendMetrics,
+    ) {
         self.outgoing.clear();
         for i in 0..received {
-            handler.metrics().record_received();
+            metrics.record(Counter::Received);
             let hdr = &self.recv_hdrs[i].msg_hdr;
             if hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                handler.metrics().record_drop(DropReason::Oversized);
+                metrics.record(Counter::Oversized);
                 tracing::trace!(max = MAX_DATAGRAM, "dropping oversized datagram");
                 continue;
             }
             let Some(src) = sockaddr::to_std(&self.recv_addrs[i], hdr.msg_namelen) else {
-                handler.metrics().record(Event::ReceiveDiscarded);
+                metrics.record(Counter::ReceiveDiscarded);
                 tracing::trace!(
                     family = self.recv_addrs[i].ss_family,
                     "dropping datagram from an unsupported address family"
@@ -250,8 +264,7 @@ impl Batch {
 
     /// Sends the queued datagrams with as few `sendmmsg` calls as the kernel
     /// allows, coalescing runs to one destination into GSO sends.
-    fn send<H: Handler>(&mut self, fd: RawFd, v6_socket: bool, handler: &H) {
-        let metrics = handler.metrics();
+    fn send(&mut self, fd: RawFd, v6_socket: bool, metrics: &BackendMetrics) {
         self.send_runs.clear();
         let mut iovs = 0; // iovecs used, one per datagram
         let mut start = 0;
@@ -358,7 +371,7 @@ impl Batch {
     /// Sends the datagrams of send header `index` again, one per `sendmsg`,
     /// after the kernel refused them as one GSO send. The header is reused:
     /// same destination, one iovec at a time, no control message.
-    fn resend_unsegmented(&mut self, fd: RawFd, index: usize, metrics: &Metrics) {
+    fn resend_unsegmented(&mut self, fd: RawFd, index: usize, metrics: &BackendMetrics) {
         let run = self.send_runs[index];
         for iov in run.first_iov..run.first_iov + run.segments {
             let hdr = &mut self.send_hdrs[index].msg_hdr;

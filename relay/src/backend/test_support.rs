@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::metrics::{BackendMetrics, Counter};
 use super::{bind_udp, epoll, uring, Backend, Handler, Inner, Options, StopHandle};
 use crate::config::SocketConfig;
-use lanrage_relay_core::metrics::{DropReason, Event, Metrics};
+use lanrage_relay_core::metrics::DropReason;
 use lanrage_relay_core::router::Verdict;
 use lanrage_test_support::privileged::skip_or_fail;
 
@@ -44,6 +45,7 @@ impl Kind {
 /// A backend running a [`Fake`] on a thread of its own.
 pub struct Running {
     pub relay: SocketAddr,
+    pub metrics: Arc<BackendMetrics>,
     stop: StopHandle,
     thread: thread::JoinHandle<Fake>,
 }
@@ -51,29 +53,30 @@ pub struct Running {
 /// What a stopped backend leaves: the handler, and the counters.
 pub struct Finished {
     pub fake: Fake,
+    pub metrics: Arc<BackendMetrics>,
 }
 
 impl Finished {
     pub fn received(&self) -> u64 {
-        self.fake.metrics.received()
+        self.metrics.get(Counter::Received)
     }
     pub fn send_errors(&self) -> u64 {
-        self.fake.metrics.send_errors()
+        self.metrics.get(Counter::SendErrors)
     }
     pub fn oversized(&self) -> u64 {
-        self.fake.metrics.dropped(DropReason::Oversized)
+        self.metrics.get(Counter::Oversized)
     }
     pub fn gso_sends(&self) -> u64 {
-        self.fake.metrics.event_count(Event::GsoSend)
+        self.metrics.get(Counter::GsoSends)
     }
     pub fn gso_refused(&self) -> u64 {
-        self.fake.metrics.event_count(Event::GsoRefused)
+        self.metrics.get(Counter::GsoRefused)
     }
     pub fn recv_buffers_exhausted(&self) -> u64 {
-        self.fake.metrics.event_count(Event::RecvBuffersExhausted)
+        self.metrics.get(Counter::UringRecvBuffersExhausted)
     }
     pub fn recv_rearms(&self) -> u64 {
-        self.fake.metrics.event_count(Event::RecvRearmed)
+        self.metrics.get(Counter::UringRecvRearms)
     }
 }
 
@@ -82,7 +85,10 @@ impl Running {
     pub fn finish(self) -> Finished {
         self.stop.stop();
         let fake = self.thread.join().expect("backend thread");
-        Finished { fake }
+        Finished {
+            fake,
+            metrics: self.metrics,
+        }
     }
 }
 
@@ -122,7 +128,14 @@ pub fn start(
         batch_size: setup.batch_size,
         gso: true,
     };
-    let backend = backend(kind, socket, options, setup.ring_entries)?;
+    let metrics = Arc::new(BackendMetrics::default());
+    let backend = backend(
+        kind,
+        socket,
+        options,
+        setup.ring_entries,
+        Arc::clone(&metrics),
+    )?;
     let relay = backend.local_addr()?;
     let stop = backend.stop_handle();
     let mut fake = fake;
@@ -132,6 +145,7 @@ pub fn start(
     });
     Ok(Running {
         relay,
+        metrics,
         stop,
         thread,
     })
@@ -143,13 +157,15 @@ pub fn backend(
     socket: UdpSocket,
     options: Options,
     ring_entries: u16,
+    metrics: Arc<BackendMetrics>,
 ) -> io::Result<Backend> {
     let inner = match kind {
-        Kind::Epoll => Inner::Epoll(epoll::EpollBackend::new(socket, options)?),
+        Kind::Epoll => Inner::Epoll(epoll::EpollBackend::new(socket, options, metrics)?),
         Kind::Uring => Inner::Uring(Box::new(uring::UringBackend::with_ring_entries(
             socket,
             options,
             ring_entries,
+            metrics,
         )?)),
     };
     Ok(Backend { inner })
@@ -188,7 +204,6 @@ pub fn datagram(prefix: &[u8; 3], seq: u16, len: usize) -> Vec<u8> {
 pub struct Fake {
     pub sink: SocketAddr,
     pub sink2: SocketAddr,
-    pub metrics: Arc<Metrics>,
     pub seen: Vec<(SocketAddr, Vec<u8>)>,
     pub deadline: Option<Instant>,
     pub timeouts_fired: usize,
@@ -199,7 +214,6 @@ impl Fake {
         Self {
             sink,
             sink2,
-            metrics: Arc::default(),
             seen: Vec::new(),
             deadline: Some(Instant::now()),
             timeouts_fired: 0,
@@ -227,9 +241,6 @@ impl Handler for Fake {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
-    }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 }
 

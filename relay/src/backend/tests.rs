@@ -191,7 +191,9 @@ fn stop_before_run_returns_at_once(kind: Kind) {
         batch_size: 1,
         gso: true,
     };
-    let backend = super::test_support::backend(kind, socket, options, 64).expect("backend");
+    let metrics = std::sync::Arc::default();
+    let backend =
+        super::test_support::backend(kind, socket, options, 64, metrics).expect("backend");
     backend.stop_handle().stop();
     let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("addr");
     let mut fake = Fake::new(nowhere, nowhere);

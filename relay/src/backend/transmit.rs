@@ -26,10 +26,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lanrage_relay_core::metrics::{Event, Metrics};
 use lanrage_relay_core::router::Verdict;
 use libc::{sockaddr_storage, socklen_t};
 
+use super::metrics::{BackendMetrics, Counter};
 use super::{gso, sockaddr};
 
 /// Destination IPs a worker remembers as refusing GSO before it turns GSO
@@ -129,22 +129,20 @@ impl SendPolicy {
         v6_socket: bool,
         storage: &mut sockaddr_storage,
         datagrams: usize,
-        metrics: &Metrics,
+        metrics: &BackendMetrics,
     ) -> Option<socklen_t> {
         let len = sockaddr::from_std(dst, v6_socket, storage);
         if len.is_none() {
             tracing::trace!(dst = %dst, "cannot send to this address family");
-            for _ in 0..datagrams {
-                metrics.record_send_error();
-            }
+            metrics.record_n(Counter::SendErrors, datagrams as u64);
         }
         len
     }
 
     /// A send of `datagrams` is handed to the kernel (GSO when more than one).
-    pub fn submitted(&self, datagrams: usize, metrics: &Metrics) {
+    pub fn submitted(&self, datagrams: usize, metrics: &BackendMetrics) {
         if datagrams > 1 {
-            metrics.record(Event::GsoSend);
+            metrics.record(Counter::GsoSends);
         }
     }
 
@@ -158,10 +156,10 @@ impl SendPolicy {
         dst: SocketAddr,
         datagrams: usize,
         errno: i32,
-        metrics: &Metrics,
+        metrics: &BackendMetrics,
     ) -> Failure {
         if datagrams > 1 && matches!(errno, libc::EIO | libc::EINVAL) {
-            metrics.record(Event::GsoRefused);
+            metrics.record(Counter::GsoRefused);
             self.refuse(dst, errno);
             return Failure::ResendUnsegmented;
         }
@@ -173,11 +171,9 @@ impl SendPolicy {
         if matches!(errno, libc::EAGAIN | libc::ENOBUFS) {
             // The socket send buffer (or, with ENOBUFS, a queue below it) is
             // full: shed rather than block.
-            metrics.record_n(Event::SendBufferFull, datagrams as u64);
+            metrics.record_n(Counter::SendBufferFull, datagrams as u64);
         }
-        for _ in 0..datagrams {
-            metrics.record_send_error();
-        }
+        metrics.record_n(Counter::SendErrors, datagrams as u64);
         Failure::Dropped
     }
 
@@ -236,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_refusal_turns_gso_off_for_that_destination_only() {
-        let metrics = Metrics::default();
+        let metrics = BackendMetrics::default();
         let mut policy = SendPolicy::new(true);
         let (a, a_other_port, b) = (addr(1, 1), addr(1, 2), addr(2, 1));
         assert_eq!(policy.run_end(&burst(a, 10), 0), 10);
@@ -253,13 +249,13 @@ mod tests {
             Failure::ResendUnsegmented
         );
         assert_eq!(policy.refused.len(), 1);
-        assert_eq!(metrics.event_count(Event::GsoRefused), 2);
+        assert_eq!(metrics.get(Counter::GsoRefused), 2);
         assert_eq!(metrics.send_errors(), 0);
     }
 
     #[test]
     fn too_many_refused_destinations_turn_gso_off_for_the_worker() {
-        let metrics = Metrics::default();
+        let metrics = BackendMetrics::default();
         let mut policy = SendPolicy::new(true);
         for i in 0..REFUSED_DESTINATIONS as u32 {
             policy.failed(addr(i, 1), 2, libc::EIO, &metrics);
@@ -273,7 +269,7 @@ mod tests {
 
     #[test]
     fn single_datagram_failures_are_counted_not_resent() {
-        let metrics = Metrics::default();
+        let metrics = BackendMetrics::default();
         let mut policy = SendPolicy::new(true);
         let dst = addr(1, 1);
         // EINVAL on a single datagram is a real refusal of that datagram.
@@ -287,8 +283,8 @@ mod tests {
             Failure::Dropped
         );
         assert_eq!(metrics.send_errors(), 6);
-        assert_eq!(metrics.event_count(Event::SendBufferFull), 5);
-        assert_eq!(metrics.event_count(Event::GsoRefused), 0);
+        assert_eq!(metrics.get(Counter::SendBufferFull), 5);
+        assert_eq!(metrics.get(Counter::GsoRefused), 0);
     }
 
     #[test]
@@ -300,7 +296,7 @@ mod tests {
 
     #[test]
     fn unreachable_family_is_a_counted_send_error() {
-        let metrics = Metrics::default();
+        let metrics = BackendMetrics::default();
         let policy = SendPolicy::new(true);
         // SAFETY: all zeroes is a valid sockaddr_storage.
         let mut storage: sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -41,7 +41,6 @@ use std::mem;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,17 +48,17 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use libc::{iovec, msghdr, sockaddr_storage};
 use mio::{Poll, Token, Waker};
 
+use super::metrics::{BackendMetrics, Counter};
 use super::transmit::{self, Failure, SendPolicy};
 use super::{fire_timers, gso, sockaddr, Handler, Options, StopHandle};
 use buf_ring::BufRing;
-use lanrage_relay_core::metrics::{DropReason, Event};
 #[cfg(test)]
 pub(crate) use probe::probe_kernel;
 pub use probe::{probe, FORCE_PROBE_FAIL_ENV};
 use send_slots::{sockaddr_dst, SendSlots};
 
 /// Largest datagram handled, as in the epoll backend: larger ones arrive
-/// truncated (`MSG_TRUNC`) and are dropped as [`DropReason::Oversized`].
+/// truncated (`MSG_TRUNC`) and are dropped as [`Counter::Oversized`].
 pub const MAX_DATAGRAM: usize = super::epoll::MAX_DATAGRAM;
 
 /// Provided buffers in the receive ring by default. Each holds one datagram
@@ -111,64 +110,6 @@ const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const STOP_TOKEN: Token = Token(0);
 
-/// Counters of the io_uring loop itself, beyond the router's [`lanrage_relay_core::metrics::Metrics`].
-#[derive(Debug, Default)]
-pub struct UringStats {
-    recv_rearms: AtomicU64,
-    recv_enobufs: AtomicU64,
-    sends: AtomicU64,
-    gso_sends: AtomicU64,
-    gso_datagrams: AtomicU64,
-    gso_fallbacks: AtomicU64,
-    sq_full: AtomicU64,
-    cq_overflow: AtomicU64,
-    batches: AtomicU64,
-}
-
-/// A copy of [`UringStats`] at one instant.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UringStatsSnapshot {
-    /// Times the multishot receive ended and was armed again.
-    pub recv_rearms: u64,
-    /// Of those, how many ended because every buffer was in use (`ENOBUFS`).
-    pub recv_enobufs: u64,
-    /// `SendMsg` operations submitted (a GSO send counts once).
-    pub sends: u64,
-    /// Of those, how many carried `UDP_SEGMENT` (two or more datagrams).
-    pub gso_sends: u64,
-    /// Datagrams that went out inside GSO sends.
-    pub gso_datagrams: u64,
-    /// GSO sends the kernel refused, resent one datagram at a time.
-    pub gso_fallbacks: u64,
-    /// Times the submission queue was full and had to be submitted early.
-    pub sq_full: u64,
-    /// Completions the kernel dropped because the completion queue overflowed.
-    pub cq_overflow: u64,
-    /// Receive batches handled.
-    pub batches: u64,
-}
-
-impl UringStats {
-    pub fn snapshot(&self) -> UringStatsSnapshot {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        UringStatsSnapshot {
-            recv_rearms: load(&self.recv_rearms),
-            recv_enobufs: load(&self.recv_enobufs),
-            sends: load(&self.sends),
-            gso_sends: load(&self.gso_sends),
-            gso_datagrams: load(&self.gso_datagrams),
-            gso_fallbacks: load(&self.gso_fallbacks),
-            sq_full: load(&self.sq_full),
-            cq_overflow: load(&self.cq_overflow),
-            batches: load(&self.batches),
-        }
-    }
-
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// The io_uring backend. Build it with [`UringBackend::new`] (after
 /// [`probe`] succeeded), then [`UringBackend::run`] it on the thread that
 /// will own it.
@@ -204,19 +145,22 @@ pub struct UringBackend {
     sends_in_flight: usize,
     /// GSO grouping and what a failed send means, shared with epoll.
     policy: SendPolicy,
-    stats: Arc<UringStats>,
-    /// How much of `stats.sq_full` is already in the router's metrics.
-    sq_full_reported: u64,
-    /// The kernel's completion-queue overflow count already reported.
-    cq_overflow_reported: u32,
+    metrics: Arc<BackendMetrics>,
+    /// The ring's completion-queue overflow count (the kernel's, wrapping)
+    /// when last read; what it grew by since is counted.
+    cq_overflow_seen: u32,
 }
 
 impl UringBackend {
     /// Sets up a ring and its receive buffers for a socket from
     /// [`super::bind_udp`]. Fails if the kernel refuses io_uring; call
-    /// [`probe`] first to choose a backend.
-    pub fn new(socket: UdpSocket, options: Options) -> io::Result<Self> {
-        Self::with_ring_entries(socket, options, DEFAULT_RING_ENTRIES)
+    /// [`probe`] first to choose a backend. Counts into `metrics`.
+    pub fn new(
+        socket: UdpSocket,
+        options: Options,
+        metrics: Arc<BackendMetrics>,
+    ) -> io::Result<Self> {
+        Self::with_ring_entries(socket, options, DEFAULT_RING_ENTRIES, metrics)
     }
 
     /// As [`UringBackend::new`], with `entries` receive buffers (a power of
@@ -225,6 +169,7 @@ impl UringBackend {
         socket: UdpSocket,
         options: Options,
         entries: u16,
+        metrics: Arc<BackendMetrics>,
     ) -> io::Result<Self> {
         if !entries.is_power_of_two() || entries > 1 << 15 {
             return Err(io::Error::new(
@@ -271,9 +216,8 @@ impl UringBackend {
             stop_poll_armed: false,
             sends_in_flight: 0,
             policy: SendPolicy::new(options.gso && gso::supported(fd)),
-            stats: Arc::default(),
-            sq_full_reported: 0,
-            cq_overflow_reported: 0,
+            metrics,
+            cq_overflow_seen: 0,
         })
     }
 
@@ -283,11 +227,6 @@ impl UringBackend {
 
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
-    }
-
-    /// The loop's own counters; the handle stays valid after `run` returns.
-    pub fn stats(&self) -> Arc<UringStats> {
-        Arc::clone(&self.stats)
     }
 
     /// Runs until stopped, on the calling thread (the ring is created
@@ -393,14 +332,13 @@ impl UringBackend {
     }
 
     fn handle_batch<H: Handler>(&mut self, now: Instant, handler: &mut H) {
-        UringStats::add(&self.stats.batches, 1);
         self.outgoing.clear();
         for i in 0..self.cqes.len() {
             let cqe = self.cqes[i];
             let index = cqe.user_data & INDEX_MASK;
             match cqe.user_data & !INDEX_MASK {
                 TAG_RECV => self.on_recv(cqe, now, handler),
-                TAG_SEND => self.on_send(index as usize, cqe.result, handler),
+                TAG_SEND => self.on_send(index as usize, cqe.result),
                 TAG_STOP => self.on_stop_poll(),
                 TAG_CANCEL => {}
                 other => {
@@ -409,27 +347,17 @@ impl UringBackend {
             }
         }
         let outgoing = mem::take(&mut self.outgoing);
-        self.send_grouped(&outgoing, handler);
+        self.send_grouped(&outgoing);
         self.outgoing = outgoing;
-        // `push` has no handler at hand; report its count once per batch.
-        let sq_full = self.stats.sq_full.load(Ordering::Relaxed);
-        if sq_full > self.sq_full_reported {
-            handler
-                .metrics()
-                .record_n(Event::SubmissionQueueFull, sq_full - self.sq_full_reported);
-            self.sq_full_reported = sq_full;
-        }
         // The completion queue is sized so that it can't overflow (see
         // `build_ring`); if it still does, the kernel counts the completions
         // it had to drop, and each lost receive is a datagram lost unseen.
         let overflow = self.ring.completion().overflow();
-        if overflow != self.cq_overflow_reported {
-            let lost = overflow.wrapping_sub(self.cq_overflow_reported);
-            UringStats::add(&self.stats.cq_overflow, u64::from(lost));
-            handler
-                .metrics()
-                .record_n(Event::CompletionQueueOverflow, u64::from(lost));
-            self.cq_overflow_reported = overflow;
+        if overflow != self.cq_overflow_seen {
+            let lost = overflow.wrapping_sub(self.cq_overflow_seen);
+            self.metrics
+                .record_n(Counter::UringCqOverflow, u64::from(lost));
+            self.cq_overflow_seen = overflow;
         }
     }
 
@@ -439,11 +367,9 @@ impl UringBackend {
         if !cqueue::more(cqe.flags) {
             // Armed again after this batch, once buffers are available.
             self.recv_armed = false;
-            UringStats::add(&self.stats.recv_rearms, 1);
-            handler.metrics().record(Event::RecvRearmed);
+            self.metrics.record(Counter::UringRecvRearms);
             if cqe.result == -libc::ENOBUFS {
-                UringStats::add(&self.stats.recv_enobufs, 1);
-                handler.metrics().record(Event::RecvBuffersExhausted);
+                self.metrics.record(Counter::UringRecvBuffersExhausted);
                 tracing::debug!(
                     held = self.bufs.held,
                     "multishot receive ran out of buffers; re-arming"
@@ -466,16 +392,16 @@ impl UringBackend {
             return;
         };
         let Some(bid) = bid else {
-            handler.metrics().record(Event::ReceiveDiscarded);
+            self.metrics.record(Counter::ReceiveDiscarded);
             tracing::warn!("receive completion without a buffer");
             return;
         };
         if !self.bufs.take(bid) {
-            handler.metrics().record(Event::ReceiveDiscarded);
+            self.metrics.record(Counter::ReceiveDiscarded);
             tracing::warn!(bid, "kernel returned a buffer it does not own; ignored");
             return;
         }
-        handler.metrics().record_received();
+        self.metrics.record(Counter::Received);
         match self.parse(bid, len) {
             Ok((src, offset, payload_len)) => {
                 // SAFETY: `bid` is held by this loop (taken above): the kernel
@@ -489,40 +415,33 @@ impl UringBackend {
                     None => self.bufs.recycle(bid),
                 }
             }
-            Err(reason) => {
-                match reason {
-                    Some(reason) => handler.metrics().record_drop(reason),
-                    None => handler.metrics().record(Event::ReceiveDiscarded),
-                }
+            Err(counter) => {
+                self.metrics.record(counter);
                 self.bufs.recycle(bid);
             }
         }
     }
 
     /// Reads the source address and locates the payload in a held buffer.
-    /// `Err(Some(_))` is a counted drop, `Err(None)` an unusable datagram
-    /// (not WireGuard's business: another address family, a bad header).
-    fn parse(
-        &self,
-        bid: u16,
-        len: usize,
-    ) -> Result<(SocketAddr, usize, usize), Option<DropReason>> {
+    /// The error is the counter of why not: oversized, or discarded (an
+    /// unusable receive: another address family, a bad header).
+    fn parse(&self, bid: u16, len: usize) -> Result<(SocketAddr, usize, usize), Counter> {
         if len > BUF_SIZE {
-            return Err(None);
+            return Err(Counter::ReceiveDiscarded);
         }
         // SAFETY: `bid` is held by this loop, and the kernel wrote its first
         // `len <= BUF_SIZE` bytes before posting the completion.
         let buf = unsafe { self.bufs.slice(bid, 0, len) };
         let Ok(msg) = types::RecvMsgOut::parse(buf, &self.recv_hdr.0) else {
             tracing::trace!(len, "dropping a receive with a malformed header");
-            return Err(None);
+            return Err(Counter::ReceiveDiscarded);
         };
         if msg.is_payload_truncated() {
             tracing::trace!(max = MAX_DATAGRAM, "dropping oversized datagram");
-            return Err(Some(DropReason::Oversized));
+            return Err(Counter::Oversized);
         }
         if msg.is_name_data_truncated() {
-            return Err(None);
+            return Err(Counter::ReceiveDiscarded);
         }
         // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
         let mut storage: sockaddr_storage = unsafe { mem::zeroed() };
@@ -542,7 +461,7 @@ impl UringBackend {
                 family = storage.ss_family,
                 "dropping datagram from an unsupported address family"
             );
-            return Err(None);
+            return Err(Counter::ReceiveDiscarded);
         };
         let payload = msg.payload_data();
         let offset = payload.as_ptr() as usize - buf.as_ptr() as usize;
@@ -551,17 +470,17 @@ impl UringBackend {
 
     /// Groups the batch's datagrams into sends as the shared policy says
     /// ([`SendPolicy::run_end`]): a GSO send per run to one destination.
-    fn send_grouped<H: Handler>(&mut self, outgoing: &[Outgoing], handler: &H) {
+    fn send_grouped(&mut self, outgoing: &[Outgoing]) {
         let mut start = 0;
         while start < outgoing.len() {
             let end = self.policy.run_end(outgoing, start);
-            self.send(&outgoing[start..end], handler);
+            self.send(&outgoing[start..end]);
             start = end;
         }
     }
 
     /// Queues one `SendMsg` for `group` (one destination, GSO if more than one).
-    fn send<H: Handler>(&mut self, group: &[Outgoing], handler: &H) {
+    fn send(&mut self, group: &[Outgoing]) {
         let Some(first) = group.first() else {
             return;
         };
@@ -572,7 +491,7 @@ impl UringBackend {
             self.v6_socket,
             &mut slot.addr,
             group.len(),
-            handler.metrics(),
+            &self.metrics,
         ) else {
             self.slots.free(index);
             for out in group {
@@ -598,14 +517,11 @@ impl UringBackend {
         slot.gso = group.len() > 1;
         if slot.gso {
             slot.write_segment_cmsg(first.len as u16);
-            UringStats::add(&self.stats.gso_sends, 1);
-            UringStats::add(&self.stats.gso_datagrams, group.len() as u64);
         } else {
             slot.hdr.msg_control = ptr::null_mut();
             slot.hdr.msg_controllen = 0;
         }
-        UringStats::add(&self.stats.sends, 1);
-        self.policy.submitted(group.len(), handler.metrics());
+        self.policy.submitted(group.len(), &self.metrics);
         let entry = opcode::SendMsg::new(types::Fd(self.fd), ptr::from_ref(&slot.hdr))
             .flags(libc::MSG_DONTWAIT as u32)
             .build()
@@ -616,7 +532,7 @@ impl UringBackend {
 
     /// A send completed: give its buffers back, or count the failure the
     /// shared policy's way, and resend one by one if the kernel refused GSO.
-    fn on_send<H: Handler>(&mut self, index: usize, result: i32, handler: &H) {
+    fn on_send(&mut self, index: usize, result: i32) {
         let Some(slot) = self.slots.get_live(index) else {
             tracing::warn!(index, "completion for an unknown send slot");
             return;
@@ -625,10 +541,9 @@ impl UringBackend {
         let count = slot.count;
         let failure = (result < 0).then(|| {
             self.policy
-                .failed(sockaddr_dst(slot), count, -result, handler.metrics())
+                .failed(sockaddr_dst(slot), count, -result, &self.metrics)
         });
         if failure == Some(Failure::ResendUnsegmented) {
-            UringStats::add(&self.stats.gso_fallbacks, 1);
             // Each datagram alone, from the same held buffers.
             let dst = sockaddr_dst(slot);
             let singles: Vec<Outgoing> = (0..count)
@@ -643,7 +558,7 @@ impl UringBackend {
                 .collect();
             self.slots.free(index);
             for single in &singles {
-                self.send(std::slice::from_ref(single), handler);
+                self.send(std::slice::from_ref(single));
             }
             return;
         }
@@ -703,7 +618,7 @@ impl UringBackend {
         if self.try_push(&entry) {
             return;
         }
-        UringStats::add(&self.stats.sq_full, 1);
+        self.metrics.record(Counter::UringSqFull);
         if let Err(e) = self.submit() {
             tracing::warn!(error = %e, "io_uring submit failed");
         }
