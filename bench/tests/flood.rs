@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use lanrage_bench::loadgen::embedded::EmbeddedRelay;
 use lanrage_proto::PeerKey;
-use lanrage_relay_core::metrics::{DropReason, Event, Metrics};
+use lanrage_relay::backend::BackendMetrics;
+use lanrage_relay_core::metrics::{DropReason, Event};
 use lanrage_tests::gate::skip_or_fail;
 use lanrage_tests::spoof::{SpoofError, Spoofer};
 use serde_json::Value;
@@ -63,7 +64,7 @@ fn sent(v: &Value) -> u64 {
 }
 
 /// Waits (at most 5 s) until the relay has received `n` datagrams.
-fn wait_received(metrics: &Metrics, n: u64) {
+fn wait_received(metrics: &BackendMetrics, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while metrics.received() < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -80,7 +81,7 @@ fn transport_misses_are_route_misses() {
     let v = flood(&relay, &["--kind", "transport-miss", "--sources", "50"]);
     assert_eq!(v["kind"], "transport-miss");
     let n = sent(&v);
-    wait_received(&relay.metrics, n);
+    wait_received(&relay.backend_metrics, n);
     assert_eq!(relay.metrics.dropped(DropReason::NoRoute), n);
 }
 
@@ -96,7 +97,7 @@ fn fresh_keys_from_spoofed_sources_are_only_challenged() {
     let v = flood(&relay, &["--kind", "register-fresh", "--keys", "64"]);
     let n = sent(&v);
     assert!(n > 64, "a second round of the pool: {v}");
-    wait_received(&relay.metrics, n);
+    wait_received(&relay.backend_metrics, n);
     assert_eq!(relay.metrics.event_count(Event::RegistrationAccepted), 0);
     assert_eq!(relay.metrics.event_count(Event::ChallengeSent), n);
     assert_eq!(relay.metrics.dropped(DropReason::RateLimited), 0);
@@ -120,10 +121,10 @@ fn junk_registrations_are_only_challenged() {
             "127.0.0.1",
         ],
     ] {
-        let before = relay.metrics.received();
+        let before = relay.backend_metrics.received();
         let challenged = relay.metrics.event_count(Event::ChallengeSent);
         let n = sent(&flood(&relay, &args));
-        wait_received(&relay.metrics, before + n);
+        wait_received(&relay.backend_metrics, before + n);
         // Their cookies are junk too, so the relay never gets as far as the
         // MAC (let alone an X25519): each costs one MAC and a challenge.
         assert_eq!(
@@ -158,7 +159,7 @@ fn initiations_from_a_registered_victim_match_no_responder() {
     assert!(victim.starts_with("127.0.0.1:"), "{victim}");
     // The victim and its partner registered from real sockets first, each
     // with one challenge round trip (two registrations).
-    wait_received(&relay.metrics, 4 + n);
+    wait_received(&relay.backend_metrics, 4 + n);
     assert_eq!(relay.metrics.event_count(Event::RegistrationAccepted), 2);
     // Junk spends the victim's junk budget (the relay's default burst, 50),
     // then costs no mac1 work at all; the per-IP bucket is never touched.

@@ -216,6 +216,7 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         .map(|x| SharedCopy::new(Arc::clone(&x.routes), router_config.route_idle_timeout));
     let router = Router::new(router_config, secret, epoch, seed, Instant::now());
     let xdp_pinned = xdp.as_ref().and_then(|x| x.pinned.clone());
+    router.metrics().add_source(data_plane.backend_metrics());
     router.metrics().add_source(data_plane.socket_stats());
     if let Some(xdp) = xdp {
         router.metrics().add_source(xdp.metrics);

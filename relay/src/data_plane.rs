@@ -17,7 +17,7 @@ use lanrage_relay_core::metrics;
 use lanrage_relay_core::router::Router;
 
 use crate::backend::socket_stats::SocketStats;
-use crate::backend::{self, Backend, Options, StopHandle};
+use crate::backend::{self, Backend, BackendMetrics, Options, StopHandle};
 use crate::config::{BackendChoice, Config};
 use crate::worker::{SharedCopy, Worker};
 
@@ -26,6 +26,7 @@ pub struct DataPlane {
     backends: Vec<Backend>,
     listen: SocketAddr,
     socket_stats: Arc<SocketStats>,
+    metrics: Arc<BackendMetrics>,
 }
 
 impl DataPlane {
@@ -48,14 +49,17 @@ impl DataPlane {
         };
         // Settled once, so `auto` probes and logs once, not per worker.
         let choice = backend::resolve(config.backend);
+        // One set of counters for all workers, sharded per worker thread.
+        let metrics = Arc::new(BackendMetrics::default());
         let backends = sockets
             .into_iter()
-            .map(|socket| Backend::new(socket, options, choice))
+            .map(|socket| Backend::new(socket, options, choice, Arc::clone(&metrics)))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             backends,
             listen,
             socket_stats,
+            metrics,
         })
     }
 
@@ -68,6 +72,12 @@ impl DataPlane {
     /// and buffer sizes), for the metrics endpoint: `Metrics::add_source`.
     pub fn socket_stats(&self) -> Arc<SocketStats> {
         Arc::clone(&self.socket_stats)
+    }
+
+    /// What the backends count (datagrams received, send errors, GSO,
+    /// io_uring's queues), for the metrics endpoint: `Metrics::add_source`.
+    pub fn backend_metrics(&self) -> Arc<BackendMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     pub fn workers(&self) -> usize {

@@ -176,6 +176,7 @@ fn respond(head: &str, metrics: &Metrics) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanrage_relay_core::metrics::Event;
 
     fn start(timeout: Duration) -> (SocketAddr, Arc<Metrics>) {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
@@ -201,14 +202,17 @@ mod tests {
     #[test]
     fn serves_metrics_health_and_404() {
         let (addr, metrics) = start(REQUEST_TIMEOUT);
-        metrics.record_received();
+        metrics.record(Event::ForwardedTransport);
         let text = request(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(
             text.contains("Content-Type: text/plain; version=0.0.4\r\n"),
             "{text}"
         );
-        assert!(text.contains("lanrage_relay_received_total 1\n"), "{text}");
+        assert!(
+            text.contains("lanrage_relay_forwarded_total{kind=\"transport\"} 1\n"),
+            "{text}"
+        );
 
         let text = request(addr, b"GET /health HTTP/1.0\r\n\r\n");
         assert!(

@@ -132,10 +132,6 @@ impl Handler for Worker {
         }
     }
 
-    fn metrics(&self) -> &lanrage_relay_core::metrics::Metrics {
-        self.router.metrics()
-    }
-
     fn poll_timeout(&self) -> Option<Instant> {
         let router = self.router.poll_timeout();
         match (router, self.next_reconcile) {

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use lanrage_proto::x25519::PublicKey;
-use lanrage_relay::backend::{self, Backend, Options, StopHandle};
+use lanrage_relay::backend::{self, Backend, BackendMetrics, Options, StopHandle};
 use lanrage_relay::config::{Config, HandshakeRateLimit};
 use lanrage_relay_core::metrics::Metrics;
 use lanrage_relay_core::router::Router;
@@ -22,6 +22,8 @@ pub struct EmbeddedRelay {
     pub addr: SocketAddr,
     pub public: PublicKey,
     pub metrics: Arc<Metrics>,
+    /// What the backend counts (datagrams received, send errors, GSO).
+    pub backend_metrics: Arc<BackendMetrics>,
     stop: StopHandle,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -57,6 +59,7 @@ impl EmbeddedRelay {
         let public = PublicKey::from(&secret);
         let socket = backend::bind_udp(config.listen, &config.socket)
             .context("embedded relay: cannot bind its UDP socket")?;
+        let backend_metrics = Arc::new(BackendMetrics::default());
         let backend = Backend::new(
             socket,
             Options {
@@ -64,6 +67,7 @@ impl EmbeddedRelay {
                 gso: config.gso,
             },
             config.backend,
+            Arc::clone(&backend_metrics),
         )
         .context("embedded relay: cannot set up the backend")?;
         let addr = backend.local_addr()?;
@@ -83,6 +87,7 @@ impl EmbeddedRelay {
             Instant::now(),
         );
         let metrics = Arc::clone(router.metrics());
+        metrics.add_source(backend_metrics.clone());
         let thread = std::thread::Builder::new()
             .name("embedded-relay".to_owned())
             .spawn(move || backend.run(&mut router))
@@ -91,6 +96,7 @@ impl EmbeddedRelay {
             addr,
             public,
             metrics,
+            backend_metrics,
             stop,
             thread: Some(thread),
         })

@@ -1,5 +1,10 @@
 //! Relay counters, shared lock-free between the data plane and the metrics
 //! endpoint. Every drop has a reason, and every reason has a counter.
+//!
+//! These are the router's: what it decided. What only an IO backend can
+//! see (datagrams received, failed sends, GSO, io_uring's queues) the relay
+//! crate counts itself, in a [`MetricsSource`] built on the same per-thread
+//! [`ShardedCounters`].
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,9 +64,6 @@ pub enum DropReason {
     Mac2Invalid,
     /// A liveness probe from a key's bound endpoint whose MAC failed.
     ProbeBadMac,
-    /// Larger than the backend's receive buffer (2048 bytes; WireGuard's
-    /// largest is 1420 + 32), truncated by the kernel, dropped unread.
-    Oversized,
     /// A reply would have been larger than the request it answers. Replies are
     /// built smaller by design; this counter staying at zero is the proof.
     ReplyLargerThanRequest,
@@ -75,7 +77,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 24] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
@@ -96,7 +98,6 @@ impl DropReason {
         Self::RouteTableFull,
         Self::Mac2Invalid,
         Self::ProbeBadMac,
-        Self::Oversized,
         Self::ReplyLargerThanRequest,
         Self::SignalBadMac,
         Self::SignalReplay,
@@ -126,7 +127,6 @@ impl DropReason {
             Self::RouteTableFull => "route_table_full",
             Self::Mac2Invalid => "mac2_invalid",
             Self::ProbeBadMac => "probe_bad_mac",
-            Self::Oversized => "oversized",
             Self::ReplyLargerThanRequest => "reply_larger_than_request",
             Self::SignalBadMac => "signal_bad_mac",
             Self::SignalReplay => "signal_replay",
@@ -156,17 +156,6 @@ pub enum Event {
     RouteInstalled,
     RouteExpired,
     RegistrationExpired,
-    /// A send that carried two or more datagrams as UDP GSO segments.
-    GsoSend,
-    /// The kernel refused a GSO send; the backend stopped using GSO.
-    GsoRefused,
-    /// io_uring: the multishot receive ended and was armed again.
-    RecvRearmed,
-    /// io_uring: every provided receive buffer was in use (`ENOBUFS`).
-    RecvBuffersExhausted,
-    /// io_uring: the submission queue was full; sends were submitted early
-    /// or held in a backlog.
-    SubmissionQueueFull,
     /// A registration that had to prove its source address was answered
     /// with a challenge (return-routability).
     ChallengeSent,
@@ -176,21 +165,11 @@ pub enum Event {
     PendingReplaced,
     /// A new session replaced the oldest of the same pair of peers.
     SessionReplaced,
-    /// A datagram not sent because the socket's send buffer, or a queue
-    /// below it, was full (`EAGAIN`, `ENOBUFS`). Also a send error.
-    SendBufferFull,
-    /// A datagram a backend received but could not hand to the router: a
-    /// source address of an unsupported family, or (io_uring) a receive
-    /// completion it could not read.
-    ReceiveDiscarded,
-    /// io_uring: a completion the kernel could not post (completion queue
-    /// overflow). A lost receive completion is a lost datagram.
-    CompletionQueueOverflow,
     /// A signal forwarded between two consenting peers.
     SignalForwarded,
 }
 
-const EVENTS: [(Event, &str, &str); 24] = [
+const EVENTS: [(Event, &str, &str); 16] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -247,31 +226,6 @@ const EVENTS: [(Event, &str, &str); 24] = [
         "Registrations removed after no refresh.",
     ),
     (
-        Event::GsoSend,
-        "lanrage_relay_gso_sends_total",
-        "Sends that carried several datagrams as UDP GSO segments.",
-    ),
-    (
-        Event::GsoRefused,
-        "lanrage_relay_gso_refused_total",
-        "GSO sends the kernel refused (GSO is then switched off).",
-    ),
-    (
-        Event::RecvRearmed,
-        "lanrage_relay_uring_recv_rearms_total",
-        "io_uring: times the multishot receive ended and was armed again.",
-    ),
-    (
-        Event::RecvBuffersExhausted,
-        "lanrage_relay_uring_recv_buffers_exhausted_total",
-        "io_uring: times every receive buffer was in use (datagrams waited in the socket).",
-    ),
-    (
-        Event::SubmissionQueueFull,
-        "lanrage_relay_uring_sq_full_total",
-        "io_uring: times the submission queue was full (sends submitted early or backlogged).",
-    ),
-    (
         Event::ChallengeSent,
         "lanrage_relay_challenges_sent_total",
         "Registrations answered with a return-routability challenge (unproven source address).",
@@ -290,23 +244,6 @@ const EVENTS: [(Event, &str, &str); 24] = [
         Event::SessionReplaced,
         "lanrage_relay_sessions_replaced_total",
         "Sessions replaced by a newer one of the same pair of peers (per-pair quota).",
-    ),
-    (
-        Event::SendBufferFull,
-        "lanrage_relay_send_buffer_full_total",
-        "Datagrams not sent because the socket send buffer (or a queue below it) was full; \
-         also in send_errors_total.",
-    ),
-    (
-        Event::ReceiveDiscarded,
-        "lanrage_relay_receive_discarded_total",
-        "Datagrams a backend received but could not hand to the router (unsupported address \
-         family, unreadable io_uring completion).",
-    ),
-    (
-        Event::CompletionQueueOverflow,
-        "lanrage_relay_uring_cq_overflow_total",
-        "io_uring: completions the kernel dropped because the completion queue overflowed.",
     ),
     (
         Event::SignalForwarded,
@@ -329,22 +266,62 @@ pub fn bind_thread_to_shard(worker: usize) {
     SHARD.with(|s| s.set(worker % MAX_SHARDS));
 }
 
-/// One thread's counters, on cache lines of their own.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Shard {
-    received: AtomicU64,
-    dropped: [AtomicU64; DropReason::ALL.len()],
-    events: [AtomicU64; EVENTS.len()],
-    send_errors: AtomicU64,
+/// The shard the calling thread records into.
+#[inline]
+fn current_shard() -> usize {
+    SHARD.with(|s| s.get())
 }
+
+/// `N` counters, sharded per worker thread ([`bind_thread_to_shard`]) so
+/// that no two workers write one cache line, and summed when read. Relaxed
+/// atomics: they are statistics, not synchronisation. The relay's own
+/// [`Metrics`] use it, and so does any [`MetricsSource`] that counts on the
+/// data path (the relay crate's backend counters).
+#[derive(Debug)]
+pub struct ShardedCounters<const N: usize> {
+    shards: Box<[CounterShard<N>]>,
+}
+
+/// One thread's counters, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CounterShard<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for ShardedCounters<N> {
+    fn default() -> Self {
+        Self {
+            shards: (0..MAX_SHARDS)
+                .map(|_| CounterShard(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+}
+
+impl<const N: usize> ShardedCounters<N> {
+    /// Adds `n` to counter `index` (`< N`) in the calling thread's shard.
+    #[inline]
+    pub fn add(&self, index: usize, n: u64) {
+        self.shards[current_shard()].0[index].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counter `index` summed over every shard.
+    pub fn get(&self, index: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[index].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// The relay's counters: drop reasons, then events.
+const COUNTERS: usize = DropReason::ALL.len() + EVENTS.len();
 
 /// Counters and gauges, updated with relaxed atomics: they are statistics, not
 /// synchronisation. Counters are sharded per worker thread (see
 /// [`bind_thread_to_shard`]) and summed when read.
 #[derive(Debug)]
 pub struct Metrics {
-    shards: Box<[Shard]>,
+    counters: ShardedCounters<COUNTERS>,
     registrations: AtomicU64,
     routes: AtomicU64,
     pending_handshakes: AtomicU64,
@@ -362,7 +339,7 @@ impl std::fmt::Debug for dyn MetricsSource {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            shards: (0..MAX_SHARDS).map(|_| Shard::default()).collect(),
+            counters: ShardedCounters::default(),
             registrations: AtomicU64::new(0),
             routes: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
@@ -374,24 +351,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    #[inline]
-    fn shard(&self) -> &Shard {
-        &self.shards[SHARD.with(|s| s.get())]
-    }
-
-    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| field(s).load(Ordering::Relaxed))
-            .sum()
-    }
-
-    pub fn record_received(&self) {
-        self.shard().received.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn record_drop(&self, reason: DropReason) {
-        self.shard().dropped[reason.slot()].fetch_add(1, Ordering::Relaxed);
+        self.counters.add(reason.slot(), 1);
     }
 
     pub fn record(&self, event: Event) {
@@ -399,11 +360,7 @@ impl Metrics {
     }
 
     pub fn record_n(&self, event: Event, n: u64) {
-        self.shard().events[event as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn record_send_error(&self) {
-        self.shard().send_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(DropReason::ALL.len() + event as usize, n);
     }
 
     /// Table sizes, set by the router after each change.
@@ -435,32 +392,18 @@ impl Metrics {
             .push(source);
     }
 
-    pub fn received(&self) -> u64 {
-        self.sum(|s| &s.received)
-    }
-
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.sum(|s| &s.dropped[reason.slot()])
+        self.counters.get(reason.slot())
     }
 
     pub fn event_count(&self, event: Event) -> u64 {
-        self.sum(|s| &s.events[event as usize])
-    }
-
-    pub fn send_errors(&self) -> u64 {
-        self.sum(|s| &s.send_errors)
+        self.counters.get(DropReason::ALL.len() + event as usize)
     }
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(4096);
         let gauge = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP lanrage_relay_received_total Datagrams received."
-        );
-        let _ = writeln!(out, "# TYPE lanrage_relay_received_total counter");
-        let _ = writeln!(out, "lanrage_relay_received_total {}", self.received());
         let _ = writeln!(
             out,
             "# HELP lanrage_relay_dropped_total Datagrams dropped, by reason."
@@ -526,16 +469,6 @@ impl Metrics {
                 gauge(value)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP lanrage_relay_send_errors_total Sends the kernel refused."
-        );
-        let _ = writeln!(out, "# TYPE lanrage_relay_send_errors_total counter");
-        let _ = writeln!(
-            out,
-            "lanrage_relay_send_errors_total {}",
-            self.send_errors()
-        );
         for source in self
             .sources
             .read()

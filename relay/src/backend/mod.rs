@@ -12,10 +12,14 @@
 
 pub mod epoll;
 pub mod gso;
+pub mod metrics;
 mod sockaddr;
 pub mod socket_stats;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod tests;
+mod transmit;
 pub mod uring;
 
 use std::io;
@@ -27,8 +31,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{BackendChoice, SocketConfig};
-use lanrage_relay_core::metrics::Metrics;
 use lanrage_relay_core::router::{Router, Verdict};
+pub use metrics::BackendMetrics;
 
 /// What a backend drives: the sans-IO router, or a test double.
 pub trait Handler {
@@ -39,8 +43,6 @@ pub trait Handler {
     fn handle_timeout(&mut self, now: Instant);
     /// The next instant `handle_timeout` wants to run, if any.
     fn poll_timeout(&self) -> Option<Instant>;
-    /// Counters the backend updates: received datagrams and failed sends.
-    fn metrics(&self) -> &Metrics;
 }
 
 impl Handler for Router {
@@ -52,9 +54,6 @@ impl Handler for Router {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Router::poll_timeout(self)
-    }
-    fn metrics(&self) -> &Metrics {
-        Router::metrics(self)
     }
 }
 
@@ -84,14 +83,21 @@ impl Backend {
     /// Takes over a socket from [`bind_udp`] with the backend `choice` asks
     /// for; `auto` is settled by [`resolve`]. `io_uring` is taken as checked:
     /// whoever chose it probed once (the CLI does, at start), so workers
-    /// don't repeat the probe.
-    pub fn new(socket: UdpSocket, options: Options, choice: BackendChoice) -> io::Result<Self> {
+    /// don't repeat the probe. The backend counts into `metrics`, which
+    /// all of a relay's workers share (register it once with the router's
+    /// `Metrics::add_source`).
+    pub fn new(
+        socket: UdpSocket,
+        options: Options,
+        choice: BackendChoice,
+        metrics: Arc<BackendMetrics>,
+    ) -> io::Result<Self> {
         let inner = match resolve(choice) {
-            BackendChoice::IoUring => {
-                Inner::Uring(Box::new(uring::UringBackend::new(socket, options)?))
-            }
+            BackendChoice::IoUring => Inner::Uring(Box::new(uring::UringBackend::new(
+                socket, options, metrics,
+            )?)),
             BackendChoice::Epoll | BackendChoice::Auto => {
-                Inner::Epoll(epoll::EpollBackend::new(socket, options)?)
+                Inner::Epoll(epoll::EpollBackend::new(socket, options, metrics)?)
             }
         };
         Ok(Self { inner })
@@ -320,7 +326,7 @@ fn warn_if_capped(option: &str, sysctl: &str, wanted: usize, got: io::Result<usi
 }
 
 #[cfg(test)]
-mod tests {
+mod bind_tests {
     use super::*;
     use std::collections::HashSet;
 
