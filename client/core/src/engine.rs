@@ -34,6 +34,10 @@ pub const VECTOR_CHECK: Duration = Duration::from_secs(1);
 /// A vector is sent again after this long even if nothing changed (the
 /// peer may have restarted and lost it).
 pub const VECTOR_REFRESH: Duration = Duration::from_secs(20);
+/// The engine's first retry of an unanswered handshake, doubling up to
+/// [`HANDSHAKE_RETRY_MAX`] (boringtun's REKEY_TIMEOUT).
+pub const HANDSHAKE_RETRY_FIRST: Duration = Duration::from_millis(200);
+pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
 const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
 
@@ -284,7 +288,7 @@ impl Engine {
         match result {
             TunnResult::WriteToNetwork(datagram) => {
                 let payload = datagram.to_vec();
-                self.transmits.push_back(Transmit { dst, payload });
+                self.send_wireguard(now, peer, dst, payload);
             }
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %self.peers[peer].spec.name, error = ?e, "encapsulate failed");
@@ -339,6 +343,7 @@ impl Engine {
             self.next_wireguard_tick = now + WIREGUARD_TICK;
             for peer in 0..self.peers.len() {
                 self.wireguard_timers(now, peer);
+                self.retry_handshake(now, peer);
             }
         }
     }
@@ -505,6 +510,12 @@ impl Engine {
             return;
         };
         self.peers[peer].remote_vector = Some(vector);
+        // The peer is registered and alive: a handshake waiting for it can
+        // go again now rather than at its next retry.
+        if let Some((sent, _)) = self.peers[peer].handshake_sent {
+            self.peers[peer].handshake_sent = Some((sent, Duration::ZERO));
+            self.retry_handshake(now, peer);
+        }
         self.evaluate_relay(now, peer);
     }
 
@@ -673,10 +684,10 @@ impl Engine {
             }
             TunnResult::WriteToNetwork(datagram) => {
                 let payload = datagram.to_vec();
-                self.transmits.push_back(Transmit { dst, payload });
+                self.send_wireguard(now, peer, dst, payload);
                 // boringtun queues packets while a handshake is pending;
                 // flushing them is a decapsulate of nothing, until Done.
-                self.flush_queued(peer, dst);
+                self.flush_queued(now, peer, dst);
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
                 if src != self.peers[peer].spec.virtual_ip {
@@ -693,13 +704,15 @@ impl Engine {
             }
         }
         if handshake {
+            // Answered (a response to ours) or answering (theirs): no retry.
+            self.peers[peer].handshake_sent = None;
             // The session now lives on this relay: it installed the routes
             // from this handshake, so our datagrams go back through it.
             self.set_path(now, peer, relay);
         }
     }
 
-    fn flush_queued(&mut self, peer: usize, dst: SocketAddr) {
+    fn flush_queued(&mut self, now: Instant, peer: usize, dst: SocketAddr) {
         // Bounded: boringtun's queue holds at most a few hundred packets.
         for _ in 0..1024 {
             match self.peers[peer]
@@ -708,7 +721,7 @@ impl Engine {
             {
                 TunnResult::WriteToNetwork(datagram) => {
                     let payload = datagram.to_vec();
-                    self.transmits.push_back(Transmit { dst, payload });
+                    self.send_wireguard(now, peer, dst, payload);
                 }
                 _ => return,
             }
@@ -722,7 +735,7 @@ impl Engine {
                 match self.path_for(now, peer) {
                     Some(relay) => {
                         let dst = self.relays[relay].spec.addr;
-                        self.transmits.push_back(Transmit { dst, payload });
+                        self.send_wireguard(now, peer, dst, payload);
                     }
                     None => self.count(DropReason::NoRelay),
                 }
@@ -803,6 +816,33 @@ impl Engine {
         }
     }
 
+    /// Queues a WireGuard datagram of `peer`'s session. An initiation starts
+    /// the engine's own retry clock for it ([`HANDSHAKE_RETRY_FIRST`]): a
+    /// relay drops an initiation for a peer that hasn't registered there
+    /// yet, and boringtun alone would retry only after 5 s.
+    fn send_wireguard(&mut self, now: Instant, peer: usize, dst: SocketAddr, payload: Vec<u8>) {
+        if payload.first() == Some(&1) && self.peers[peer].handshake_sent.is_none() {
+            self.peers[peer].handshake_sent = Some((now, HANDSHAKE_RETRY_FIRST));
+        }
+        self.transmits.push_back(Transmit { dst, payload });
+    }
+
+    /// Retries a handshake that got no answer, sooner than boringtun would:
+    /// after 200 ms, then doubling up to boringtun's own 5 s.
+    fn retry_handshake(&mut self, now: Instant, peer: usize) {
+        let Some((sent, wait)) = self.peers[peer].handshake_sent else {
+            return;
+        };
+        if now.saturating_duration_since(sent) < wait {
+            return;
+        }
+        let Some(relay) = self.path_for(now, peer) else {
+            return;
+        };
+        self.peers[peer].handshake_sent = Some((now, (wait * 2).min(HANDSHAKE_RETRY_MAX)));
+        self.force_handshake(now, peer, relay, Urgency::Now);
+    }
+
     /// A handshake initiation to `peer` through `relay`, now. Only through a
     /// relay that has registered us (it drops handshakes from unregistered
     /// sources; its ack triggers the handshake instead).
@@ -819,7 +859,7 @@ impl Engine {
             .format_handshake_initiation(&mut self.scratch, true);
         if let TunnResult::WriteToNetwork(datagram) = result {
             let payload = datagram.to_vec();
-            self.transmits.push_back(Transmit { dst, payload });
+            self.send_wireguard(now, peer, dst, payload);
         }
     }
 }

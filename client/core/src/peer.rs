@@ -36,6 +36,9 @@ pub struct Peer {
     pub sent_vector: Option<(LatencyVector, Instant)>,
     /// A relay that beat the current one, and on how many evaluations in a row.
     pub better: Option<(PeerKey, u32)>,
+    /// Our unanswered initiation: when it (or its last retry) went, and
+    /// how long to wait before the next.
+    pub handshake_sent: Option<(Instant, Duration)>,
     /// Datagrams from this peer's tunnel that the engine refused (a source
     /// address outside the peer's virtual IP, a bad packet).
     pub rejected: u64,
@@ -67,6 +70,7 @@ impl Peer {
             remote_vector: None,
             sent_vector: None,
             better: None,
+            handshake_sent: None,
             rejected: 0,
         }
     }

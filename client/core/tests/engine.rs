@@ -253,3 +253,37 @@ fn the_pair_picks_the_relay_best_for_both_not_for_one() {
     assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
     assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay2"));
 }
+
+#[test]
+fn a_peer_that_comes_up_later_is_reached_soon_after_it_registers() {
+    let mut sim = two_by_two(8);
+    // Client 1's network is down for 2 s while client 0 already pings.
+    sim.set_offline(1, true);
+    sim.run_for(Duration::from_millis(500));
+    for _ in 0..30 {
+        sim.send_packet(0, 1, PING);
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.set_offline(1, false);
+    let online = sim.now;
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(4));
+    let registered = sim.clients[1]
+        .events
+        .iter()
+        .find(|(at, e)| *at >= online && matches!(e, Event::RelayRegistered { .. }))
+        .map(|(at, _)| *at)
+        .expect("client 1 registered");
+    let first = sim
+        .received_with(1, PING)
+        .first()
+        .expect("a ping arrived")
+        .0;
+    let wait = first.saturating_duration_since(registered);
+    // Not boringtun's 5 s retry: the engine retries unanswered handshakes
+    // after 200 ms (doubling), and at once when the peer's vector arrives.
+    assert!(
+        wait < Duration::from_millis(1500),
+        "first ping {wait:?} after registering"
+    );
+    println!("first ping {wait:?} after the late peer registered");
+}

@@ -78,6 +78,8 @@ pub struct Sim {
     seq: u64,
     rng: StdRng,
     pub delivered: u64,
+    /// Clients whose datagrams go nowhere (a PC not started yet).
+    offline: Vec<bool>,
 }
 
 fn relay_addr(i: usize) -> SocketAddr {
@@ -168,6 +170,7 @@ impl Sim {
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
             delivered: 0,
+            offline: vec![false; links.len()],
         };
         sim.drain_all();
         sim
@@ -175,6 +178,11 @@ impl Sim {
 
     pub fn set_link(&mut self, client: usize, relay: usize, link: Link) {
         self.links.insert((client, relay), link);
+    }
+
+    /// The client's network goes (or comes back): nothing reaches or leaves it.
+    pub fn set_offline(&mut self, client: usize, offline: bool) {
+        self.offline[client] = offline;
     }
 
     /// The relay process dies: nothing reaches it, nothing leaves it.
@@ -209,6 +217,9 @@ impl Sim {
             | (Endpoint::Relay(r), Endpoint::Client(c)) => (c, r),
             _ => return,
         };
+        if self.offline[client] {
+            return;
+        }
         let link = self.links[&(client, relay)];
         if self.rng.gen_bool(link.loss.clamp(0.0, 1.0)) {
             return;

@@ -1,0 +1,352 @@
+//! The client end to end, as root, in network namespaces: two relay hosts
+//! and two client hosts on one segment, the real `lanrage` and
+//! `lanrage-relay` binaries, real TUN devices and the system's `ping`
+//! between the virtual IPs. Skips without root; fails under
+//! `LANRAGE_REQUIRE_PRIVILEGED=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lanrage_test_support::privileged::skip_or_fail;
+use lanrage_tests::netns::{lab_available, Switched};
+use lanrage_tests::relay_process::{relay_binary, ScratchDir};
+
+const RELAY_PORT: u16 = 51820;
+
+/// The `lanrage` binary this crate builds from the client's main.rs.
+fn client_binary() -> PathBuf {
+    relay_binary().with_file_name("lanrage-e2e")
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SIGTERM first: the client removes its TUN on a clean stop.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Lab {
+    lab: Switched,
+    dir: ScratchDir,
+    relay_keys: Vec<String>,
+    client_keys: Vec<String>,
+}
+
+const RELAYS: [&str; 2] = ["relay1", "relay2"];
+const CLIENTS: [&str; 2] = ["alice", "bob"];
+
+impl Lab {
+    fn new() -> Result<Self> {
+        let lab = Switched::new(&["relay1", "relay2", "alice", "bob"])?;
+        let dir = ScratchDir::new("client-lab")?;
+        let mut relay_keys = Vec::new();
+        for name in RELAYS {
+            let key_path = dir.path().join(format!("{name}.key"));
+            let out = Command::new(relay_binary()).arg("keygen").output()?;
+            std::fs::write(&key_path, &out.stdout)?;
+            let config = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: null\nprivate_key_file: \"{}\"\nworkers: 1\n",
+                    lab.host(name).addr,
+                    key_path.display()
+                ),
+            )?;
+            let public = Command::new(relay_binary())
+                .args(["--config"])
+                .arg(&config)
+                .arg("public-key")
+                .output()?;
+            relay_keys.push(String::from_utf8(public.stdout)?.trim().to_owned());
+        }
+        let mut client_keys = Vec::new();
+        for name in CLIENTS {
+            let out = Command::new(client_binary())
+                .arg("keygen")
+                .arg("--key")
+                .arg(dir.path().join(format!("{name}.key")))
+                .output()?;
+            if !out.status.success() {
+                bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            client_keys.push(String::from_utf8(out.stdout)?.trim().to_owned());
+        }
+        let this = Self {
+            lab,
+            dir,
+            relay_keys,
+            client_keys,
+        };
+        for (i, name) in CLIENTS.iter().enumerate() {
+            std::fs::write(this.client_config(name), this.client_yaml(i))?;
+        }
+        Ok(this)
+    }
+
+    fn client_config(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.yaml"))
+    }
+
+    fn client_yaml(&self, i: usize) -> String {
+        let me = CLIENTS[i];
+        let mut yaml = format!(
+            "address: 10.66.0.{}\nprivate_key_file: {me}.key\ncontrol_socket: {}\nrelays:\n",
+            i + 1,
+            self.dir.path().join(format!("{me}.sock")).display()
+        );
+        for (r, name) in RELAYS.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{name: {name}, address: \"{}:{RELAY_PORT}\", public_key: \"{}\"}}\n",
+                self.lab.host(name).addr,
+                self.relay_keys[r]
+            ));
+        }
+        yaml.push_str("peers:\n");
+        for (p, name) in CLIENTS.iter().enumerate() {
+            if p != i {
+                yaml.push_str(&format!(
+                    "  - {{name: {name}, public_key: \"{}\", address: 10.66.0.{}}}\n",
+                    self.client_keys[p],
+                    p + 1
+                ));
+            }
+        }
+        yaml
+    }
+
+    fn start_relay(&self, name: &str) -> Result<Running> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        let child = self
+            .lab
+            .host(name)
+            .ns
+            .command(relay_binary())?
+            .arg("--config")
+            .arg(self.dir.path().join(format!("{name}.yaml")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a relay")?;
+        Ok(Running(child))
+    }
+
+    fn start_client(&self, name: &str) -> Result<Running> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        let child = self
+            .lab
+            .host(name)
+            .ns
+            .command(client_binary())?
+            .arg("--config")
+            .arg(self.client_config(name))
+            .arg("up")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a client")?;
+        Ok(Running(child))
+    }
+
+    fn status(&self, name: &str) -> Result<serde_json::Value> {
+        let out = Command::new(client_binary())
+            .arg("--config")
+            .arg(self.client_config(name))
+            .args(["status", "--json"])
+            .output()?;
+        if !out.status.success() {
+            bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `ping` from `from` to `to`'s virtual IP: `count` pings `interval` apart.
+    fn ping(&self, from: &str, to: usize, count: u32, interval: &str) -> Result<Vec<u32>> {
+        let out = self
+            .lab
+            .host(from)
+            .ns
+            .command("ping")?
+            .args(["-n", "-c", &count.to_string(), "-i", interval, "-W", "1"])
+            .arg(format!("10.66.0.{}", to + 1))
+            .output()
+            .context("running ping (iputils-ping)")?;
+        Ok(replies(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// The icmp_seq of every reply in `ping`'s output.
+fn replies(output: &str) -> Vec<u32> {
+    output
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn lab_or_skip(test: &str) -> bool {
+    if let Err(why) = lab_available() {
+        skip_or_fail(test, &why);
+        return false;
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        skip_or_fail(test, "needs `ping` (iputils-ping)");
+        return false;
+    }
+    true
+}
+
+fn path_of(status: &serde_json::Value) -> String {
+    status["peers"][0]["path"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Waits until `check` holds, for at most `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
+    const TEST: &str = "two_clients_ping_through_a_relay_and_survive_its_death";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let mut relays: Vec<Option<Running>> = RELAYS
+        .iter()
+        .map(|r| lab.start_relay(r).map(Some))
+        .collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let _clients: Vec<Running> = CLIENTS
+        .iter()
+        .map(|c| lab.start_client(c))
+        .collect::<Result<_>>()?;
+
+    // Up to the first reply: ping once every 20 ms until one comes back.
+    let mut first_reply = None;
+    for _ in 0..100 {
+        if !lab.ping("alice", 1, 1, "0.2")?.is_empty() {
+            first_reply = Some(started.elapsed());
+            break;
+        }
+    }
+    let Some(first_reply) = first_reply else {
+        bail!(
+            "no ping reply within the bound\nalice:\n{}\nbob:\n{}",
+            lab.log("alice"),
+            lab.log("bob")
+        );
+    };
+    println!("first ping reply {first_reply:?} after starting both clients");
+
+    let alice = lab.status("alice")?;
+    let path = path_of(&alice);
+    assert!(path.starts_with("relay "), "{alice:#}");
+    let in_use = path.trim_start_matches("relay ").to_owned();
+    assert!(
+        alice["relays"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["registered"] == true)),
+        "{alice:#}"
+    );
+
+    // Kill the relay in use while pinging at 50/s; traffic resumes through
+    // the other one.
+    let victim = RELAYS
+        .iter()
+        .position(|r| *r == in_use)
+        .context("relay name")?;
+    let pinger = {
+        let host = &lab.lab.host("alice").ns;
+        host.command("ping")?
+            .args(["-n", "-c", "300", "-i", "0.02", "-W", "1", "10.66.0.2"])
+            .stdout(Stdio::piped())
+            .spawn()?
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    relays[victim] = None; // dropped: SIGTERM, the relay is gone
+    let output = pinger.wait_with_output()?;
+    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u32::MAX);
+    let gap = Duration::from_millis(20 * u64::from(gap));
+    println!("failover gap {gap:?} ({} of 300 replies)", seqs.len());
+    assert!(seqs.len() > 200, "{} replies", seqs.len());
+    assert!(gap <= Duration::from_millis(2000), "failover gap {gap:?}");
+    let survivor = RELAYS[1 - victim];
+    assert!(
+        eventually(Duration::from_secs(3), || lab
+            .status("bob")
+            .is_ok_and(|s| path_of(&s) == format!("relay {survivor}"))),
+        "bob follows to {survivor}"
+    );
+    assert_eq!(path_of(&lab.status("alice")?), format!("relay {survivor}"));
+    Ok(())
+}
+
+#[test]
+fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
+    const TEST: &str = "up_removes_its_tun_on_sigterm_and_refuses_bad_config";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let client = lab.start_client("alice")?;
+    let ns = &lab.lab.host("alice").ns;
+    let has_tun = || -> bool {
+        ns.command("ip")
+            .and_then(|mut c| Ok(c.args(["link", "show", "lanrage0"]).output()?))
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(eventually(Duration::from_secs(5), has_tun), "TUN created");
+    drop(client);
+    assert!(!has_tun(), "TUN removed on SIGTERM");
+
+    let bad = lab.dir.path().join("bad.yaml");
+    std::fs::write(&bad, "address: 10.66.0.1\nrelays: []\ncolour: red\n")?;
+    let out = Command::new(client_binary())
+        .arg("--config")
+        .arg(&bad)
+        .arg("up")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("colour"), "{stderr}");
+    let _ = Path::new(&bad);
+    Ok(())
+}
