@@ -17,6 +17,7 @@ use lanrage_ebpf::{
     monotonic_now_ns, Counter, Counters, PinnedAttach, RouteKey, RouteValue, XdpError, XdpFastPath,
     XdpLoadConfig, XdpMode,
 };
+use lanrage_test_support::privileged::skip_or_fail;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -479,13 +480,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = err.source();
     }
     out
-}
-
-fn skip_or_fail(test: &str, why: &str) {
-    if std::env::var("LANRAGE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why} (LANRAGE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
 }
 
 /// Runs `ip ARGS` in the calling thread's network namespace.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::peer::{ipv4_packet, payload_of};
 use crate::{Incoming, RelaySetup, TestPeer};
+use lanrage_proto::inner::{ipv4_packet, payload_of};
 
 /// Two registered, mutually consenting peers with tunnels to each other.
 pub fn pair(setup: &RelaySetup) -> Result<(TestPeer, TestPeer)> {

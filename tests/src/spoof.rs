@@ -4,8 +4,8 @@
 //! A [`Spoofer`] sends UDP datagrams whose IPv4 source address and port are
 //! whatever the caller says, through a raw socket
 //! (`socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`, so the IPv4 and UDP headers are
-//! built here, checksums included). It needs root or `CAP_NET_RAW`: test code
-//! goes through [`crate::gate::skip_or_fail`] when [`Spoofer::new`] answers
+//! built here, checksums included). It needs root or `CAP_NET_RAW`: a test
+//! skips (or fails, in CI) when [`permitted_spoofer`] answers
 //! [`SpoofError::NotPermitted`].
 //!
 //! **Safety rule:** every source and destination is a [`Loopback`], which
@@ -77,17 +77,16 @@ impl From<Loopback> for SocketAddr {
     }
 }
 
-/// A spoofer for test `test`, or `None` after [`crate::gate::skip_or_fail`]
-/// said why not (it fails the test under `LANRAGE_REQUIRE_PRIVILEGED=1`).
-/// Any other error is a bug in the test setup, and panics.
-pub fn spoofer_or_skip(test: &str) -> Option<Spoofer> {
+/// A spoofer, or `Err(NotPermitted)` when this process may not open a raw
+/// socket (no root or CAP_NET_RAW): the one error a test skips on, through
+/// `lanrage_test_support::privileged::or_skip` (it fails the test under
+/// `LANRAGE_REQUIRE_PRIVILEGED=1`). Any other error is a bug in the test
+/// setup, and panics.
+pub fn permitted_spoofer() -> Result<Spoofer, SpoofError> {
     match Spoofer::new() {
-        Ok(s) => Some(s),
-        Err(e @ SpoofError::NotPermitted(_)) => {
-            crate::gate::skip_or_fail(test, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
+        Ok(s) => Ok(s),
+        Err(e @ SpoofError::NotPermitted(_)) => Err(e),
+        Err(e) => panic!("opening the spoofer: {e}"),
     }
 }
 

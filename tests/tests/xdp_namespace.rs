@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_ebpf::{Counter, RouteKey, RouteValue, XdpFastPath, XdpLoadConfig, XdpMode};
+use lanrage_proto::inner::{ipv4_packet, payload_of};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
-use lanrage_tests::gate::skip_or_fail;
+use lanrage_test_support::privileged::or_skip;
 use lanrage_tests::netns::{lab_available, Host, Switched};
-use lanrage_tests::peer::{ipv4_packet, payload_of};
 use lanrage_tests::{Incoming, TestPeer};
 
 const RELAY_PORT: u16 = 51820;
@@ -56,8 +56,7 @@ fn xdp_skb_forwards_a_boringtun_session_between_namespaces() -> Result<()> {
 }
 
 fn xdp_forwards_a_session(test: &str, mode: XdpMode) -> Result<()> {
-    if let Err(why) = lab_available() {
-        skip_or_fail(test, &why);
+    if or_skip(test, lab_available()).is_none() {
         return Ok(());
     }
     let lab = Switched::new(&["relay", "a", "b"])?;
@@ -554,8 +553,7 @@ const METRICS: &str = "127.0.0.1:9100";
 
 impl E2e {
     fn new(test: &str, mode: &str) -> Result<Option<Self>> {
-        if let Err(why) = lab_available() {
-            skip_or_fail(test, &why);
+        if or_skip(test, lab_available()).is_none() {
             return Ok(None);
         }
         let lab = Switched::new(&["relay", "a", "b"])?;
