@@ -49,6 +49,36 @@ pub fn relay_secret(seed: u64) -> StaticSecret {
     StaticSecret::from(derive_secret(&seed32, b"lanrage loadgen relay key", 0))
 }
 
+/// Pair `pair`'s two seeded static secrets and their registration states
+/// (each consenting to the other).
+pub struct PairKeys {
+    pub secret_a: StaticSecret,
+    pub secret_b: StaticSecret,
+    pub key_a: PeerKey,
+    pub key_b: PeerKey,
+    pub reg_a: RegState,
+    pub reg_b: RegState,
+}
+
+impl PairKeys {
+    pub fn new(seed: u64, pair: usize, relay_public: &PublicKey) -> Result<Self> {
+        let secret_a = peer_secret(seed, pair, 0);
+        let secret_b = peer_secret(seed, pair, 1);
+        let key_a = PeerKey::from(&PublicKey::from(&secret_a));
+        let key_b = PeerKey::from(&PublicKey::from(&secret_b));
+        let reg_a = RegState::new(&secret_a, relay_public, key_b)?;
+        let reg_b = RegState::new(&secret_b, relay_public, key_a)?;
+        Ok(Self {
+            secret_a,
+            secret_b,
+            key_a,
+            key_b,
+            reg_a,
+            reg_b,
+        })
+    }
+}
+
 /// What a peer needs to (re-)register: its key, its MAC keys with the relay,
 /// its consent list (the other peer of its pair) and its last timestamp.
 #[derive(Debug, Clone)]
@@ -154,12 +184,14 @@ pub fn establish(
         elapsed: Duration::ZERO,
     };
     for pair in 0..pairs {
-        let secret_a = peer_secret(seed, pair, 0);
-        let secret_b = peer_secret(seed, pair, 1);
-        let key_a = PeerKey::from(&PublicKey::from(&secret_a));
-        let key_b = PeerKey::from(&PublicKey::from(&secret_b));
-        let mut reg_a = RegState::new(&secret_a, relay_public, key_b)?;
-        let mut reg_b = RegState::new(&secret_b, relay_public, key_a)?;
+        let PairKeys {
+            secret_a,
+            secret_b,
+            key_a,
+            key_b,
+            mut reg_a,
+            mut reg_b,
+        } = PairKeys::new(seed, pair, relay_public)?;
         let a = bind_loopback()?;
         let b = bind_loopback()?;
         let mut buf = [0u8; BUF_LEN];
