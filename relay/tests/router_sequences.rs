@@ -98,7 +98,7 @@ fn committed_inputs_keep_the_invariants() {
     let mut total = Stats::default();
     for (file, bytes) in &files {
         // Bytes that decode to no input are skipped by the fuzz target too.
-        if let Some(input) = router_sequences::decode(&bytes) {
+        if let Some(input) = router_sequences::decode(bytes) {
             total += check(&file.display().to_string(), &input);
         }
     }
