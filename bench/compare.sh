@@ -27,27 +27,10 @@ set -euo pipefail
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRIPT=compare
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 BIN="$ROOT/target/release"
-TMP=$(mktemp -d -t lanrage-compare.XXXXXX)
-RESULTS=${OUT:-$TMP/results}
-mkdir -p "$RESULTS"
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
 
 need_tools() {
     if ! command -v jq >/dev/null || ! command -v nginx >/dev/null ||
@@ -55,17 +38,6 @@ need_tools() {
         log "installing jq, nginx and libnginx-mod-stream (apt-get)"
         apt-get update -qq && apt-get install -y -qq jq nginx libnginx-mod-stream >/dev/null
     fi
-}
-
-# A loopback port that was free a moment ago (UDP or TCP).
-free_port() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
-s = socket.socket(socket.AF_INET, kind)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-EOF
 }
 
 # Waits (at most 10 s) until something listens on UDP port $1.
@@ -77,11 +49,6 @@ wait_udp() {
     done
     log "nothing is listening on udp port $1"
     return 1
-}
-
-stop() {
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
 }
 
 # ---- the three targets: start_X sets TARGET_PID and TARGET_ARGS (for loadgen) --

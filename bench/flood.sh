@@ -41,29 +41,12 @@ LOADGEN_DURATION=${LOADGEN_DURATION:-5}
 FLOOD_ARGS=${FLOOD_ARGS:-}
 RATE_PER_SECOND=${RATE_PER_SECOND:-1000}
 RATE_BURST=${RATE_BURST:-1000}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRIPT=flood
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 BIN=$TARGET_DIR/release
-TMP=$(mktemp -d -t lanrage-flood.XXXXXX)
-RESULTS=${OUT:-$TMP/results}
-mkdir -p "$RESULTS"
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
     log "flood.sh needs root: lanrage-flood spoofs sources through a raw socket"
@@ -80,17 +63,6 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release -q -p lanrage-relay -p lanrage-bench \
         --bin lanrage-relay --bin lanrage-flood --bin lanrage-loadgen --bin lanrage-clientprobe)
 fi
-
-# A loopback port that was free a moment ago (udp or tcp).
-free_port() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
-s = socket.socket(socket.AF_INET, kind)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-EOF
-}
 
 # The relay's Prometheus text (HTTP/1.0 on 127.0.0.1:$1), body only; 5 s limit.
 metrics() {
@@ -188,8 +160,7 @@ EOF
     metrics "$mport" >"$dir/metrics-after.txt"
     local rcvbuf_after
     rcvbuf_after=$(rcvbuf_errors)
-    kill "$relay_pid" 2>/dev/null || true
-    wait "$relay_pid" 2>/dev/null || true
+    stop "$relay_pid"
 
     local flood_pps="-" flood_sent="-"
     if [ "$kind" != none ]; then

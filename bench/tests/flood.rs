@@ -11,22 +11,15 @@ use lanrage_bench::loadgen::embedded::EmbeddedRelay;
 use lanrage_proto::PeerKey;
 use lanrage_relay::backend::BackendMetrics;
 use lanrage_relay_core::metrics::{DropReason, Event};
-use lanrage_tests::gate::skip_or_fail;
-use lanrage_tests::spoof::{SpoofError, Spoofer};
+use lanrage_test_support::privileged::or_skip;
+use lanrage_tests::spoof::permitted_spoofer;
 use serde_json::Value;
 
 const FLOOD: &str = env!("CARGO_BIN_EXE_lanrage-flood");
 
 /// Whether raw sockets work here; prints (or panics) why not.
 fn privileged(test: &str) -> bool {
-    match Spoofer::new() {
-        Ok(_) => true,
-        Err(e @ SpoofError::NotPermitted(_)) => {
-            skip_or_fail(test, &e.to_string());
-            false
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
+    or_skip(test, permitted_spoofer()).is_some()
 }
 
 /// Runs a 0.5 s flood at 2000 pps; returns its JSON line.

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use lanrage_ebpf::{Config, Counter, RouteKey, RouteValue};
+use lanrage_test_support::privileged::skip_or_fail;
 
 /// One struct: C name, size, alignment, and its fields as
 /// (name, offset, size).
@@ -154,13 +155,4 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Skip with a notice, or fail under `LANRAGE_REQUIRE_PRIVILEGED=1`
-/// (the rule of `tests/src/gate.rs`).
-fn skip_or_fail(test: &str, why: &str) {
-    if std::env::var("LANRAGE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why} (LANRAGE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
 }

@@ -17,6 +17,7 @@ use lanrage_ebpf::{
     monotonic_now_ns, Counter, Counters, PinnedAttach, RouteKey, RouteValue, XdpError, XdpFastPath,
     XdpLoadConfig, XdpMode,
 };
+use lanrage_test_support::privileged::skip_or_fail;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -421,39 +422,120 @@ fn in_new_netns_with(
     max_routes: u32,
     body: impl FnOnce(XdpFastPath) + Send + 'static,
 ) {
+    own_thread_as_root(
+        test,
+        "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for a netns)",
+        move || {
+            // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
+            // namespace; the namespace dies with the thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "unshare(CLONE_NEWNET): {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            let xdp = match XdpFastPath::load(XdpLoadConfig {
+                max_routes,
+                relay,
+                pin_path: None,
+            }) {
+                Ok(xdp) => xdp,
+                Err(e) if is_eperm(&e) => {
+                    return Err(format!("BPF not permitted here: {}", chain(&e)))
+                }
+                Err(e) => panic!("loading the XDP program: {}", chain(&e)),
+            };
+            body(xdp);
+            Ok(())
+        },
+    );
+}
+
+/// Runs `body` on a thread of its own (namespaces it enters go with the
+/// thread) if this process is root. Not root (`needs` says why root) or an
+/// `Err` from `body` (the kernel refused a namespace or BPF) skips `test`, or
+/// fails it under `LANRAGE_REQUIRE_PRIVILEGED=1`; a panic in `body` fails it.
+fn own_thread_as_root(
+    test: &str,
+    needs: &str,
+    body: impl FnOnce() -> Result<(), String> + Send + 'static,
+) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        skip_or_fail(
-            test,
-            "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for a netns)",
-        );
+        skip_or_fail(test, needs);
         return;
     }
-    let thread = std::thread::spawn(move || -> Result<(), String> {
-        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
-        // namespace; the namespace dies with the thread.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "unshare(CLONE_NEWNET): {}",
-                io::Error::last_os_error()
-            ));
-        }
-        let xdp = match XdpFastPath::load(XdpLoadConfig {
-            max_routes,
-            relay,
-            pin_path: None,
-        }) {
-            Ok(xdp) => xdp,
-            Err(e) if is_eperm(&e) => return Err(format!("BPF not permitted here: {}", chain(&e))),
-            Err(e) => panic!("loading the XDP program: {}", chain(&e)),
-        };
-        body(xdp);
-        Ok(())
-    });
-    match thread.join() {
+    match std::thread::spawn(body).join() {
         Ok(Ok(())) => {}
         Ok(Err(why)) => skip_or_fail(test, &why),
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// A bpffs of the calling thread's own, at a fresh directory, in a new
+/// private mount namespace of that thread (and a new network namespace
+/// with `new_netns`): nothing pinned there is visible elsewhere, and all of
+/// it goes with the thread. Unmounted and its directory removed on drop.
+struct PrivateBpffs {
+    dir: std::path::PathBuf,
+    c_dir: std::ffi::CString,
+}
+
+impl PrivateBpffs {
+    fn mount(name: &str, new_netns: bool) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .expect("a temp path has no NUL");
+        let bpffs = Self { dir, c_dir };
+        let (flags, what) = if new_netns {
+            (
+                libc::CLONE_NEWNS | libc::CLONE_NEWNET,
+                "CLONE_NEWNS | CLONE_NEWNET",
+            )
+        } else {
+            (libc::CLONE_NEWNS, "CLONE_NEWNS")
+        };
+        // SAFETY: plain syscalls on valid NUL-terminated strings; they affect
+        // only this thread's (new) namespaces.
+        unsafe {
+            if libc::unshare(flags) != 0 {
+                return Err(format!("unshare({what}): {}", io::Error::last_os_error()));
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!(
+                    "making mounts private: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            if libc::mount(
+                c"bpf".as_ptr(),
+                bpffs.c_dir.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(format!("mounting bpffs: {}", io::Error::last_os_error()));
+            }
+        }
+        Ok(bpffs)
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        // SAFETY: a valid NUL-terminated path in this thread's mount
+        // namespace (a failure, nothing mounted, is harmless).
+        unsafe { libc::umount2(self.c_dir.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -479,13 +561,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = err.source();
     }
     out
-}
-
-fn skip_or_fail(test: &str, why: &str) {
-    if std::env::var("LANRAGE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why} (LANRAGE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
 }
 
 /// Runs `ip ARGS` in the calling thread's network namespace.
@@ -686,97 +761,37 @@ fn udp_checksum_ok(frame: &[u8]) -> bool {
 #[test]
 fn pinned_maps_survive_a_reload() {
     let test = "pinned_maps_survive_a_reload";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip_or_fail(
-            test,
-            "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)",
-        );
-        return;
-    }
-    let thread = std::thread::spawn(|| -> Result<(), String> {
-        // A bpffs of our own in a private mount namespace of this thread:
-        // nothing is pinned where anything else can see it, and it all goes
-        // away with the thread.
-        let dir = std::env::temp_dir().join(format!("lanrage-bpffs-{}", std::process::id()));
-        let _ = std::fs::create_dir(&dir);
-        let _cleanup = RemoveDir(dir.clone());
-        let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: plain syscalls on valid NUL-terminated strings; they affect
-        // only this thread's (new) mount namespace.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(format!(
-                    "unshare(CLONE_NEWNS): {}",
-                    io::Error::last_os_error()
-                ));
-            }
-            let root = c"/";
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
+    own_thread_as_root(
+        test,
+        "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)",
+        || {
+            let bpffs = PrivateBpffs::mount("lanrage-bpffs", false)?;
+            let pins = bpffs.dir.join("lanrage");
+            std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
+            let config = XdpLoadConfig {
+                max_routes: 8,
+                relay: relay(),
+                pin_path: Some(pins.clone()),
+            };
+            let key = RouteKey::new(alice(), BOB_INDEX);
+            let hit = Frame::udp(alice(), relay(), transport(BOB_INDEX, 64)).build();
             {
-                return Err(format!(
-                    "making mounts private: {}",
-                    io::Error::last_os_error()
-                ));
+                let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
+                first.insert_route(&key, &RouteValue::new(bob())).unwrap();
+                assert_eq!(first.test_run(&hit, None).unwrap().action, XDP_TX);
             }
-            if libc::mount(
-                c"bpf".as_ptr(),
-                c_dir.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(format!("mounting bpffs: {}", io::Error::last_os_error()));
+            for map in ["lrg_routes", "lrg_counters", "lrg_config"] {
+                assert!(pins.join(map).exists(), "{map} is pinned");
             }
-        }
-        let pins = dir.join("lanrage");
-        std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
-        let config = XdpLoadConfig {
-            max_routes: 8,
-            relay: relay(),
-            pin_path: Some(pins.clone()),
-        };
-        let key = RouteKey::new(alice(), BOB_INDEX);
-        let hit = Frame::udp(alice(), relay(), transport(BOB_INDEX, 64)).build();
-        {
-            let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
-            first.insert_route(&key, &RouteValue::new(bob())).unwrap();
-            assert_eq!(first.test_run(&hit, None).unwrap().action, XDP_TX);
-        }
-        for map in ["lrg_routes", "lrg_counters", "lrg_config"] {
-            assert!(pins.join(map).exists(), "{map} is pinned");
-        }
-        // A second load (a restarted relay) finds the route and the counters.
-        let second = XdpFastPath::load(config).expect("reload with pinned maps");
-        assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
-        assert_ne!(second.route_last_seen(&key).unwrap(), Some(0));
-        assert_eq!(second.test_run(&hit, None).unwrap().action, XDP_TX);
-        assert_eq!(second.counters().unwrap().forwarded(), 2);
-        drop(second);
-        // SAFETY: valid NUL-terminated path in this thread's mount namespace.
-        unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
-        Ok(())
-    });
-    match thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => skip_or_fail(test, &why),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
+            // A second load (a restarted relay) finds the route and the counters.
+            let second = XdpFastPath::load(config).expect("reload with pinned maps");
+            assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
+            assert_ne!(second.route_last_seen(&key).unwrap(), Some(0));
+            assert_eq!(second.test_run(&hit, None).unwrap().action, XDP_TX);
+            assert_eq!(second.counters().unwrap().forwarded(), 2);
+            Ok(())
+        },
+    );
 }
 
 /// `attach_pinned`: the program stays attached to the interface after its
@@ -787,112 +802,65 @@ impl Drop for RemoveDir {
 #[test]
 fn pinned_link_keeps_the_program_attached_across_a_restart() {
     let test = "pinned_link_keeps_the_program_attached_across_a_restart";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip_or_fail(
-            test,
-            "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs and a netns)",
-        );
-        return;
-    }
-    let thread = std::thread::spawn(|| -> Result<(), String> {
-        let dir = std::env::temp_dir().join(format!("lanrage-bpffs-link-{}", std::process::id()));
-        let _ = std::fs::create_dir(&dir);
-        let _cleanup = RemoveDir(dir.clone());
-        let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: plain syscalls on valid NUL-terminated strings; they affect
-        // only this thread's (new) mount and network namespaces.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
-                return Err(format!(
-                    "unshare(CLONE_NEWNS | CLONE_NEWNET): {}",
-                    io::Error::last_os_error()
-                ));
-            }
-            if libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(format!(
-                    "making mounts private: {}",
-                    io::Error::last_os_error()
-                ));
-            }
-            if libc::mount(
-                c"bpf".as_ptr(),
-                c_dir.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(format!("mounting bpffs: {}", io::Error::last_os_error()));
-            }
-        }
-        ip(&["link", "add", "xl0", "type", "veth", "peer", "name", "xl1"]);
-        ip(&["link", "set", "xl0", "up"]);
-        ip(&["link", "set", "xl1", "up"]);
-        let pins = dir.join("lanrage");
-        std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
-        let config = XdpLoadConfig {
-            max_routes: 8,
-            relay: relay(),
-            pin_path: Some(pins.clone()),
-        };
-        let key = RouteKey::new(alice(), BOB_INDEX);
+    own_thread_as_root(
+        test,
+        "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs and a netns)",
+        || {
+            let bpffs = PrivateBpffs::mount("lanrage-bpffs-link", true)?;
+            ip(&["link", "add", "xl0", "type", "veth", "peer", "name", "xl1"]);
+            ip(&["link", "set", "xl0", "up"]);
+            ip(&["link", "set", "xl1", "up"]);
+            let pins = bpffs.dir.join("lanrage");
+            std::fs::create_dir(&pins).expect("create a pin directory on bpffs");
+            let config = XdpLoadConfig {
+                max_routes: 8,
+                relay: relay(),
+                pin_path: Some(pins.clone()),
+            };
+            let key = RouteKey::new(alice(), BOB_INDEX);
 
-        let first_id = {
-            let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
-            first.insert_route(&key, &RouteValue::new(bob())).unwrap();
-            let how = first
+            let first_id = {
+                let mut first = XdpFastPath::load(config.clone()).expect("load with pinned maps");
+                first.insert_route(&key, &RouteValue::new(bob())).unwrap();
+                let how = first
+                    .attach_pinned("xl0", XdpMode::Skb, &pins)
+                    .expect("attach through a pinned link");
+                assert_eq!(how, PinnedAttach::Attached);
+                xdp_prog_id("xl0").expect("attached")
+            };
+            assert!(pins.join("link_xl0_skb").exists());
+            assert_eq!(
+                xdp_prog_id("xl0"),
+                Some(first_id),
+                "still attached after the loader is gone"
+            );
+
+            let mut second = XdpFastPath::load(config.clone()).expect("reload");
+            let how = second
                 .attach_pinned("xl0", XdpMode::Skb, &pins)
-                .expect("attach through a pinned link");
+                .expect("reuse the pinned link");
+            assert_eq!(how, PinnedAttach::Replaced);
+            let second_id = xdp_prog_id("xl0").expect("attached");
+            assert_ne!(second_id, first_id, "the new program runs in the old link");
+            assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
+            drop(second);
+            assert_eq!(xdp_prog_id("xl0"), Some(second_id));
+
+            // Another mode: the stale link goes, a new one is pinned.
+            let mut third = XdpFastPath::load(config).expect("reload");
+            let how = third
+                .attach_pinned("xl0", XdpMode::Native, &pins)
+                .expect("attach natively after removing the skb link");
             assert_eq!(how, PinnedAttach::Attached);
-            xdp_prog_id("xl0").expect("attached")
-        };
-        assert!(pins.join("link_xl0_skb").exists());
-        assert_eq!(
-            xdp_prog_id("xl0"),
-            Some(first_id),
-            "still attached after the loader is gone"
-        );
-
-        let mut second = XdpFastPath::load(config.clone()).expect("reload");
-        let how = second
-            .attach_pinned("xl0", XdpMode::Skb, &pins)
-            .expect("reuse the pinned link");
-        assert_eq!(how, PinnedAttach::Replaced);
-        let second_id = xdp_prog_id("xl0").expect("attached");
-        assert_ne!(second_id, first_id, "the new program runs in the old link");
-        assert_eq!(second.route(&key).unwrap().map(|v| v.peer()), Some(bob()));
-        drop(second);
-        assert_eq!(xdp_prog_id("xl0"), Some(second_id));
-
-        // Another mode: the stale link goes, a new one is pinned.
-        let mut third = XdpFastPath::load(config).expect("reload");
-        let how = third
-            .attach_pinned("xl0", XdpMode::Native, &pins)
-            .expect("attach natively after removing the skb link");
-        assert_eq!(how, PinnedAttach::Attached);
-        assert!(!pins.join("link_xl0_skb").exists());
-        assert!(pins.join("link_xl0_native").exists());
-        drop(third);
-        // Unpinning is how an operator detaches for good.
-        std::fs::remove_file(pins.join("link_xl0_native")).expect("unpin");
-        assert_eq!(xdp_prog_id("xl0"), None, "detached once unpinned");
-        // SAFETY: valid NUL-terminated path in this thread's mount namespace.
-        unsafe { libc::umount2(c_dir.as_ptr(), libc::MNT_DETACH) };
-        Ok(())
-    });
-    match thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => skip_or_fail(test, &why),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+            assert!(!pins.join("link_xl0_skb").exists());
+            assert!(pins.join("link_xl0_native").exists());
+            drop(third);
+            // Unpinning is how an operator detaches for good.
+            std::fs::remove_file(pins.join("link_xl0_native")).expect("unpin");
+            assert_eq!(xdp_prog_id("xl0"), None, "detached once unpinned");
+            Ok(())
+        },
+    );
 }
 
 /// The id of the XDP program attached to `dev`, from `ip link show`.

@@ -715,6 +715,26 @@ mod tests {
         (at_client, at_relay, PeerKey::from(&client_pub))
     }
 
+    /// A minimal registration from `client`: timestamp 1, no observed
+    /// address, no cookie.
+    fn minimal(client: PeerKey, consent: Vec<PeerKey>) -> Registration {
+        Registration {
+            client,
+            timestamp: 1,
+            observed: None,
+            cookie: NO_COOKIE,
+            consent,
+        }
+    }
+
+    /// `wire` parsed as a registration (which it must be).
+    fn register_view(wire: &[u8]) -> RegisterView<'_> {
+        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(wire) else {
+            panic!("must parse as a well-formed registration");
+        };
+        view
+    }
+
     #[test]
     fn both_sides_derive_the_same_keys() {
         let (a, b, _) = keys(1, 2);
@@ -735,9 +755,7 @@ mod tests {
         };
         let wire = reg.seal(&at_client).expect("seal");
         assert_eq!(wire.len(), REGISTER_MIN_LEN + 64);
-        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(&wire) else {
-            panic!("must parse");
-        };
+        let view = register_view(&wire);
         assert_eq!(view.client(), me);
         assert_eq!(view.timestamp(), reg.timestamp);
         assert_eq!(view.cookie(), [9; COOKIE_LEN]);
@@ -746,16 +764,12 @@ mod tests {
         // The cookie is MAC-covered: a relay can't be fed another address's cookie.
         let mut swapped = wire.clone();
         swapped[REGISTER_COOKIE_AT] ^= 1;
-        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(&swapped) else {
-            panic!("still well-formed");
-        };
+        let view = register_view(&swapped);
         assert_eq!(view.verify(&at_relay), Err(ControlError::BadMac));
 
         let mut tampered = wire.clone();
         tampered[HEADER_LEN + 33] ^= 1; // timestamp
-        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(&tampered) else {
-            panic!("still well-formed");
-        };
+        let view = register_view(&tampered);
         assert_eq!(view.verify(&at_relay), Err(ControlError::BadMac));
     }
 
@@ -763,17 +777,9 @@ mod tests {
     fn registration_mac_made_with_another_key_is_rejected() {
         let (_, at_relay, me) = keys(1, 2);
         let (wrong, _, _) = keys(3, 2);
-        let reg = Registration {
-            client: me,
-            timestamp: 1,
-            observed: None,
-            cookie: NO_COOKIE,
-            consent: vec![],
-        };
+        let reg = minimal(me, vec![]);
         let wire = reg.seal(&wrong).expect("seal");
-        let Ok(ControlMessage::Register(view)) = ControlMessage::parse(&wire) else {
-            panic!("must parse");
-        };
+        let view = register_view(&wire);
         assert_eq!(view.verify(&at_relay), Err(ControlError::BadMac));
     }
 
@@ -816,15 +822,7 @@ mod tests {
         };
         assert_eq!(view.verify(&at_client), Ok(ack));
         // A registration MAC key must not verify an ack: the directions differ.
-        let reg = Registration {
-            client: me,
-            timestamp: 1,
-            observed: None,
-            cookie: NO_COOKIE,
-            consent: vec![],
-        }
-        .seal(&at_client)
-        .expect("seal");
+        let reg = minimal(me, vec![]).seal(&at_client).expect("seal");
         assert_ne!(&reg[reg.len() - 16..], &wire[wire.len() - 16..]);
     }
 

@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 /// A WireGuard static public key, the identity of a peer everywhere in LANrage.
 ///
 /// Displayed as standard base64, like `wg pubkey` prints it.
@@ -15,10 +18,12 @@ impl PeerKey {
         &self.0
     }
 
-    /// Parses the base64 text form (44 characters, as `wg pubkey` prints).
+    /// Parses the base64 text form: exactly the 44 characters `wg pubkey`
+    /// prints (standard alphabet, one `=` of padding, unused bits zero), so
+    /// each key has one text form. Whitespace is not trimmed; a caller
+    /// reading a key from a file or a line trims first.
     pub fn from_base64(text: &str) -> Option<Self> {
-        let bytes = base64_decode_32(text.trim())?;
-        Some(Self(bytes))
+        base64_decode_32(text).map(Self)
     }
 
     pub fn to_base64(&self) -> String {
@@ -51,66 +56,21 @@ impl fmt::Debug for PeerKey {
     }
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard padded base64 of exactly 32 bytes (44 characters). Keys are the only
-/// thing this crate ever prints, so a general base64 dependency isn't needed here.
+/// Standard padded base64 of exactly 32 bytes (44 characters).
 pub fn base64_encode_32(bytes: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(44);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(bytes)
 }
 
-/// Decodes standard padded base64 into exactly 32 bytes; anything else is `None`.
+/// Decodes standard padded base64 into exactly 32 bytes; anything else
+/// (another length, missing or extra padding, the URL-safe alphabet, set
+/// trailing bits, whitespace) is `None`. The STANDARD engine requires
+/// canonical padding and rejects trailing bits.
 pub fn base64_decode_32(text: &str) -> Option<[u8; 32]> {
-    let text = text.as_bytes();
-    if text.len() != 44 || text[43] != b'=' || text[42] == b'=' {
-        return None;
-    }
+    // 44 characters decode to at most 33 bytes; a 33-byte buffer also
+    // makes a longer input fail instead of being cut.
     let mut out = [0u8; 33];
-    let mut written = 0;
-    for (chunk_index, chunk) in text.chunks(4).enumerate() {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                // Padding only as the very last character (32 bytes leave one).
-                b'=' if chunk_index * 4 + i == 43 => 0,
-                _ => return None,
-            };
-            n = (n << 6) | u32::from(v);
-        }
-        for shift in [16, 8, 0] {
-            out[written] = (n >> shift) as u8;
-            written += 1;
-        }
-    }
-    // The last character before '=' carries 2 unused bits; they must be zero
-    // so that every key has exactly one text form.
-    if out[32] != 0 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&out[..32]);
-    Some(key)
+    let len = STANDARD.decode_slice(text, &mut out).ok()?;
+    out[..len].try_into().ok()
 }
 
 #[cfg(test)]
@@ -143,5 +103,22 @@ mod tests {
             PeerKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB="),
             None
         );
+    }
+
+    /// One key, one text form: surrounding whitespace (ASCII or Unicode) is
+    /// not part of a key. The hand-written decoder trimmed it, so
+    /// `"<key>\n"` or `"\u{3000}<key>"` parsed while the standard base64
+    /// decoder refuses them; callers reading a key from a file trim first.
+    #[test]
+    fn base64_rejects_surrounding_whitespace() {
+        let text = PeerKey([0xfb; 32]).to_base64();
+        for wrapped in [
+            format!("{text}\n"),
+            format!(" {text}"),
+            format!("\u{3000}{text}"),
+            format!("{text}\u{85}"),
+        ] {
+            assert_eq!(PeerKey::from_base64(&wrapped), None, "{wrapped:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `lanrage-proto` owns LANrage's wire formats and the pure logic around them:
 //! classifying WireGuard messages without decrypting them, the mac1/mac2/cookie
 //! machinery a relay needs to route and protect handshakes, and the LANrage
-//! control messages (registration, acknowledgement, unknown-session hint).
+//! control messages (registration, acknowledgement, unknown-session hint), and
+//! the inner IPv4/UDP packet tests and load generators tunnel (`inner`).
 //!
 //! It must not do IO: no sockets, no clock, no async, no OS randomness. Callers
 //! pass time, bytes and random values in. Every parser is total: any byte string
@@ -11,6 +12,7 @@
 
 pub mod control;
 pub mod demux;
+pub mod inner;
 pub mod key;
 pub mod mac;
 pub mod signal;

@@ -16,25 +16,17 @@ mod wireguard_message;
 use std::path::PathBuf;
 
 use arbitrary::{Arbitrary, Unstructured};
+use lanrage_test_support::fuzz_replay::{committed_inputs, env_number, SplitMix64};
 
 fn cases() -> u64 {
-    std::env::var("LANRAGE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+    env_number("LANRAGE_FUZZ_CASES").unwrap_or(20_000)
 }
 
 /// SplitMix64 bytes for one seed: up to 1600 long, and for two seeds in
 /// three, headed like a WireGuard or LANrage message (types 1–4, 1–6).
 fn random_bytes(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xF022;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix64::new(seed, 0xF022);
+    let mut next = || rng.next_u64();
     let steer = next() % 3;
     // Lengths near the fixed sizes are the interesting ones.
     let len = match next() % 4 {
@@ -60,21 +52,9 @@ fn committed(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/regressions")
         .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no inputs in {}", dir.display());
-    println!("{target}: {} committed inputs", files.len());
-    files
-        .into_iter()
-        .map(|f| {
-            let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            (f, bytes)
-        })
-        .collect()
+    let inputs = committed_inputs(&dir);
+    println!("{target}: {} committed inputs", inputs.len());
+    inputs
 }
 
 /// Runs `check` on every committed input, then on the random ones; a panic

@@ -292,12 +292,7 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
         ..RouterConfig::default()
     };
     let mut router = router_with(config, now);
-    let (mut a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1"),
-        (2, "198.51.100.2:2"),
-    );
+    let (mut a, b) = pair(&mut router, now);
     let b_view = b.view();
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
 
@@ -341,12 +336,7 @@ fn under_load_initiations_need_mac2_and_arrive_with_it_zeroed() {
 fn responder_cookie_reply_follows_the_pending_initiation() {
     let now = Instant::now();
     let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1"),
-        (2, "198.51.100.2:2"),
-    );
+    let (a, b) = pair(&mut router, now);
     let mut ab = a.tunnel_to(&b, 1);
     // B is "under load" from the start: a limit of 0 handshakes.
     let b_public = PublicKey::from(&b.secret);
@@ -559,7 +549,12 @@ fn route_commands_follow_installs_roaming_and_expiry() {
         route_commands: true,
         ..RouterConfig::default()
     };
-    let mut router = Router::new(config, StaticSecret::from(RELAY_SECRET), 7, [9; 32], now);
+    let Session {
+        mut router,
+        mut a,
+        mut b,
+        ..
+    } = session_on(router_with(config, now), now);
     let mut copy = HashMap::new();
     let apply = |router: &mut Router, copy: &mut HashMap<RouteKey, SocketAddr>| {
         let mut commands = Vec::new();
@@ -576,16 +571,7 @@ fn route_commands_follow_installs_roaming_and_expiry() {
             }
         }
     };
-    let (mut a, mut b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:40001"),
-        (2, "198.51.100.2:40002"),
-    );
     let (a_view, b_view) = (a.view(), b.view());
-    let mut ab = a.tunnel_to(&b, 1);
-    let mut ba = b.tunnel_to(&a, 2);
-    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
     assert!(router.has_commands());
     apply(&mut router, &mut copy);
 
@@ -649,17 +635,7 @@ fn route_commands_follow_installs_roaming_and_expiry() {
 /// (they would only pile up).
 #[test]
 fn no_route_commands_unless_asked() {
-    let now = Instant::now();
-    let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:40001"),
-        (2, "198.51.100.2:40002"),
-    );
-    let mut ab = a.tunnel_to(&b, 1);
-    let mut ba = b.tunnel_to(&a, 2);
-    handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
+    let Session { mut router, .. } = session();
     assert_eq!(router.route_count(), 2);
     assert!(!router.has_commands());
     let mut commands = Vec::new();
@@ -875,12 +851,7 @@ fn pending_handshakes_are_capped_per_pair_so_a_victim_still_handshakes() {
     assert_eq!(pending, MAX_PENDING_PER_PEER);
     assert_eq!(router.metrics().event_count(Event::PendingReplaced), 38);
 
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1"),
-        (2, "198.51.100.2:2"),
-    );
+    let (a, b) = pair(&mut router, now);
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);
 }
@@ -1093,12 +1064,7 @@ fn hints_are_capped_in_total_not_only_per_ip() {
 fn a_response_after_consent_was_withdrawn_installs_nothing() {
     let now = Instant::now();
     let mut router = router(now);
-    let (a, mut b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1"),
-        (2, "198.51.100.2:2"),
-    );
+    let (a, mut b) = pair(&mut router, now);
     let (mut ab, mut ba) = (a.tunnel_to(&b, 1), b.tunnel_to(&a, 2));
     let mut init = initiation(&mut ab);
     assert_eq!(

@@ -14,15 +14,12 @@ mod router_sequences;
 
 use std::path::PathBuf;
 
+use lanrage_test_support::fuzz_replay::{committed_inputs, env_number, SplitMix64};
 use router_sequences::{
     Action, CookieChoice, Input, Limits, MacChoice, Place, Source, Stats, Step, TimestampChoice,
 };
 
 type Outcome = Result<Stats, router_sequences::Violation>;
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Seeds 0..`LANRAGE_FUZZ_CASES` (default 300), or only `LANRAGE_FUZZ_SEED`.
 fn seeds() -> std::ops::Range<u64> {
@@ -34,16 +31,9 @@ fn seeds() -> std::ops::Range<u64> {
 
 /// SplitMix64: a fixed, dependency-free stream of bytes per seed.
 fn random_bytes(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let len = (next() % 1024) as usize;
-    (0..len).map(|_| next() as u8).collect()
+    let mut rng = SplitMix64::new(seed, 0x5EED);
+    let len = (rng.next_u64() % 1024) as usize;
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Runs an input; on a violation, runs it again with a trace if asked, and
@@ -104,19 +94,11 @@ fn regressions_dir() -> PathBuf {
 /// minimized corpus that reaches deep states random bytes rarely do.
 #[test]
 fn committed_inputs_keep_the_invariants() {
-    let dir = regressions_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no inputs in {}", dir.display());
+    let files = committed_inputs(&regressions_dir());
     let mut total = Stats::default();
-    for file in &files {
-        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    for (file, bytes) in &files {
         // Bytes that decode to no input are skipped by the fuzz target too.
-        if let Some(input) = router_sequences::decode(&bytes) {
+        if let Some(input) = router_sequences::decode(bytes) {
             total += check(&file.display().to_string(), &input);
         }
     }

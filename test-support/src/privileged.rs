@@ -19,6 +19,19 @@ pub fn skip_or_fail(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
+/// `Some(value)` when what `test` needs is here, else `None` after
+/// [`skip_or_fail`] said why not (`Err`'s text): for
+/// `let Some(x) = or_skip(test, …) else { return };`.
+pub fn or_skip<T, E: std::fmt::Display>(test: &str, available: Result<T, E>) -> Option<T> {
+    match available {
+        Ok(value) => Some(value),
+        Err(why) => {
+            skip_or_fail(test, &why.to_string());
+            None
+        }
+    }
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // /proc/self/status's "Uid:" line: real, effective, saved, filesystem.

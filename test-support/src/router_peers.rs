@@ -204,6 +204,15 @@ pub fn encapsulate(tunn: &mut Tunn, packet: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The seed and endpoint of the usual pair's A and B.
+pub const A: (u8, &str) = (1, "198.51.100.1:40001");
+pub const B: (u8, &str) = (2, "198.51.100.2:40002");
+
+/// [`A`] and [`B`] registered on `router` with consent to each other.
+pub fn pair(router: &mut Router, now: Instant) -> (Peer, Peer) {
+    registered_pair(router, now, A, B)
+}
+
 /// A and B registered with mutual consent and a completed handshake through
 /// the router. Returns their tunnels (A's to B, B's to A).
 pub struct Session {
@@ -215,15 +224,15 @@ pub struct Session {
     pub ba: Tunn,
 }
 
+/// A [`Session`] on a router with the default config.
 pub fn session() -> Session {
     let now = Instant::now();
-    let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:40001"),
-        (2, "198.51.100.2:40002"),
-    );
+    session_on(router(now), now)
+}
+
+/// A [`Session`] on `router` (A's tunnel index 1, B's 2).
+pub fn session_on(mut router: Router, now: Instant) -> Session {
+    let (a, b) = pair(&mut router, now);
     let mut ab = a.tunnel_to(&b, 1);
     let mut ba = b.tunnel_to(&a, 2);
     handshake(&mut router, now, &a, &b, &mut ab, &mut ba);

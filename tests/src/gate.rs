@@ -1,6 +1,7 @@
-//! Which relay backends a test can run on here, and the skip-or-fail rule for
-//! tests that need kernel features: without `LANRAGE_REQUIRE_PRIVILEGED=1` a
-//! missing feature skips the test (printing why); with it, the test fails.
+//! Which relay backends a test can run on here. Whether a test then skips or
+//! fails is `lanrage_test_support::privileged`'s rule (a dev-dependency: this
+//! crate's library is a dependency of the shipped bench tools, so it only
+//! reports why a backend is unavailable).
 
 /// A relay data-plane backend, as the config's `backend` field names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,32 +28,14 @@ impl Backend {
         }
     }
 
-    /// The backend if it can run here; `None` means skip (already printed).
-    /// Panics instead of skipping under `LANRAGE_REQUIRE_PRIVILEGED=1`.
-    pub fn available(self, test: &str) -> Option<Self> {
-        let status = match self {
-            Backend::Epoll => Ok(()),
-            Backend::IoUring => lanrage_relay::backend::io_uring_available(),
-        };
-        match status {
-            Ok(()) => Some(self),
-            Err(why) => {
-                skip_or_fail(test, &format!("{self:?} backend unavailable: {why}"));
-                None
-            }
+    /// The backend if it can run here, or why not (for
+    /// `lanrage_test_support::privileged::or_skip`).
+    pub fn available(self) -> Result<Self, String> {
+        match self {
+            Backend::Epoll => Ok(self),
+            Backend::IoUring => lanrage_relay::backend::io_uring_available()
+                .map(|()| self)
+                .map_err(|why| format!("{self:?} backend unavailable: {why}")),
         }
     }
-}
-
-/// Whether privileged tests must run (CI) rather than skip.
-pub fn privileged_required() -> bool {
-    std::env::var("LANRAGE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
-}
-
-/// Prints a skip notice, or panics when privileged tests are required.
-pub fn skip_or_fail(test: &str, why: &str) {
-    if privileged_required() {
-        panic!("{test}: {why} (LANRAGE_REQUIRE_PRIVILEGED=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
 }

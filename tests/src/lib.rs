@@ -8,6 +8,7 @@
 //! ([`netns`], deleted on drop).
 
 pub mod gate;
+pub mod mmsg;
 pub mod netns;
 pub mod peer;
 pub mod relay_process;

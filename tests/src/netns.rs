@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-/// Whether namespace labs can run here: `Err` names what is missing (use it
-/// with [`crate::gate::skip_or_fail`]).
+/// Whether namespace labs can run here: `Err` names what is missing (a test
+/// passes it to `lanrage_test_support::privileged::or_skip`).
 pub fn lab_available() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -250,13 +250,7 @@ mod tests {
     }
 
     fn lab_or_skip(test: &str) -> bool {
-        match lab_available() {
-            Ok(()) => true,
-            Err(why) => {
-                crate::gate::skip_or_fail(test, &why);
-                false
-            }
-        }
+        lanrage_test_support::privileged::or_skip(test, lab_available()).is_some()
     }
 
     #[test]

@@ -336,26 +336,3 @@ impl TestPeer {
         }
     }
 }
-
-/// An IPv4/UDP packet 10.66.0.1 → 10.66.0.2 carrying `payload`, valid enough
-/// for boringtun's checks on the receiving side.
-pub fn ipv4_packet(payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&[10, 66, 0, 1]);
-    p[16..20].copy_from_slice(&[10, 66, 0, 2]);
-    p[20..22].copy_from_slice(&4445u16.to_be_bytes());
-    p[22..24].copy_from_slice(&4445u16.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
-}
-
-/// The payload of a packet built by [`ipv4_packet`].
-pub fn payload_of(packet: &[u8]) -> &[u8] {
-    packet.get(28..).unwrap_or(&[])
-}

@@ -189,19 +189,7 @@ impl RelayProcess {
     /// Sends SIGTERM and waits (at most 10 s) for a clean exit; returns its code.
     pub fn stop(mut self) -> Result<i32> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        bail!("relay ignored SIGTERM for 10 s")
+        terminate(&mut child)
     }
 
     /// Stops every thread of the relay with SIGSTOP, and waits (at most 5 s)
@@ -263,6 +251,26 @@ impl Drop for RelayProcess {
 }
 
 /// Whether every thread of `pid` is in state `T` (stopped by a signal).
+/// Sends SIGTERM to a relay this test started and waits (at most 10 s) for
+/// its exit code (-1 for a signal); kills and reaps it if it ignores the
+/// signal.
+pub fn terminate(child: &mut Child) -> Result<i32> {
+    // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("relay ignored SIGTERM for 10 s")
+}
+
 fn all_threads_stopped(pid: u32) -> Result<bool> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = std::fs::read_to_string(task?.path().join("stat"))?;

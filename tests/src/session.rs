@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::peer::{ipv4_packet, payload_of};
 use crate::{Incoming, RelaySetup, TestPeer};
+use lanrage_proto::inner::{ipv4_packet, payload_of};
 
 /// Two registered, mutually consenting peers with tunnels to each other.
 pub fn pair(setup: &RelaySetup) -> Result<(TestPeer, TestPeer)> {
@@ -26,23 +26,38 @@ pub fn pair(setup: &RelaySetup) -> Result<(TestPeer, TestPeer)> {
 
 /// Runs the handshake (A initiates) and waits for the session to carry data.
 pub fn establish(a: &mut TestPeer, b: &mut TestPeer) -> Result<()> {
-    a.initiate()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // B answers the initiation; A consumes the response.
-    while Instant::now() < deadline {
-        if let Some(Incoming::Handled) = b.recv(Duration::from_millis(50))? {
+    establish_retrying(a, b, 1, Duration::from_secs(5))
+}
+
+/// [`establish`], initiating again each `round` without an answer, at most
+/// `attempts` times (on a fresh namespace lab the first initiation may be
+/// lost while ARP resolves); then B gets at most 5 s more for A's confirming
+/// keepalive.
+pub fn establish_retrying(
+    a: &mut TestPeer,
+    b: &mut TestPeer,
+    attempts: u32,
+    round: Duration,
+) -> Result<()> {
+    // B answers an initiation; A consumes the response.
+    let mut a_done = false;
+    for _ in 0..attempts {
+        a.initiate()?;
+        let round_end = Instant::now() + round;
+        while !a_done && Instant::now() < round_end {
+            let _ = b.recv(Duration::from_millis(20))?;
+            a_done = matches!(a.recv(Duration::from_millis(20))?, Some(Incoming::Handled));
+        }
+        if a_done {
             break;
         }
-    }
-    let mut a_done = false;
-    while !a_done && Instant::now() < deadline {
-        a_done = matches!(a.recv(Duration::from_millis(50))?, Some(Incoming::Handled));
     }
     if !a_done {
         bail!("handshake did not complete through the relay");
     }
     // The initiator confirms the session with a keepalive; B consumes it so
     // later assertions see only what they cause.
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Some(Incoming::Handled) = b.recv(Duration::from_millis(50))? {
             return Ok(());
@@ -59,19 +74,13 @@ pub fn transfer(from: &mut TestPeer, to: &mut TestPeer, count: u32, tag: u8) -> 
     while next < count {
         let end = (next + WINDOW).min(count);
         for seq in next..end {
-            let payload = payload_for(tag, seq);
-            from.send_packet(&ipv4_packet(&payload))?;
+            from.send_packet(&ipv4_packet(&payload_for(tag, seq)))?;
         }
         let mut expected: BTreeSet<u32> = (next..end).collect();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !expected.is_empty() && Instant::now() < deadline {
             if let Some(Incoming::Packet(packet)) = to.recv(Duration::from_millis(100))? {
-                let payload = payload_of(&packet);
-                let seq = u32::from_be_bytes(payload[1..5].try_into()?);
-                if payload != payload_for(tag, seq).as_slice() {
-                    bail!("payload {seq} corrupted in transit");
-                }
-                expected.remove(&seq);
+                expected.remove(&check_payload(payload_of(&packet), tag)?);
             }
         }
         if !expected.is_empty() {
@@ -80,6 +89,19 @@ pub fn transfer(from: &mut TestPeer, to: &mut TestPeer, count: u32, tag: u8) -> 
         next = end;
     }
     Ok(())
+}
+
+/// The sequence number of a [`payload_for`] payload, after checking every
+/// byte of it.
+pub fn check_payload(payload: &[u8], tag: u8) -> Result<u32> {
+    let seq = payload
+        .get(1..5)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        .context("payload too short")?;
+    if payload != payload_for(tag, seq).as_slice() {
+        bail!("payload {seq} (tag {tag:#x}) corrupted in transit");
+    }
+    Ok(seq)
 }
 
 /// 100–400 bytes whose content depends on the direction tag and the sequence.

@@ -4,8 +4,8 @@
 //! A [`Spoofer`] sends UDP datagrams whose IPv4 source address and port are
 //! whatever the caller says, through a raw socket
 //! (`socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`, so the IPv4 and UDP headers are
-//! built here, checksums included). It needs root or `CAP_NET_RAW`: test code
-//! goes through [`crate::gate::skip_or_fail`] when [`Spoofer::new`] answers
+//! built here, checksums included). It needs root or `CAP_NET_RAW`: a test
+//! skips (or fails, in CI) when [`permitted_spoofer`] answers
 //! [`SpoofError::NotPermitted`].
 //!
 //! **Safety rule:** every source and destination is a [`Loopback`], which
@@ -17,9 +17,10 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
 
 use lanrage_proto::control::REGISTER_MAX_LEN;
+use socket2::SockAddr;
 use thiserror::Error;
 
 /// An IPv4 header without options (20) plus a UDP header (8).
@@ -77,17 +78,16 @@ impl From<Loopback> for SocketAddr {
     }
 }
 
-/// A spoofer for test `test`, or `None` after [`crate::gate::skip_or_fail`]
-/// said why not (it fails the test under `LANRAGE_REQUIRE_PRIVILEGED=1`).
-/// Any other error is a bug in the test setup, and panics.
-pub fn spoofer_or_skip(test: &str) -> Option<Spoofer> {
+/// A spoofer, or `Err(NotPermitted)` when this process may not open a raw
+/// socket (no root or CAP_NET_RAW): the one error a test skips on, through
+/// `lanrage_test_support::privileged::or_skip` (it fails the test under
+/// `LANRAGE_REQUIRE_PRIVILEGED=1`). Any other error is a bug in the test
+/// setup, and panics.
+pub fn permitted_spoofer() -> Result<Spoofer, SpoofError> {
     match Spoofer::new() {
-        Ok(s) => Some(s),
-        Err(e @ SpoofError::NotPermitted(_)) => {
-            crate::gate::skip_or_fail(test, &e.to_string());
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
+        Ok(s) => Ok(s),
+        Err(e @ SpoofError::NotPermitted(_)) => Err(e),
+        Err(e) => panic!("opening the spoofer: {e}"),
     }
 }
 
@@ -97,8 +97,8 @@ pub struct Spoofer {
     /// `BATCH` slots of `HEADERS_LEN + MAX_PAYLOAD` bytes.
     bufs: Vec<u8>,
     lens: [usize; BATCH],
-    dests: [libc::sockaddr_in; BATCH],
-    queued: usize,
+    /// One per queued datagram.
+    dests: Vec<SockAddr>,
     next_id: u16,
 }
 
@@ -123,20 +123,18 @@ impl Spoofer {
             fd,
             bufs: vec![0; BATCH * SLOT],
             lens: [0; BATCH],
-            // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
-            dests: [unsafe { std::mem::zeroed() }; BATCH],
-            queued: 0,
+            dests: Vec::with_capacity(BATCH),
             next_id: 1,
         })
     }
 
     /// Datagrams queued and not yet flushed.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.dests.len()
     }
 
     pub fn is_full(&self) -> bool {
-        self.queued == BATCH
+        self.dests.len() == BATCH
     }
 
     /// Queues a datagram `src → dst` with a `len`-byte payload that `fill`
@@ -156,7 +154,7 @@ impl Spoofer {
         if self.is_full() {
             return Err(SpoofError::BatchFull);
         }
-        let k = self.queued;
+        let k = self.dests.len();
         let packet = &mut self.bufs[k * SLOT..k * SLOT + HEADERS_LEN + len];
         fill(&mut packet[HEADERS_LEN..]);
         // A non-zero ID: the kernel would pick one for a zero ID anyway
@@ -165,8 +163,9 @@ impl Spoofer {
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         write_headers(packet, src.addr(), dst.addr(), id);
         self.lens[k] = packet.len();
-        self.dests[k] = sockaddr_in(dst.addr().ip());
-        self.queued += 1;
+        // raw(7): the port is ignored for sending and should be 0.
+        self.dests
+            .push(SockAddr::from(SocketAddrV4::new(*dst.addr().ip(), 0)));
         Ok(())
     }
 
@@ -175,57 +174,15 @@ impl Spoofer {
     /// After an error the rest of the batch is dropped (an error is returned
     /// only if nothing was sent). The batch is empty afterwards.
     pub fn flush(&mut self) -> Result<usize, SpoofError> {
-        let count = self.queued;
-        self.queued = 0;
-        if count == 0 {
-            return Ok(0);
-        }
-        let mut iovecs = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid empty value.
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for k in 0..count {
-            iovecs[k] = libc::iovec {
-                iov_base: self.bufs[k * SLOT..].as_mut_ptr().cast(),
-                iov_len: self.lens[k],
-            };
-            let h = &mut headers[k].msg_hdr;
-            h.msg_name = (&mut self.dests[k] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovecs[k];
-            h.msg_iovlen = 1;
-        }
-        let mut sent = 0;
-        loop {
-            // SAFETY: the headers from `sent` to `count` point at live iovecs,
-            // buffers and addresses owned by `self` or this frame, unchanged
-            // during the call; the kernel only reads them (and writes msg_len).
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    headers[sent..].as_mut_ptr(),
-                    (count - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return if sent == 0 {
-                    Err(SpoofError::Send(err))
-                } else {
-                    Ok(sent)
-                };
-            }
-            sent += n as usize;
-            if sent == count || n == 0 {
-                return Ok(sent);
-            }
-        }
+        let sent = crate::mmsg::send_batch::<BATCH>(
+            self.fd.as_fd(),
+            &self.bufs,
+            SLOT,
+            &self.lens,
+            &self.dests,
+        );
+        self.dests.clear();
+        sent.map_err(SpoofError::Send)
     }
 
     /// Sends one datagram now (flushing anything queued before it).
@@ -239,7 +196,7 @@ impl Spoofer {
             self.flush()?;
         }
         self.queue(src, dst, payload.len(), |buf| buf.copy_from_slice(payload))?;
-        let expected = self.queued;
+        let expected = self.queued();
         let sent = self.flush()?;
         if sent < expected {
             return Err(SpoofError::Send(io::Error::new(
@@ -249,15 +206,6 @@ impl Spoofer {
         }
         Ok(())
     }
-}
-
-fn sockaddr_in(ip: &Ipv4Addr) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    // raw(7): the port is ignored for sending and should be 0.
-    sa.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-    sa
 }
 
 /// Writes an IPv4 header (no options, DF set, TTL 64, identification `id`)

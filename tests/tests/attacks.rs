@@ -21,8 +21,9 @@ use anyhow::{bail, Context as _, Result};
 use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
+use lanrage_test_support::privileged::or_skip;
 use lanrage_tests::session::{establish, pair, transfer};
-use lanrage_tests::spoof::{spoofer_or_skip, Loopback, Spoofer};
+use lanrage_tests::spoof::{permitted_spoofer, Loopback, Spoofer};
 use lanrage_tests::{Backend, RelaySetup, TestPeer};
 
 /// One attack at a time: each floods a relay, and in parallel they would
@@ -144,7 +145,7 @@ fn establish_with_retries(a: &mut TestPeer, b: &mut TestPeer) -> Result<()> {
 fn a_spoofed_registration_flood_leaves_legitimate_clients_working() -> Result<()> {
     let _one = serialize();
     let test = "a_spoofed_registration_flood_leaves_legitimate_clients_working";
-    let Some(mut spoofer) = spoofer_or_skip(test) else {
+    let Some(mut spoofer) = or_skip(test, permitted_spoofer()) else {
         return Ok(());
     };
     let setup = RelaySetup::new(Backend::Epoll.yaml())?;
@@ -200,7 +201,7 @@ fn a_spoofed_registration_flood_leaves_legitimate_clients_working() -> Result<()
 fn a_full_rate_limiter_table_does_not_lock_newcomers_out() -> Result<()> {
     let _one = serialize();
     let test = "a_full_rate_limiter_table_does_not_lock_newcomers_out";
-    let Some(mut spoofer) = spoofer_or_skip(test) else {
+    let Some(mut spoofer) = or_skip(test, permitted_spoofer()) else {
         return Ok(());
     };
     let setup = RelaySetup::new(&format!(
@@ -250,7 +251,7 @@ fn a_full_rate_limiter_table_does_not_lock_newcomers_out() -> Result<()> {
 fn a_spoofed_registration_cannot_bind_or_take_over_an_address() -> Result<()> {
     let _one = serialize();
     let test = "a_spoofed_registration_cannot_bind_or_take_over_an_address";
-    let Some(mut spoofer) = spoofer_or_skip(test) else {
+    let Some(mut spoofer) = or_skip(test, permitted_spoofer()) else {
         return Ok(());
     };
     let setup = RelaySetup::new(Backend::Epoll.yaml())?;
@@ -311,7 +312,7 @@ fn a_spoofed_registration_cannot_bind_or_take_over_an_address() -> Result<()> {
 fn junk_registrations_from_a_clients_ip_do_not_starve_its_refreshes() -> Result<()> {
     let _one = serialize();
     let test = "junk_registrations_from_a_clients_ip_do_not_starve_its_refreshes";
-    let Some(mut spoofer) = spoofer_or_skip(test) else {
+    let Some(mut spoofer) = or_skip(test, permitted_spoofer()) else {
         return Ok(());
     };
     let setup = RelaySetup::new(&format!(

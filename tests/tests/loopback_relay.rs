@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_proto::control::{ControlMessage, Registration, SessionKeys, NO_COOKIE};
+use lanrage_proto::inner::ipv4_packet;
 use lanrage_proto::x25519::StaticSecret;
-use lanrage_tests::peer::ipv4_packet;
 use lanrage_tests::session::{
     assert_nothing_arrives, drain, establish, pair, payload_for, transfer,
 };
@@ -27,7 +27,10 @@ macro_rules! on_every_backend {
             $(
                 #[test]
                 fn $test() -> anyhow::Result<()> {
-                    match lanrage_tests::Backend::IoUring.available(stringify!($test)) {
+                    match lanrage_test_support::privileged::or_skip(
+                        stringify!($test),
+                        lanrage_tests::Backend::IoUring.available(),
+                    ) {
                         Some(backend) => super::$test(backend),
                         None => Ok(()),
                     }

@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use lanrage_tests::spoof::{spoofer_or_skip, Loopback, SpoofError, BATCH, MAX_PAYLOAD};
+use lanrage_test_support::privileged::or_skip;
+use lanrage_tests::spoof::{permitted_spoofer, Loopback, SpoofError, BATCH, MAX_PAYLOAD};
 
 fn receiver() -> Result<(UdpSocket, Loopback)> {
     let rx = UdpSocket::bind("127.0.0.1:0")?;
@@ -20,9 +21,10 @@ fn receiver() -> Result<(UdpSocket, Loopback)> {
 
 #[test]
 fn a_spoofed_datagram_arrives_with_exactly_its_source_and_payload() -> Result<()> {
-    let Some(mut spoofer) =
-        spoofer_or_skip("a_spoofed_datagram_arrives_with_exactly_its_source_and_payload")
-    else {
+    let Some(mut spoofer) = or_skip(
+        "a_spoofed_datagram_arrives_with_exactly_its_source_and_payload",
+        permitted_spoofer(),
+    ) else {
         return Ok(());
     };
     let (rx, dst) = receiver()?;
@@ -40,7 +42,10 @@ fn a_spoofed_datagram_arrives_with_exactly_its_source_and_payload() -> Result<()
 
 #[test]
 fn a_full_batch_arrives_from_all_its_sources() -> Result<()> {
-    let Some(mut spoofer) = spoofer_or_skip("a_full_batch_arrives_from_all_its_sources") else {
+    let Some(mut spoofer) = or_skip(
+        "a_full_batch_arrives_from_all_its_sources",
+        permitted_spoofer(),
+    ) else {
         return Ok(());
     };
     let (rx, dst) = receiver()?;
@@ -74,7 +79,7 @@ fn a_full_batch_arrives_from_all_its_sources() -> Result<()> {
 
 #[test]
 fn oversized_payloads_are_refused() -> Result<()> {
-    let Some(mut spoofer) = spoofer_or_skip("oversized_payloads_are_refused") else {
+    let Some(mut spoofer) = or_skip("oversized_payloads_are_refused", permitted_spoofer()) else {
         return Ok(());
     };
     let (_rx, dst) = receiver()?;

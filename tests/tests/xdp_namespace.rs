@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_ebpf::{Counter, RouteKey, RouteValue, XdpFastPath, XdpLoadConfig, XdpMode};
+use lanrage_proto::inner::{ipv4_packet, payload_of};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
-use lanrage_tests::gate::skip_or_fail;
+use lanrage_test_support::privileged::or_skip;
 use lanrage_tests::netns::{lab_available, Host, Switched};
-use lanrage_tests::peer::{ipv4_packet, payload_of};
+use lanrage_tests::session::{check_payload, establish_retrying, payload_for, transfer};
 use lanrage_tests::{Incoming, TestPeer};
 
 const RELAY_PORT: u16 = 51820;
@@ -56,8 +57,7 @@ fn xdp_skb_forwards_a_boringtun_session_between_namespaces() -> Result<()> {
 }
 
 fn xdp_forwards_a_session(test: &str, mode: XdpMode) -> Result<()> {
-    if let Err(why) = lab_available() {
-        skip_or_fail(test, &why);
+    if or_skip(test, lab_available()).is_none() {
         return Ok(());
     }
     let lab = Switched::new(&["relay", "a", "b"])?;
@@ -95,7 +95,7 @@ fn xdp_forwards_a_session(test: &str, mode: XdpMode) -> Result<()> {
     )?;
     pa.tunnel_to(pb.key, 1);
     pb.tunnel_to(pa.key, 2);
-    establish(&mut pa, &mut pb)?;
+    establish_retrying(&mut pa, &mut pb, 5, Duration::from_secs(1))?;
     let before = forwarder.seen();
     let (Some(a_index), Some(b_index)) = (before.initiator_index, before.responder_index) else {
         bail!("the forwarder saw no complete handshake: {before:?}");
@@ -276,83 +276,6 @@ impl Drop for Forwarder {
     }
 }
 
-// ------------------------------------------------- peers
-
-/// Runs the handshake (A initiates) and waits for the session to carry data.
-fn establish(a: &mut TestPeer, b: &mut TestPeer) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // The first initiation may be lost while ARP resolves; retry a few times.
-    let mut a_done = false;
-    for _ in 0..5 {
-        a.initiate()?;
-        let round = (Instant::now() + Duration::from_secs(1)).min(deadline);
-        while !a_done && Instant::now() < round {
-            let _ = b.recv(Duration::from_millis(20))?;
-            a_done = matches!(a.recv(Duration::from_millis(20))?, Some(Incoming::Handled));
-        }
-        if a_done {
-            break;
-        }
-    }
-    if !a_done {
-        bail!("handshake did not complete through the relay");
-    }
-    // B consumes A's confirming keepalive so later counts see only data.
-    while Instant::now() < deadline {
-        if let Some(Incoming::Handled) = b.recv(Duration::from_millis(50))? {
-            return Ok(());
-        }
-    }
-    bail!("B never saw A's confirming keepalive")
-}
-
-/// Sends `count` packets from `from` to `to` in windows, verifying every
-/// payload byte for byte.
-fn transfer(from: &mut TestPeer, to: &mut TestPeer, count: u32, tag: u8) -> Result<()> {
-    const WINDOW: u32 = 32;
-    let mut next = 0;
-    while next < count {
-        let end = (next + WINDOW).min(count);
-        for seq in next..end {
-            from.send_packet(&ipv4_packet(&payload_for(tag, seq)))?;
-        }
-        let mut expected: BTreeSet<u32> = (next..end).collect();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !expected.is_empty() && Instant::now() < deadline {
-            if let Some(Incoming::Packet(packet)) = to.recv(Duration::from_millis(100))? {
-                let seq = check_payload(payload_of(&packet), tag)?;
-                expected.remove(&seq);
-            }
-        }
-        if !expected.is_empty() {
-            bail!("{} packets never arrived: {expected:?}", expected.len());
-        }
-        next = end;
-    }
-    Ok(())
-}
-
-/// 64–319 bytes: the tag, the sequence number, then a pattern of both.
-fn payload_for(tag: u8, seq: u32) -> Vec<u8> {
-    let len = 64 + (seq as usize * 7) % 256;
-    let mut p = vec![tag];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend((5..len).map(|i| (i as u32 ^ seq) as u8 ^ tag));
-    p
-}
-
-/// The sequence number of a payload, after checking every byte of it.
-fn check_payload(payload: &[u8], tag: u8) -> Result<u32> {
-    let seq = payload
-        .get(1..5)
-        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-        .context("payload too short")?;
-    if payload != payload_for(tag, seq).as_slice() {
-        bail!("payload {seq} (tag {tag:#x}) corrupted in transit");
-    }
-    Ok(seq)
-}
-
 // ------------------------------------------------- the real relay with XDP
 
 /// What the end-to-end tests expect of the relay's XDP wiring (issue 5,
@@ -450,7 +373,7 @@ fn relay_forwards_through_xdp(test: &str, mode: &str) -> Result<()> {
     };
     let relay = e2e.start_relay()?;
     let (mut pa, mut pb) = e2e.registered_pair()?;
-    establish(&mut pa, &mut pb)?;
+    establish_retrying(&mut pa, &mut pb, 5, Duration::from_secs(1))?;
     transfer(&mut pa, &mut pb, E2E_PACKETS, 0xA)?;
     transfer(&mut pb, &mut pa, E2E_PACKETS, 0xB)?;
     let xdp_tx = relay.metric(contract::XDP_TX)?;
@@ -477,7 +400,7 @@ fn relay_restart_loses_no_transport_packet_with_pinned_xdp() -> Result<()> {
     };
     let relay = e2e.start_relay()?;
     let (mut pa, mut pb) = e2e.registered_pair()?;
-    establish(&mut pa, &mut pb)?;
+    establish_retrying(&mut pa, &mut pb, 5, Duration::from_secs(1))?;
     transfer(&mut pa, &mut pb, 32, 0xA)?;
 
     // A steady stream A→B on its own thread; B collects on another.
@@ -554,8 +477,7 @@ const METRICS: &str = "127.0.0.1:9100";
 
 impl E2e {
     fn new(test: &str, mode: &str) -> Result<Option<Self>> {
-        if let Err(why) = lab_available() {
-            skip_or_fail(test, &why);
+        if or_skip(test, lab_available()).is_none() {
             return Ok(None);
         }
         let lab = Switched::new(&["relay", "a", "b"])?;
@@ -707,20 +629,7 @@ impl NsRelay<'_> {
     /// SIGTERM, then wait (at most 10 s) for the exit code.
     fn stop(mut self) -> Result<i32> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("relay ignored SIGTERM for 10 s: {}", self.log())
+        lanrage_tests::relay_process::terminate(&mut child).with_context(|| self.log())
     }
 }
 

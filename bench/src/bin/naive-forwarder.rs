@@ -44,13 +44,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    lanrage_bench::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

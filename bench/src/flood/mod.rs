@@ -506,47 +506,30 @@ mod tests {
         }
     }
 
+    /// `--kind KIND --relay RELAY --duration 1` and `extra`.
+    fn args<'a>(kind: &'a str, relay: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--kind", kind, "--relay", relay, "--duration", "1"];
+        args.extend_from_slice(extra);
+        args
+    }
+
     #[test]
     fn a_relay_or_source_off_loopback_is_refused() {
-        let e = err(&[
-            "--kind",
-            "transport-miss",
-            "--relay",
-            "10.0.0.1:51888",
-            "--duration",
-            "1",
-        ]);
+        let e = err(&args("transport-miss", "10.0.0.1:51888", &[]));
         assert!(e.contains("--relay") && e.contains("127.0.0.0/8"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "initiation",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--src",
-            "192.168.1.2:4000",
-        ]);
+            &["--src", "192.168.1.2:4000"],
+        ));
         assert!(e.contains("--src") && e.contains("127.0.0.0/8"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "register-junk",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--src-ip",
-            "8.8.8.8",
-        ]);
+            &["--src-ip", "8.8.8.8"],
+        ));
         assert!(e.contains("--src-ip") && e.contains("127.0.0.0/8"), "{e}");
-        let e = err(&[
-            "--kind",
-            "transport-miss",
-            "--relay",
-            "[::1]:1",
-            "--duration",
-            "1",
-        ]);
+        let e = err(&args("transport-miss", "[::1]:1", &[]));
         assert!(e.contains("127.0.0.0/8"), "{e}");
     }
 
@@ -570,84 +553,46 @@ mod tests {
 
     #[test]
     fn each_kind_requires_its_inputs_and_refuses_others() {
-        let e = err(&[
-            "--kind",
-            "register-fresh",
-            "--relay",
-            "127.0.0.1:1",
-            "--duration",
-            "1",
-        ]);
+        let e = err(&args("register-fresh", "127.0.0.1:1", &[]));
         assert!(e.contains("--relay-public-key"), "{e}");
-        let e = err(&[
-            "--kind",
-            "initiation",
-            "--relay",
-            "127.0.0.1:1",
-            "--duration",
-            "1",
-        ]);
+        let e = err(&args("initiation", "127.0.0.1:1", &[]));
         assert!(e.contains("--src"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "initiation",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--src",
-            "127.0.0.1:0",
-        ]);
+            &["--src", "127.0.0.1:0"],
+        ));
         assert!(e.contains("--register-victim"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "transport-miss",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--victim-key",
-            KEY,
-        ]);
+            &["--victim-key", KEY],
+        ));
         assert!(e.contains("--victim-key does not apply"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "register-junk",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--src-ip",
-            "127.0.0.1",
-            "--sources",
-            "5",
-        ]);
+            &["--src-ip", "127.0.0.1", "--sources", "5"],
+        ));
         assert!(e.contains("--sources does not apply"), "{e}");
-        let e = err(&[
-            "--kind",
+        let e = err(&args(
             "register-junk",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--victim-key",
-            "short",
-        ]);
+            &["--victim-key", "short"],
+        ));
         assert!(e.contains("--victim-key"), "{e}");
-        let ok = plan(&[
-            "--kind",
+        let ok = plan(&args(
             "register-fresh",
-            "--relay",
             "127.0.0.1:1",
-            "--duration",
-            "1",
-            "--relay-public-key",
-            KEY,
-            "--keys",
-            "16",
-            "--sources",
-            "100",
-        ])
+            &[
+                "--relay-public-key",
+                KEY,
+                "--keys",
+                "16",
+                "--sources",
+                "100",
+            ],
+        ))
         .expect("valid");
         assert_eq!((ok.keys, ok.sources), (16, 100));
     }

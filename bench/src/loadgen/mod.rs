@@ -46,14 +46,7 @@ use setup_progress::SetupProgress;
 
 /// The binary's entry point: `error: …` on stderr and exit code 1 on failure.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
-    match run_cli(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code(run_cli(&Args::parse()))
 }
 
 fn run_cli(args: &Args) -> Result<()> {

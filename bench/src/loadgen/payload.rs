@@ -15,6 +15,8 @@
 //!   zeros up to the **same length as `sealed`**, so the relay sees identical
 //!   datagram sizes in both modes and only the generator's cost differs.
 
+use lanrage_proto::inner;
+
 /// Bytes of the stamp at the start of every measured payload.
 pub const STAMP_LEN: usize = 24;
 /// WireGuard transport header: type, reserved, receiver index, counter.
@@ -22,7 +24,7 @@ pub const TRANSPORT_HEADER_LEN: usize = 16;
 /// ChaCha20-Poly1305 tag after the sealed data.
 pub const TAG_LEN: usize = 16;
 /// IPv4 (no options) plus UDP header of the inner packet.
-pub const INNER_HEADERS_LEN: usize = 28;
+pub const INNER_HEADERS_LEN: usize = inner::HEADERS_LEN;
 
 /// The phase tag of the direct loopback baseline.
 pub const PHASE_DIRECT: u32 = 0x4C47_0001;
@@ -79,32 +81,14 @@ impl Stamp {
 }
 
 /// An IPv4/UDP packet 10.66.0.1:4445 → 10.66.0.2:4445 with a zeroed UDP
-/// payload of `size` bytes, valid enough for boringtun's receive checks.
-/// The sender writes the stamp at [`INNER_HEADERS_LEN`] before each seal.
+/// payload of `size` bytes ([`lanrage_proto::inner::ipv4_packet`]). The
+/// sender writes the stamp at [`INNER_HEADERS_LEN`] before each seal.
 pub fn ipv4_udp_template(size: usize) -> Vec<u8> {
-    let total = INNER_HEADERS_LEN + size;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    // `--size` is capped well below 65535 by the CLI.
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&[10, 66, 0, 1]);
-    p[16..20].copy_from_slice(&[10, 66, 0, 2]);
-    p[20..22].copy_from_slice(&4445u16.to_be_bytes());
-    p[22..24].copy_from_slice(&4445u16.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + size) as u16).to_be_bytes());
-    p
+    inner::ipv4_packet(&vec![0; size])
 }
 
 /// The UDP payload of a decrypted inner IPv4 packet (options honoured).
-pub fn inner_udp_payload(ip_packet: &[u8]) -> Option<&[u8]> {
-    let ihl = usize::from(ip_packet.first()? & 0x0F) * 4;
-    if ip_packet.get(9) != Some(&17) || ihl < 20 {
-        return None;
-    }
-    ip_packet.get(ihl + 8..)
-}
+pub use inner::udp_payload as inner_udp_payload;
 
 #[cfg(test)]
 mod tests {

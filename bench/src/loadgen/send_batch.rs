@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 
 use socket2::SockAddr;
 
@@ -79,54 +79,15 @@ impl SendBatch {
     /// kernel took. The rest (after an error) are dropped: the caller counts
     /// them as send errors. The batch is empty afterwards.
     pub fn flush(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let count = self.dests.len();
-        if count == 0 {
-            return Ok(0);
-        }
-        let mut iovecs = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; SEND_BATCH];
-        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid empty value.
-        let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-        for k in 0..count {
-            iovecs[k] = libc::iovec {
-                iov_base: self.bufs[k * BUF_LEN..].as_mut_ptr().cast(),
-                iov_len: self.lens[k],
-            };
-            let h = &mut headers[k].msg_hdr;
-            h.msg_name = self.dests[k].as_ptr() as *mut libc::c_void;
-            h.msg_namelen = self.dests[k].len();
-            h.msg_iov = &mut iovecs[k];
-            h.msg_iovlen = 1;
-        }
-        let mut sent = 0;
-        let result = loop {
-            // SAFETY: the first `count` headers point at live iovecs, buffers
-            // and addresses owned by `self` or this frame, unchanged during
-            // the call; the kernel only reads them (and writes msg_len).
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    headers[sent..].as_mut_ptr(),
-                    (count - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                break if sent == 0 { Err(err) } else { Ok(sent) };
-            }
-            sent += n as usize;
-            if sent == count || n == 0 {
-                break Ok(sent);
-            }
-        };
+        let sent = lanrage_tests::mmsg::send_batch::<SEND_BATCH>(
+            socket.as_fd(),
+            &self.bufs,
+            BUF_LEN,
+            &self.lens,
+            &self.dests,
+        );
         self.dests.clear();
-        result
+        sent
     }
 }
 

@@ -49,6 +49,34 @@ pub fn relay_secret(seed: u64) -> StaticSecret {
     StaticSecret::from(derive_secret(&seed32, b"lanrage loadgen relay key", 0))
 }
 
+/// Pair `pair`'s two peers from seeded static secrets: their registration
+/// states (each consenting to the other) and their tunnels to each other.
+pub struct PairKeys {
+    pub reg_a: RegState,
+    pub reg_b: RegState,
+    pub tunn_a: Tunn,
+    pub tunn_b: Tunn,
+}
+
+impl PairKeys {
+    pub fn new(seed: u64, pair: usize, relay_public: &PublicKey) -> Result<Self> {
+        let secret_a = peer_secret(seed, pair, 0);
+        let secret_b = peer_secret(seed, pair, 1);
+        let key_a = PeerKey::from(&PublicKey::from(&secret_a));
+        let key_b = PeerKey::from(&PublicKey::from(&secret_b));
+        let reg_a = RegState::new(&secret_a, relay_public, key_b)?;
+        let reg_b = RegState::new(&secret_b, relay_public, key_a)?;
+        // boringtun puts `index << 8` in its session indices; 24 bits fit.
+        let index = (pair as u32) & 0x00FF_FFFF;
+        Ok(Self {
+            reg_a,
+            reg_b,
+            tunn_a: Tunn::new(secret_a, PublicKey::from(key_b), None, None, index, None),
+            tunn_b: Tunn::new(secret_b, PublicKey::from(key_a), None, None, index, None),
+        })
+    }
+}
+
 /// What a peer needs to (re-)register: its key, its MAC keys with the relay,
 /// its consent list (the other peer of its pair) and its last timestamp.
 #[derive(Debug, Clone)]
@@ -154,12 +182,12 @@ pub fn establish(
         elapsed: Duration::ZERO,
     };
     for pair in 0..pairs {
-        let secret_a = peer_secret(seed, pair, 0);
-        let secret_b = peer_secret(seed, pair, 1);
-        let key_a = PeerKey::from(&PublicKey::from(&secret_a));
-        let key_b = PeerKey::from(&PublicKey::from(&secret_b));
-        let mut reg_a = RegState::new(&secret_a, relay_public, key_b)?;
-        let mut reg_b = RegState::new(&secret_b, relay_public, key_a)?;
+        let PairKeys {
+            mut reg_a,
+            mut reg_b,
+            mut tunn_a,
+            mut tunn_b,
+        } = PairKeys::new(seed, pair, relay_public)?;
         let a = bind_loopback()?;
         let b = bind_loopback()?;
         let mut buf = [0u8; BUF_LEN];
@@ -176,10 +204,6 @@ pub fn establish(
         progress.registered(step.elapsed());
         progress.check_deadline(Instant::now())?;
 
-        // boringtun puts `index << 8` in its session indices; 24 bits fit.
-        let index = (pair as u32) & 0x00FF_FFFF;
-        let mut tunn_a = Tunn::new(secret_a, PublicKey::from(key_b), None, None, index, None);
-        let mut tunn_b = Tunn::new(secret_b, PublicKey::from(key_a), None, None, index, None);
         let step = Instant::now();
         let b_index = handshake(&a, &b, relay, &mut tunn_a, &mut tunn_b, &mut buf)
             .with_context(|| format!("pair {pair}: WireGuard handshake through {relay}"))?;

@@ -211,14 +211,7 @@ struct Row {
 }
 
 pub fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code(run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -7,11 +7,9 @@
 use std::net::{SocketAddr, UdpSocket};
 
 use anyhow::{Context as _, Result};
-use boringtun::noise::Tunn;
 use lanrage_proto::x25519::PublicKey;
-use lanrage_proto::PeerKey;
 
-use crate::loadgen::setup::{handshake, peer_secret, register, RegState, BUF_LEN};
+use crate::loadgen::setup::{handshake, register, PairKeys, RegState, BUF_LEN};
 
 /// Registered, handshaken pairs on the caller's sockets.
 pub struct Established {
@@ -36,19 +34,16 @@ pub fn establish(
     };
     let mut buf = [0u8; BUF_LEN];
     for (pair, (a, b)) in a_sockets.iter().zip(b_sockets).enumerate() {
-        let secret_a = peer_secret(seed, pair, 0);
-        let secret_b = peer_secret(seed, pair, 1);
-        let key_a = PeerKey::from(&PublicKey::from(&secret_a));
-        let key_b = PeerKey::from(&PublicKey::from(&secret_b));
-        let mut reg_a = RegState::new(&secret_a, relay_public, key_b)?;
-        let mut reg_b = RegState::new(&secret_b, relay_public, key_a)?;
+        let PairKeys {
+            mut reg_a,
+            mut reg_b,
+            mut tunn_a,
+            mut tunn_b,
+        } = PairKeys::new(seed, pair, relay_public)?;
         register(a, relay, &mut reg_a, &mut buf)
             .with_context(|| format!("pair {pair}: registering A"))?;
         register(b, relay, &mut reg_b, &mut buf)
             .with_context(|| format!("pair {pair}: registering B"))?;
-        let index = (pair as u32) & 0x00FF_FFFF;
-        let mut tunn_a = Tunn::new(secret_a, PublicKey::from(key_b), None, None, index, None);
-        let mut tunn_b = Tunn::new(secret_b, PublicKey::from(key_a), None, None, index, None);
         let b_index = handshake(a, b, relay, &mut tunn_a, &mut tunn_b, &mut buf)
             .with_context(|| format!("pair {pair}: WireGuard handshake through {relay}"))?;
         out.b_indices.push(b_index);
