@@ -578,7 +578,7 @@ fn ip(args: &[&str]) {
 }
 
 fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
+    let c = std::ffi::CString::new(name).expect("an interface name has no NUL byte");
     // SAFETY: `c` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     assert_ne!(

@@ -289,7 +289,7 @@ mod tests {
     fn lengths_are_checked() {
         let bytes = sealed(b"x", 1);
         assert!(ControlMessage::parse(&bytes[..bytes.len() - 1]).is_err());
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.push(0);
         assert!(ControlMessage::parse(&longer).is_err());
         let too_big = Signal {

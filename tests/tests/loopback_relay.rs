@@ -357,7 +357,7 @@ fn malformed_packets_are_dropped_counted_and_never_amplified(backend: Backend) -
         ("no_pending_handshake", wg(3, 64)),
         ("no_consenting_responder", wg(1, 148)),
     ];
-    let mut corrupt = registration.clone();
+    let mut corrupt = registration;
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xFF;
     cases.push(("registration_bad_mac", corrupt));
@@ -461,7 +461,7 @@ fn kernel_receive_drops_are_counted_per_worker(backend: Backend) -> Result<()> {
     // Nothing is sent any more, so the kernel's counts are final: the
     // metric's workers are the kernel's sockets, one for one.
     let mut kernel = lanrage_tests::relay_process::udp_socket_drops(port)?;
-    let mut ours = per_worker.clone();
+    let mut ours = per_worker;
     kernel.sort_unstable();
     ours.sort_unstable();
     assert_eq!(ours, kernel, "relay metric vs /proc/net/udp drops");

@@ -245,7 +245,7 @@ fn state_dir_keeps_an_absolute_key_path_and_holds_the_others() -> Result<()> {
     let cases = [
         (
             format!("private_key_file: \"{}\"\n", elsewhere.display()),
-            elsewhere.clone(),
+            elsewhere,
         ),
         (
             "private_key_file: keys/relay.key\n".to_owned(),
