@@ -13,7 +13,8 @@
 #
 # Environment: RUNS (3), DURATION seconds per measurement (10), OUT (a
 # directory to keep the JSON results in; default: a temp dir, removed),
-# TARGETS ("relay naive nginx"; also "epoll", "uring"), WORKLOADS ("gaming
+# TARGETS ("relay naive nginx"; also "epoll", "uring", and "before": the
+# relay binary at RELAY_BEFORE_BIN, same config), WORKLOADS ("gaming
 # bulk"; also "paced": bulk at PACED_RATE pps, default 100000, and
 # "gamingmax": the gaming mix at GAMING_RATE pps per pair, default 250), RELAY_EXTRA_YAML
 # (top-level lines appended to the relay's config, e.g. "workers: 1"),
@@ -55,6 +56,12 @@ wait_udp() {
 # (Not called in $(...): a background child would hold the pipe open.)
 
 start_epoll() { RELAY_BACKEND="backend: epoll" start_relay; }
+# Another build of the relay (RELAY_BEFORE_BIN, e.g. one built from an
+# earlier commit) under the same config: a before/after comparison in one run.
+start_before() {
+    [ -x "${RELAY_BEFORE_BIN:-}" ] || { log "target before: set RELAY_BEFORE_BIN to a lanrage-relay binary"; exit 2; }
+    RELAY_BIN=$RELAY_BEFORE_BIN start_relay
+}
 start_uring() { RELAY_BACKEND="backend: io_uring" start_relay; }
 
 start_relay() {
@@ -75,8 +82,9 @@ ${RELAY_BACKEND:-}
 ${RELAY_EXTRA_YAML:-}
 EOF
     local key
-    key=$("$BIN/lanrage-relay" --config "$dir/relay.yaml" public-key 2>/dev/null)
-    "$BIN/lanrage-relay" --config "$dir/relay.yaml" >/dev/null 2>>"$dir/relay.log" &
+    local relay=${RELAY_BIN:-$BIN/lanrage-relay}
+    key=$("$relay" --config "$dir/relay.yaml" public-key 2>/dev/null)
+    "$relay" --config "$dir/relay.yaml" >/dev/null 2>>"$dir/relay.log" &
     TARGET_PID=$!
     PIDS+=("$TARGET_PID")
     wait_udp "$port"
