@@ -11,7 +11,7 @@ use lanrage_client_core::{Engine, EngineConfig, PeerSpec, RelaySpec};
 use rand::RngCore as _;
 
 use crate::config::{self, Loaded};
-use crate::control::{self, Request};
+use crate::control::{self, PingReply, Request, StatusReply};
 use crate::driver;
 
 /// LANrage: friends' PCs on one virtual LAN, so LAN games just work.
@@ -44,6 +44,15 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Ping a peer through its path, like `tailscale ping`: each pong with
+    /// the path it took and its round-trip time.
+    Ping {
+        /// The peer's name in the config.
+        peer: String,
+        /// How many pings, one a second.
+        #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
     },
 }
 
@@ -83,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up => up(&config::load(&config_path)?),
         Command::Status { json } => {
             let loaded = config::load(&config_path)?;
-            let reply = control::ask(
+            let reply: StatusReply = control::ask(
                 &loaded.control_socket(),
                 &Request::Status,
                 Duration::from_secs(2),
@@ -92,6 +101,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&reply)?);
             } else {
                 print!("{}", reply.render());
+            }
+            Ok(())
+        }
+        Command::Ping { peer, count } => {
+            let loaded = config::load(&config_path)?;
+            let socket = loaded.control_socket();
+            let mut answered = 0;
+            for i in 0..count {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                let request = Request::Ping { peer: peer.clone() };
+                match control::ask::<PingReply>(&socket, &request, Duration::from_secs(3)) {
+                    Ok(pong) => {
+                        answered += 1;
+                        println!(
+                            "pong from {} via {} in {:.2} ms",
+                            pong.peer, pong.path, pong.rtt_ms
+                        );
+                    }
+                    Err(e) => println!("{peer}: {e:#}"),
+                }
+            }
+            if answered == 0 {
+                anyhow::bail!("no pong from {peer}");
             }
             Ok(())
         }

@@ -24,7 +24,31 @@ pub const MAX_REQUEST: usize = 4096;
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// One ping to the peer of this name; the answer waits for its pong.
+    Ping {
+        peer: String,
+    },
 }
+
+/// `lanrage ping`'s answer to one ping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReply {
+    pub peer: String,
+    /// `relay NAME`: the path the pong came back on.
+    pub path: String,
+    pub rtt_ms: f64,
+}
+
+/// How a request is answered: at once, or when the daemon has the answer
+/// (a pong), matched by this id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Now(String),
+    Later(u64),
+}
+
+/// How long a ping waits for its pong before the daemon says so.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `lanrage status --json`, one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,8 +195,13 @@ impl StatusReply {
     }
 }
 
-/// Asks the daemon at `path`; waits at most `timeout`.
-pub fn ask(path: &Path, request: &Request, timeout: Duration) -> anyhow::Result<StatusReply> {
+/// Asks the daemon at `path`; waits at most `timeout`. An `{"error": …}`
+/// answer becomes the error.
+pub fn ask<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<T> {
     use anyhow::Context as _;
     let mut stream = StdUnixStream::connect(path).with_context(|| {
         format!(
@@ -189,14 +218,27 @@ pub fn ask(path: &Path, request: &Request, timeout: Duration) -> anyhow::Result<
     BufReader::new(stream.take(1 << 20))
         .read_line(&mut reply)
         .context("no answer from the lanrage client")?;
-    serde_json::from_str(&reply).context("the lanrage client's answer is not understood")
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).context("the lanrage client's answer is not understood")?;
+    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{error}");
+    }
+    serde_json::from_value(value).context("the lanrage client's answer is not understood")
 }
 
 /// The daemon's side: a listener and its open connections.
 pub struct Server {
     pub listener: UnixListener,
     path: PathBuf,
-    connections: Vec<(UnixStream, Vec<u8>, Instant)>,
+    connections: Vec<Connection>,
+}
+
+struct Connection {
+    stream: UnixStream,
+    request: Vec<u8>,
+    since: Instant,
+    /// Answered later: the id its answer will come with, and since when.
+    waiting: Option<(u64, Instant)>,
 }
 
 /// How long a connection may take to send its request.
@@ -236,12 +278,19 @@ impl Server {
     }
 
     /// Accepts, reads and answers whatever is ready; never blocks.
-    pub fn poll(&mut self, now: Instant, status: impl Fn() -> StatusReply) {
+    /// `handle` answers a parsed request now, or says it will later
+    /// ([`Server::complete`]).
+    pub fn poll(&mut self, now: Instant, mut handle: impl FnMut(Request) -> Answer) {
         // Bounded by the backlog: each accept takes one.
         for _ in 0..64 {
             match self.listener.accept() {
                 Ok((stream, _)) if self.connections.len() < MAX_CONNECTIONS => {
-                    self.connections.push((stream, Vec::new(), now));
+                    self.connections.push(Connection {
+                        stream,
+                        request: Vec::new(),
+                        since: now,
+                        waiting: None,
+                    });
                 }
                 Ok(_) => {} // over the limit: dropped, the command sees EOF
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -252,20 +301,37 @@ impl Server {
             }
         }
         let mut done = Vec::new();
-        for (i, (stream, buf, since)) in self.connections.iter_mut().enumerate() {
+        for (i, conn) in self.connections.iter_mut().enumerate() {
+            if let Some((_, since)) = conn.waiting {
+                if now.saturating_duration_since(since) > PING_TIMEOUT {
+                    send_line(&mut conn.stream, &error_line("no pong within 2 s"));
+                    done.push(i);
+                }
+                continue;
+            }
             let mut chunk = [0u8; 512];
             let finished = loop {
-                match stream.read(&mut chunk) {
+                match conn.stream.read(&mut chunk) {
                     Ok(0) => break true,
                     Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        if buf.contains(&b'\n') || buf.len() > MAX_REQUEST {
-                            answer(stream, buf, &status);
+                        conn.request.extend_from_slice(&chunk[..n]);
+                        if conn.request.contains(&b'\n') || conn.request.len() > MAX_REQUEST {
+                            let line = conn.request.split(|b| *b == b'\n').next().unwrap_or(&[]);
+                            match serde_json::from_slice::<Request>(line) {
+                                Ok(request) => match handle(request) {
+                                    Answer::Now(reply) => send_line(&mut conn.stream, &reply),
+                                    Answer::Later(id) => {
+                                        conn.waiting = Some((id, now));
+                                        break false;
+                                    }
+                                },
+                                Err(e) => send_line(&mut conn.stream, &error_line(&e.to_string())),
+                            }
                             break true;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        break now.saturating_duration_since(*since) > REQUEST_TIMEOUT
+                        break now.saturating_duration_since(conn.since) > REQUEST_TIMEOUT
                     }
                     Err(_) => break true,
                 }
@@ -276,6 +342,18 @@ impl Server {
         }
         for i in done.into_iter().rev() {
             self.connections.swap_remove(i);
+        }
+    }
+
+    /// The later answer for the connection waiting on `id`, if any still does.
+    pub fn complete(&mut self, id: u64, reply: &str) {
+        if let Some(i) = self
+            .connections
+            .iter()
+            .position(|c| c.waiting.is_some_and(|(w, _)| w == id))
+        {
+            let mut conn = self.connections.swap_remove(i);
+            send_line(&mut conn.stream, reply);
         }
     }
 
@@ -291,16 +369,15 @@ impl Drop for Server {
     }
 }
 
-fn answer(stream: &mut UnixStream, request: &[u8], status: &impl Fn() -> StatusReply) {
-    let line = request.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let reply = match serde_json::from_slice::<Request>(line) {
-        Ok(Request::Status) => serde_json::to_string(&status()),
-        Err(e) => serde_json::to_string(&serde_json::json!({ "error": e.to_string() })),
-    };
-    if let Ok(mut reply) = reply {
-        reply.push('\n');
-        // Small enough for the socket buffer; a client that doesn't read
-        // just loses its answer.
-        let _ = stream.write_all(reply.as_bytes());
-    }
+/// `{"error": why}`, as a line of JSON.
+pub fn error_line(why: &str) -> String {
+    serde_json::json!({ "error": why }).to_string()
+}
+
+fn send_line(stream: &mut UnixStream, line: &str) {
+    let mut line = line.to_owned();
+    line.push('\n');
+    // Small enough for the socket buffer; a client that doesn't read just
+    // loses its answer.
+    let _ = stream.write_all(line.as_bytes());
 }

@@ -282,6 +282,27 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
         "{alice:#}"
     );
 
+    // `lanrage ping`, like `tailscale ping`: the pong and its path.
+    let out = Command::new(client_binary())
+        .arg("--config")
+        .arg(lab.client_config("alice"))
+        .args(["ping", "bob", "-c", "2"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with(&format!("pong from bob via relay {in_use} in ")))
+            .count()
+            == 2,
+        "{text}"
+    );
+    print!("{text}");
+
     // Kill the relay in use while pinging at 50/s; traffic resumes through
     // the other one.
     let victim = RELAYS

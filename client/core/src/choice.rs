@@ -44,48 +44,6 @@ pub fn clearly_better(candidate: Duration, current: Duration) -> bool {
     candidate + margin < current
 }
 
-/// Encodes a vector as a signal payload: kind 1, a count, then per relay
-/// its 32-byte key and the RTT in microseconds (big-endian u32).
-pub fn encode(vector: &LatencyVector) -> Vec<u8> {
-    let count = vector.len().min(usize::from(u8::MAX));
-    let mut out = Vec::with_capacity(2 + count * 36);
-    out.push(KIND_LATENCY);
-    out.push(count as u8);
-    for (relay, rtt) in vector.iter().take(count) {
-        out.extend_from_slice(relay.as_bytes());
-        let micros = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&micros.to_be_bytes());
-    }
-    out
-}
-
-/// Signal payload kinds.
-pub const KIND_LATENCY: u8 = 1;
-
-/// Decodes a payload written by [`encode`]; `None` if it is anything else
-/// or malformed (a peer's bytes are checked like anyone's).
-pub fn decode(payload: &[u8]) -> Option<LatencyVector> {
-    let (&kind, rest) = payload.split_first()?;
-    if kind != KIND_LATENCY {
-        return None;
-    }
-    let (&count, entries) = rest.split_first()?;
-    if entries.len() != usize::from(count) * 36 {
-        return None;
-    }
-    Some(
-        entries
-            .chunks_exact(36)
-            .map(|e| {
-                let mut key = [0u8; 32];
-                key.copy_from_slice(&e[..32]);
-                let micros = u32::from_be_bytes([e[32], e[33], e[34], e[35]]);
-                (PeerKey(key), Duration::from_micros(u64::from(micros)))
-            })
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,19 +81,5 @@ mod tests {
         assert!(clearly_better(ms(30), ms(40)));
         assert!(!clearly_better(ms(170), ms(200)), "a fifth of 200 ms is 40");
         assert!(clearly_better(ms(150), ms(200)));
-    }
-
-    #[test]
-    fn vectors_round_trip_and_junk_is_refused() {
-        let v = vec![
-            (relay(1), ms(5)),
-            (relay(2), Duration::from_micros(123_456)),
-        ];
-        assert_eq!(decode(&encode(&v)), Some(v.clone()));
-        let mut bad = encode(&v);
-        bad.pop();
-        assert_eq!(decode(&bad), None);
-        assert_eq!(decode(&[2, 0]), None);
-        assert_eq!(decode(&[]), None);
     }
 }

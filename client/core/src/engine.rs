@@ -11,6 +11,7 @@ use lanrage_proto::control::{ControlMessage, MAX_CONSENT};
 use lanrage_proto::signal::{Signal, SignalView};
 
 use crate::choice::{self, LatencyVector};
+use crate::payload::Payload;
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
 
@@ -38,6 +39,8 @@ pub const VECTOR_REFRESH: Duration = Duration::from_secs(20);
 /// [`HANDSHAKE_RETRY_MAX`] (boringtun's REKEY_TIMEOUT).
 pub const HANDSHAKE_RETRY_FIRST: Duration = Duration::from_millis(200);
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Pings remembered for matching pongs; older ones are forgotten.
+const MAX_PINGS_IN_FLIGHT: usize = 64;
 /// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
 const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
 
@@ -70,6 +73,13 @@ pub enum Event {
     /// A peer's traffic now goes through this relay.
     PathChanged {
         peer: String,
+        relay: String,
+    },
+    /// The answer to [`Engine::ping`], and the relay it came through.
+    Pong {
+        peer: String,
+        id: u64,
+        rtt: Duration,
         relay: String,
     },
 }
@@ -159,6 +169,9 @@ pub struct Engine {
     rng: u64,
     next_wireguard_tick: Instant,
     next_vector_check: Instant,
+    /// Pings in flight: (id, peer, sent at), oldest first.
+    pings: VecDeque<(u64, usize, Instant)>,
+    next_ping_id: u64,
     transmits: VecDeque<Transmit>,
     tun_out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
@@ -211,6 +224,8 @@ impl Engine {
             rng,
             next_wireguard_tick: now + WIREGUARD_TICK,
             next_vector_check: now + VECTOR_CHECK,
+            pings: VecDeque::new(),
+            next_ping_id: 0,
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
             events: VecDeque::new(),
@@ -492,7 +507,7 @@ impl Engine {
 
     /// A signal from a peer, forwarded by a relay: opened with the peer's
     /// key and newer than the last, or a counted drop.
-    fn handle_signal(&mut self, now: Instant, _relay: usize, view: SignalView<'_>) {
+    fn handle_signal(&mut self, now: Instant, relay: usize, view: SignalView<'_>) {
         let Some(&peer) = self.by_key.get(&view.sender()) else {
             self.count(DropReason::BadControl);
             return;
@@ -505,9 +520,20 @@ impl Engine {
             self.count(DropReason::BadControl);
             return;
         };
-        let Some(vector) = choice::decode(&plaintext) else {
-            self.count(DropReason::BadControl);
-            return;
+        let vector = match Payload::decode(&plaintext) {
+            Some(Payload::Latency(vector)) => vector,
+            Some(Payload::Ping(id)) => {
+                self.send_signal(now, peer, relay, &Payload::Pong(id));
+                return;
+            }
+            Some(Payload::Pong(id)) => {
+                self.on_pong(now, peer, relay, id);
+                return;
+            }
+            None => {
+                self.count(DropReason::BadControl);
+                return;
+            }
         };
         self.peers[peer].remote_vector = Some(vector);
         // The peer is registered and alive: a handshake waiting for it can
@@ -555,22 +581,75 @@ impl Engine {
         else {
             return;
         };
-        let Some(key) = self.peers[peer].signal_key().cloned() else {
+        if !self.send_signal(now, peer, relay, &Payload::Latency(vector.clone())) {
             return;
+        }
+        self.peers[peer].sent_vector = Some((vector.clone(), now));
+        self.evaluate_relay(now, peer);
+    }
+
+    /// Seals `payload` for `peer` and sends it through `relay`.
+    fn send_signal(&mut self, now: Instant, peer: usize, relay: usize, payload: &Payload) -> bool {
+        let Some(key) = self.peers[peer].signal_key().cloned() else {
+            return false;
         };
         let signal = Signal {
             sender: self.key,
             recipient: self.peers[peer].spec.key,
             timestamp: self.timestamps.next(now),
-            plaintext: choice::encode(vector),
+            plaintext: payload.encode(),
         };
-        let Ok(payload) = signal.seal(&key, self.relays[relay].keys()) else {
-            return;
+        let Ok(bytes) = signal.seal(&key, self.relays[relay].keys()) else {
+            return false;
         };
         let dst = self.relays[relay].spec.addr;
-        self.transmits.push_back(Transmit { dst, payload });
-        self.peers[peer].sent_vector = Some((vector.clone(), now));
-        self.evaluate_relay(now, peer);
+        self.transmits.push_back(Transmit {
+            dst,
+            payload: bytes,
+        });
+        true
+    }
+
+    /// Sends a ping to the peer called `name` through its path (or the
+    /// relay it would take), like `tailscale ping`: the pong comes back as
+    /// [`Event::Pong`]. `None` if there is no such peer or no usable relay.
+    pub fn ping(&mut self, now: Instant, name: &str) -> Option<u64> {
+        let peer = self.peers.iter().position(|p| p.spec.name == name)?;
+        let relay = self.peers[peer]
+            .path
+            .filter(|&r| self.relays[r].is_usable())
+            .or_else(|| self.preferred_relay(peer))
+            .or_else(|| self.best_relay())?;
+        self.next_ping_id += 1;
+        let id = self.next_ping_id;
+        if !self.send_signal(now, peer, relay, &Payload::Ping(id)) {
+            return None;
+        }
+        if self.pings.len() >= MAX_PINGS_IN_FLIGHT {
+            self.pings.pop_front();
+        }
+        self.pings.push_back((id, peer, now));
+        Some(id)
+    }
+
+    fn on_pong(&mut self, now: Instant, peer: usize, relay: usize, id: u64) {
+        let Some(i) = self
+            .pings
+            .iter()
+            .position(|(i, p, _)| *i == id && *p == peer)
+        else {
+            self.count(DropReason::BadControl);
+            return;
+        };
+        let Some((_, _, sent)) = self.pings.remove(i) else {
+            return;
+        };
+        self.events.push_back(Event::Pong {
+            peer: self.peers[peer].spec.name.clone(),
+            id,
+            rtt: now.saturating_duration_since(sent),
+            relay: self.relays[relay].spec.name.clone(),
+        });
     }
 
     /// Moves `peer`'s path to the relay both vectors agree on, if it beats

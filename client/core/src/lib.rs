@@ -24,6 +24,7 @@ pub mod choice;
 pub mod config;
 pub mod engine;
 mod estimator;
+mod payload;
 mod peer;
 mod relay;
 pub mod status;

@@ -287,3 +287,29 @@ fn a_peer_that_comes_up_later_is_reached_soon_after_it_registers() {
     );
     println!("first ping {wait:?} after the late peer registered");
 }
+
+#[test]
+fn ping_is_answered_through_the_path_with_its_rtt() {
+    let mut sim = two_by_two(9);
+    sim.run_for(Duration::from_secs(2));
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    );
+    let id = sim.ping(0, "client2").expect("a peer and a relay");
+    sim.run_for(Duration::from_millis(100));
+    let pong = sim.clients[0].events.iter().find_map(|(_, e)| match e {
+        Event::Pong {
+            id: got,
+            rtt,
+            relay,
+            peer,
+        } if *got == id => Some((*rtt, relay.clone(), peer.clone())),
+        _ => None,
+    });
+    let (rtt, relay, peer) = pong.expect("a pong");
+    assert_eq!((relay.as_str(), peer.as_str()), ("relay2", "client2"));
+    assert_eq!(rtt, Duration::from_millis(20), "5 ms each way, twice");
+    assert!(sim.ping(0, "nobody").is_none());
+}

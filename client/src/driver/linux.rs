@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tun_rs::SyncDevice;
 
-use crate::control::{Server, StatusReply};
+use crate::control::{error_line, Answer, PingReply, Request, Server, StatusReply};
 
 const UDP: Token = Token(0);
 const TUN: Token = Token(1);
@@ -133,8 +133,21 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         if engine.poll_timeout().is_some_and(|t| t <= now) {
             engine.handle_timeout(now);
         }
-        io.flush(&mut engine);
-        control.poll(now, || StatusReply::from(engine.status(now)));
+        io.flush(&mut engine, &mut control);
+        control.poll(now, |request| match request {
+            Request::Status => Answer::Now(
+                serde_json::to_string(&StatusReply::from(engine.status(now)))
+                    .unwrap_or_else(|e| error_line(&e.to_string())),
+            ),
+            Request::Ping { peer } => match engine.ping(now, &peer) {
+                Some(id) => Answer::Later(id),
+                None => Answer::Now(error_line(&format!(
+                    "no peer called {peer:?}, or no relay to reach it through"
+                ))),
+            },
+        });
+        // A ping sent just now goes out before the next sleep.
+        io.flush(&mut engine, &mut control);
     }
     drop(signal_read);
     Ok(())
@@ -181,7 +194,7 @@ impl Io {
                     engine.handle_udp(now, m.addr, datagram);
                 }
             }
-            self.flush(engine);
+            self.flush_network(engine);
         }
         true
     }
@@ -202,7 +215,33 @@ impl Io {
         true
     }
 
-    fn flush(&mut self, engine: &mut Engine) {
+    /// Sends and writes what the engine produced, and applies its events
+    /// (a pong answers the control connection waiting for it).
+    fn flush(&mut self, engine: &mut Engine, control: &mut Server) {
+        self.flush_network(engine);
+        while let Some(event) = engine.poll_event() {
+            if let Event::Pong {
+                peer,
+                id,
+                rtt,
+                relay,
+            } = &event
+            {
+                let reply = PingReply {
+                    peer: peer.clone(),
+                    path: format!("relay {relay}"),
+                    rtt_ms: rtt.as_secs_f64() * 1000.0,
+                };
+                if let Ok(line) = serde_json::to_string(&reply) {
+                    control.complete(*id, &line);
+                }
+            }
+            log_event(&event);
+        }
+    }
+
+    /// Sends the engine's datagrams and writes its TUN packets.
+    fn flush_network(&mut self, engine: &mut Engine) {
         while let Some(t) = engine.poll_transmit() {
             let transmit = UdpTransmit {
                 destination: t.dst,
@@ -222,9 +261,6 @@ impl Io {
                 tracing::trace!(error = %e, "TUN write failed");
             }
         }
-        while let Some(event) = engine.poll_event() {
-            log_event(&event);
-        }
     }
 }
 
@@ -236,6 +272,11 @@ fn log_event(event: &Event) {
         Event::RelayUnreachable { relay } => tracing::warn!(%relay, "relay unreachable"),
         Event::RelayRestarted { relay } => tracing::info!(%relay, "relay restarted"),
         Event::PathChanged { peer, relay } => tracing::info!(%peer, %relay, "path"),
+        Event::Pong {
+            peer, rtt, relay, ..
+        } => {
+            tracing::debug!(%peer, %relay, rtt_ms = rtt.as_secs_f64() * 1000.0, "pong");
+        }
         Event::ConfigureInterface { .. } => {
             tracing::warn!("the engine asked for the interface again; ignored");
         }

@@ -370,6 +370,15 @@ impl Sim {
         self.drain(from);
     }
 
+    /// `lanrage ping`: client `from` pings its peer called `name` now (its
+    /// datagram leaves at once, like every other output).
+    pub fn ping(&mut self, from: usize, name: &str) -> Option<u64> {
+        let now = self.now;
+        let id = self.clients[from].engine.ping(now, name);
+        self.drain(from);
+        id
+    }
+
     /// Packets client `c` received whose payload starts with `prefix`.
     pub fn received_with(&self, c: usize, prefix: &[u8]) -> Vec<(Instant, Vec<u8>)> {
         self.clients[c]
