@@ -25,6 +25,11 @@ fn signal(from: &Peer, to: &Peer, timestamp: u64) -> Vec<u8> {
     .expect("seal")
 }
 
+/// What the router does with `bytes` from `from`'s endpoint.
+fn verdict(router: &mut Router, now: Instant, from: &Peer, bytes: &[u8]) -> Verdict {
+    send(router, now, from, bytes).0
+}
+
 fn send(router: &mut Router, now: Instant, from: &Peer, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = bytes.to_vec();
     let verdict = router.handle(now, from.endpoint, &mut buf);
@@ -35,12 +40,7 @@ fn send(router: &mut Router, now: Instant, from: &Peer, bytes: &[u8]) -> (Verdic
 fn forwarded_unchanged_between_consenting_peers_and_opened_by_the_recipient() {
     let now = Instant::now();
     let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1000"),
-        (2, "198.51.100.2:2000"),
-    );
+    let (a, b) = pair(&mut router, now);
     let wire = signal(&a, &b, 10);
     let (verdict, forwarded) = send(&mut router, now, &a, &wire);
     assert_eq!(verdict, Verdict::Forward(b.endpoint));
@@ -62,12 +62,7 @@ fn forwarded_unchanged_between_consenting_peers_and_opened_by_the_recipient() {
 fn never_to_a_key_that_does_not_consent_or_is_not_registered() {
     let now = Instant::now();
     let mut router = router(now);
-    let (mut a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1000"),
-        (2, "198.51.100.2:2000"),
-    );
+    let (mut a, b) = pair(&mut router, now);
     // C is registered but consents to nobody; A doesn't consent to C either.
     let mut c = Peer::new(3, "198.51.100.3:3000");
     register(&mut router, now, &mut c, &[]);
@@ -91,44 +86,39 @@ fn never_to_a_key_that_does_not_consent_or_is_not_registered() {
 fn replays_forgeries_and_strangers_are_dropped_and_never_answered() {
     let now = Instant::now();
     let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1000"),
-        (2, "198.51.100.2:2000"),
-    );
+    let (a, b) = pair(&mut router, now);
     let wire = signal(&a, &b, 50);
     assert_eq!(
-        send(&mut router, now, &a, &wire).0,
+        verdict(&mut router, now, &a, &wire),
         Verdict::Forward(b.endpoint)
     );
     // The same bytes again, and an older timestamp: replays.
     assert_eq!(
-        send(&mut router, now, &a, &wire).0,
+        verdict(&mut router, now, &a, &wire),
         Verdict::Drop(DropReason::SignalReplay)
     );
     assert_eq!(
-        send(&mut router, now, &a, &signal(&a, &b, 49)).0,
+        verdict(&mut router, now, &a, &signal(&a, &b, 49)),
         Verdict::Drop(DropReason::SignalReplay)
     );
     // A's signal from another address (spoofed, or A's old NAT mapping).
     let mut elsewhere = Peer::new(1, "192.0.2.66:6666");
     elsewhere.keys = a.keys.clone();
     assert_eq!(
-        send(&mut router, now, &elsewhere, &signal(&a, &b, 60)).0,
+        verdict(&mut router, now, &elsewhere, &signal(&a, &b, 60)),
         Verdict::Drop(DropReason::Unregistered)
     );
     // B forges a signal in A's name from B's own address: not A's endpoint.
     let mut forged = signal(&a, &b, 61);
     assert_eq!(
-        send(&mut router, now, &b, &forged).0,
+        verdict(&mut router, now, &b, &forged),
         Verdict::Drop(DropReason::Unregistered)
     );
     // From A's address but MACed with another key.
     let last = forged.len() - 1;
     forged[last] ^= 1;
     assert_eq!(
-        send(&mut router, now, &a, &forged).0,
+        verdict(&mut router, now, &a, &forged),
         Verdict::Drop(DropReason::SignalBadMac)
     );
     // Never a reply: nothing goes back towards any source.
@@ -139,12 +129,7 @@ fn replays_forgeries_and_strangers_are_dropped_and_never_answered() {
 fn a_flood_of_signals_spends_only_the_sender_s_budget() {
     let now = Instant::now();
     let mut router = router(now);
-    let (a, b) = registered_pair(
-        &mut router,
-        now,
-        (1, "198.51.100.1:1000"),
-        (2, "198.51.100.2:2000"),
-    );
+    let (a, b) = pair(&mut router, now);
     let mut forwarded = 0;
     for ts in 0..1000u64 {
         if send(&mut router, now, &a, &signal(&a, &b, 100 + ts)).0 == Verdict::Forward(b.endpoint) {
@@ -155,7 +140,7 @@ fn a_flood_of_signals_spends_only_the_sender_s_budget() {
     assert_eq!(router.metrics().dropped(DropReason::RateLimited), 960);
     // B's own signals are unaffected, and A's budget refills.
     assert_eq!(
-        send(&mut router, now, &b, &signal(&b, &a, 5)).0,
+        verdict(&mut router, now, &b, &signal(&b, &a, 5)),
         Verdict::Forward(a.endpoint)
     );
     let later = now + Duration::from_secs(1);

@@ -37,6 +37,23 @@ fn ping_stream(sim: &mut Sim, every: Duration, duration: Duration) -> usize {
     count
 }
 
+/// Pings client 0 → 1 for a second, does `disrupt`, pings on for
+/// `then`, and returns how long after the disruption the first ping
+/// arrived.
+fn gap_after(sim: &mut Sim, disrupt: impl FnOnce(&mut Sim), then: Duration) -> Duration {
+    ping_stream(sim, Duration::from_millis(20), Duration::from_secs(1));
+    let before = sim.received_with(1, PING).len();
+    disrupt(sim);
+    let at = sim.now;
+    ping_stream(sim, Duration::from_millis(20), then);
+    let resumed = sim
+        .received_with(1, PING)
+        .get(before)
+        .expect("traffic resumed")
+        .0;
+    resumed.saturating_duration_since(at)
+}
+
 /// The longest time between two consecutive pings arriving at client 1.
 fn longest_gap(sim: &Sim) -> Duration {
     let arrivals: Vec<_> = sim
@@ -93,20 +110,14 @@ fn clients_register_with_every_relay_and_ping_through_the_nearest() {
 fn failover_moves_both_clients_when_the_relay_in_use_dies() {
     let mut sim = two_by_two(2);
     sim.run_for(Duration::from_secs(1));
-    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
-    let before = sim.received_with(1, PING).len();
-
-    sim.kill_relay(1);
-    let died = sim.now;
-    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(4));
-    let after: Vec<_> = sim
-        .received_with(1, PING)
-        .into_iter()
-        .skip(before)
-        .collect();
-    let resumed = after.first().expect("traffic resumed").0;
-    let gap = resumed.saturating_duration_since(died);
+    let gap = gap_after(
+        &mut sim,
+        |sim| {
+            assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+            sim.kill_relay(1);
+        },
+        Duration::from_secs(4),
+    );
     assert!(gap <= Duration::from_millis(1500), "failover gap {gap:?}");
     assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay1"));
     assert!(sim.clients[0]
@@ -122,19 +133,7 @@ fn failover_moves_both_clients_when_the_relay_in_use_dies() {
 fn a_relay_restart_costs_under_a_second_even_for_the_receiving_side() {
     let mut sim = two_by_two(3);
     sim.run_for(Duration::from_secs(1));
-    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
-    let before = sim.received_with(1, PING).len();
-
-    sim.restart_relay(1);
-    let restarted = sim.now;
-    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(3));
-    let after: Vec<_> = sim
-        .received_with(1, PING)
-        .into_iter()
-        .skip(before)
-        .collect();
-    let resumed = after.first().expect("traffic resumed").0;
-    let gap = resumed.saturating_duration_since(restarted);
+    let gap = gap_after(&mut sim, |sim| sim.restart_relay(1), Duration::from_secs(3));
     assert!(gap <= Duration::from_secs(1), "restart gap {gap:?}");
     // Back through the restarted relay (still the nearest), both ways.
     assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
