@@ -4,15 +4,19 @@
 //! between the virtual IPs. Skips without root; fails under
 //! `LANRAGE_REQUIRE_PRIVILEGED=1`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
+use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
 
+/// The port clients send to; a relay behind a delaying forwarder listens
+/// one above it.
 const RELAY_PORT: u16 = 51820;
 
 /// The `lanrage` binary this crate builds from the client's main.rs.
@@ -41,6 +45,8 @@ impl Drop for Running {
 
 struct Lab {
     lab: Switched,
+    /// Whether each relay listens behind a forwarder (on `RELAY_PORT + 1`).
+    forwarded: bool,
     dir: ScratchDir,
     relay_keys: Vec<String>,
     client_keys: Vec<String>,
@@ -51,6 +57,15 @@ const CLIENTS: [&str; 2] = ["alice", "bob"];
 
 impl Lab {
     fn new() -> Result<Self> {
+        Self::with_forwarders(false)
+    }
+
+    fn with_forwarders(forwarded: bool) -> Result<Self> {
+        let relay_port = if forwarded {
+            RELAY_PORT + 1
+        } else {
+            RELAY_PORT
+        };
         let lab = Switched::new(&["relay1", "relay2", "alice", "bob"])?;
         let dir = ScratchDir::new("client-lab")?;
         let mut relay_keys = Vec::new();
@@ -62,7 +77,7 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: null\nprivate_key_file: \"{}\"\nworkers: 1\n",
+                    "listen: \"{}:{relay_port}\"\nmetrics_listen: null\nprivate_key_file: \"{}\"\nworkers: 1\n",
                     lab.host(name).addr,
                     key_path.display()
                 ),
@@ -88,6 +103,7 @@ impl Lab {
         }
         let this = Self {
             lab,
+            forwarded,
             dir,
             relay_keys,
             client_keys,
@@ -127,6 +143,17 @@ impl Lab {
             }
         }
         yaml
+    }
+
+    /// A delaying forwarder on `name`'s public port, in front of the relay.
+    fn forwarder(&self, name: &str) -> Result<DelayForwarder> {
+        assert!(self.forwarded, "a lab with forwarders");
+        let host = self.lab.host(name);
+        DelayForwarder::start(
+            &host.ns,
+            SocketAddr::from((host.addr, RELAY_PORT)),
+            SocketAddr::from((host.addr, RELAY_PORT + 1)),
+        )
     }
 
     fn start_relay(&self, name: &str) -> Result<Running> {
@@ -369,5 +396,92 @@ fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("colour"), "{stderr}");
     let _ = Path::new(&bad);
+    Ok(())
+}
+
+#[test]
+fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
+    const TEST: &str = "both_clients_move_together_when_their_relay_slows_down";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let lab = Lab::with_forwarders(true)?;
+    let forwarders: Vec<DelayForwarder> = RELAYS
+        .iter()
+        .map(|r| lab.forwarder(r))
+        .collect::<Result<_>>()?;
+    let _relays: Vec<Running> = RELAYS
+        .iter()
+        .map(|r| lab.start_relay(r))
+        .collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let _clients: Vec<Running> = CLIENTS
+        .iter()
+        .map(|c| lab.start_client(c))
+        .collect::<Result<_>>()?;
+    assert!(
+        eventually(Duration::from_secs(10), || !lab
+            .ping("alice", 1, 1, "0.2")
+            .unwrap_or_default()
+            .is_empty()),
+        "a first ping reply\n{}",
+        lab.log("alice")
+    );
+    // Let the latency vectors settle on one relay for both.
+    std::thread::sleep(Duration::from_secs(3));
+    let path = path_of(&lab.status("alice")?);
+    let in_use = path.trim_start_matches("relay ").to_owned();
+    let slow = RELAYS
+        .iter()
+        .position(|r| *r == in_use)
+        .context("relay name")?;
+    let fast = RELAYS[1 - slow];
+    assert_eq!(path_of(&lab.status("bob")?), path, "one relay for both");
+
+    // 40 ms each way in front of the relay in use: both move, once, while
+    // pings at 50/s keep flowing.
+    let pinger = lab
+        .lab
+        .host("alice")
+        .ns
+        .command("ping")?
+        .args(["-n", "-c", "500", "-i", "0.02", "-W", "1", "10.66.0.2"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let marks: Vec<usize> = CLIENTS.iter().map(|c| lab.log(c).lines().count()).collect();
+    let slowed = Instant::now();
+    forwarders[slow].set_delay(Duration::from_millis(40));
+    let moved = eventually(Duration::from_secs(15), || {
+        CLIENTS.iter().all(|c| {
+            lab.status(c)
+                .is_ok_and(|s| path_of(&s) == format!("relay {fast}"))
+        })
+    });
+    let took = slowed.elapsed();
+    let output = pinger.wait_with_output()?;
+    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    assert!(
+        moved,
+        "both clients moved to {fast}\nalice:\n{}",
+        lab.log("alice")
+    );
+    println!(
+        "both on the faster relay {took:?} after the slowdown; {} of 500 pings answered",
+        seqs.len()
+    );
+    assert!(seqs.len() >= 450, "{} of 500", seqs.len());
+    // Once: each client logged one path change after the slowdown.
+    for (c, mark) in CLIENTS.iter().zip(marks) {
+        let moves: Vec<String> = lab
+            .log(c)
+            .lines()
+            .skip(mark)
+            .filter(|l| l.contains(" path "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(moves.len(), 1, "{c} moved once: {moves:#?}");
+        assert!(moves[0].contains(&format!("relay={fast}")), "{moves:?}");
+    }
     Ok(())
 }

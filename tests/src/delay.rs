@@ -1,0 +1,155 @@
+//! A delaying UDP forwarder, because this kernel has no netem: it listens on
+//! one address and forwards to an upstream (a relay), with one upstream
+//! socket per client source so the relay still tells clients apart, and
+//! holds every datagram, both ways, for a delay that can change at run time.
+//!
+//! Bounded: it stops when asked, when dropped, or after [`MAX_LIFETIME`];
+//! it holds at most [`MAX_QUEUED`] datagrams (more are dropped) and serves
+//! at most [`MAX_CLIENTS`] sources.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::netns::Netns;
+
+pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+pub const MAX_QUEUED: usize = 10_000;
+pub const MAX_CLIENTS: usize = 64;
+
+pub struct DelayForwarder {
+    delay_micros: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DelayForwarder {
+    /// Listens on `listen` inside `ns` and forwards to `upstream`.
+    pub fn start(ns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> Result<Self> {
+        let front = ns.udp_socket(listen)?;
+        front.set_nonblocking(true)?;
+        // Upstream sockets are made in the namespace up front: the thread
+        // that forwards doesn't enter it.
+        let mut pool = Vec::with_capacity(MAX_CLIENTS);
+        for _ in 0..MAX_CLIENTS {
+            let socket = ns.udp_socket(SocketAddr::new(listen.ip(), 0))?;
+            socket.set_nonblocking(true)?;
+            pool.push(socket);
+        }
+        let delay_micros = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (delay, stop) = (Arc::clone(&delay_micros), Arc::clone(&stop));
+            std::thread::spawn(move || forward(front, pool, upstream, &delay, &stop))
+        };
+        Ok(Self {
+            delay_micros,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The one-way delay added from now on, each way.
+    pub fn set_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.delay_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+impl Drop for DelayForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A datagram waiting for its time: (due, sequence) orders the heap.
+struct Held {
+    /// `None`: from upstream, to the client at `to`; `Some(i)`: to upstream
+    /// from pool socket `i`.
+    via: Option<usize>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+fn forward(
+    front: UdpSocket,
+    pool: Vec<UdpSocket>,
+    upstream: SocketAddr,
+    delay: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let started = Instant::now();
+    let mut clients: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut owner: Vec<Option<SocketAddr>> = vec![None; pool.len()];
+    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut held: HashMap<u64, Held> = HashMap::new();
+    let mut seq = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
+        let now = Instant::now();
+        let due = now + Duration::from_micros(delay.load(Ordering::Relaxed));
+        let mut hold = |via: Option<usize>, to: SocketAddr, bytes: &[u8]| {
+            if held.len() < MAX_QUEUED {
+                seq += 1;
+                heap.push(Reverse((due, seq)));
+                held.insert(
+                    seq,
+                    Held {
+                        via,
+                        to,
+                        bytes: bytes.to_vec(),
+                    },
+                );
+            }
+        };
+        // From clients: bounded reads per round.
+        for _ in 0..256 {
+            let Ok((n, from)) = front.recv_from(&mut buf) else {
+                break;
+            };
+            let slot = match clients.get(&from) {
+                Some(&slot) => Some(slot),
+                None => owner.iter().position(Option::is_none).inspect(|&slot| {
+                    owner[slot] = Some(from);
+                    clients.insert(from, slot);
+                }),
+            };
+            if let Some(slot) = slot {
+                hold(Some(slot), upstream, &buf[..n]);
+            }
+        }
+        // From upstream, back to each socket's client.
+        for (slot, socket) in pool.iter().enumerate() {
+            let Some(client) = owner[slot] else { continue };
+            for _ in 0..256 {
+                let Ok((n, _)) = socket.recv_from(&mut buf) else {
+                    break;
+                };
+                hold(None, client, &buf[..n]);
+            }
+        }
+        while let Some(Reverse((at, id))) = heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            heap.pop();
+            if let Some(d) = held.remove(&id) {
+                let socket = match d.via {
+                    Some(slot) => &pool[slot],
+                    None => &front,
+                };
+                let _ = socket.send_to(&d.bytes, d.to);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
