@@ -232,6 +232,16 @@ fn replies(output: &str) -> Vec<u32> {
         .collect()
 }
 
+/// One lab at a time: each runs four processes that time real packets, and
+/// two at once on a 2-core machine would measure each other.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_lab() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lab_or_skip(test: &str) -> bool {
     if let Err(why) = lab_available() {
         skip_or_fail(test, &why);
@@ -269,6 +279,7 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
     if !lab_or_skip(TEST) {
         return Ok(());
     }
+    let _one = one_lab();
     let lab = Lab::new()?;
     let mut relays: Vec<Option<Running>> = RELAYS
         .iter()
@@ -373,6 +384,7 @@ fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
     if !lab_or_skip(TEST) {
         return Ok(());
     }
+    let _one = one_lab();
     let lab = Lab::new()?;
     let client = lab.start_client("alice")?;
     let ns = &lab.lab.host("alice").ns;
@@ -405,6 +417,7 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
     if !lab_or_skip(TEST) {
         return Ok(());
     }
+    let _one = one_lab();
     let lab = Lab::with_forwarders(true)?;
     let forwarders: Vec<DelayForwarder> = RELAYS
         .iter()
