@@ -59,6 +59,9 @@ topology() {
 }
 
 # ---- variants: up_X starts it and sets DST (the address to measure); down_X stops it
+# (Background processes start with `ip netns exec` directly, not through
+# `on`: in a function they would run in a subshell, and $! would be the
+# subshell's pid, not the program's.)
 
 up_raw() { DST=10.77.0.2; }
 down_raw() { :; }
@@ -73,7 +76,7 @@ up_lanrage() {
         "$d/relay.key" >"$d/relay.yaml"
     local rk ak bk
     rk=$("$BIN/lanrage-relay" --config "$d/relay.yaml" public-key 2>/dev/null)
-    on r "$BIN/lanrage-relay" --config "$d/relay.yaml" 2>"$d/relay.log" &
+    ip netns exec "$NS-r" "$BIN/lanrage-relay" --config "$d/relay.yaml" 2>"$d/relay.log" &
     PIDS+=($!)
     RELAY_PID=$!
     ak=$("$BIN/lanrage" keygen --key "$d/a.key" 2>/dev/null)
@@ -88,10 +91,10 @@ up_lanrage() {
     sleep 0.3
     local t0
     t0=$(date +%s%N)
-    on a "$BIN/lanrage" --config "$d/a.yaml" up 2>"$d/a.log" &
+    ip netns exec "$NS-a" "$BIN/lanrage" --config "$d/a.yaml" up 2>"$d/a.log" &
     PIDS+=($!)
     CLIENT_A=$!
-    on b "$BIN/lanrage" --config "$d/b.yaml" up 2>"$d/b.log" &
+    ip netns exec "$NS-b" "$BIN/lanrage" --config "$d/b.yaml" up 2>"$d/b.log" &
     PIDS+=($!)
     CLIENT_B=$!
     local i
@@ -114,24 +117,28 @@ up_wg() { # the userspace implementation's command
     local d=$TMP/wg impl=$1
     rm -rf "$d"
     mkdir -p "$d"
-    wg genkey >"$d/a.key"
-    wg genkey >"$d/b.key"
+    (umask 077 && wg genkey >"$d/a.key" && wg genkey >"$d/b.key")
     local n me other addr
     for n in a b; do
         if [ $n = a ]; then me=1 other=b addr=2; else me=2 other=a addr=1; fi
-        on $n env WG_PROCESS_FOREGROUND=1 $impl wg0 >"$d/$n.log" 2>&1 &
+        # wireguard-go refuses to run on Linux (which has the kernel module)
+        # unless told this; boringtun-cli ignores it.
+        # The UAPI socket (/var/run/wireguard/NAME.sock) is shared by all
+        # namespaces, so each host's interface has a name of its own.
+        local dev=wg$$$n
+        ip netns exec "$NS-$n" env WG_PROCESS_FOREGROUND=1 WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 $impl "$dev" >"$d/$n.log" 2>&1 &
         PIDS+=($!)
-        for _ in $(seq 1 50); do on $n ip link show wg0 >/dev/null 2>&1 && break; sleep 0.1; done
-        on $n wg set wg0 private-key "$d/$n.key" listen-port 51820 \
+        for _ in $(seq 1 50); do on $n ip link show "$dev" >/dev/null 2>&1 && break; sleep 0.1; done
+        on $n wg set "$dev" private-key "$d/$n.key" listen-port 51820 \
             peer "$(wg pubkey <"$d/$other.key")" endpoint "10.77.0.$addr:51820" allowed-ips "10.88.0.$addr/32"
-        on $n ip addr add "10.88.0.$me/24" dev wg0
-        on $n ip link set wg0 mtu 1420 up
+        on $n ip addr add "10.88.0.$me/24" dev "$dev"
+        on $n ip link set "$dev" mtu 1420 up
     done
     DST=10.88.0.2
 }
 down_wg() {
-    on a ip link del wg0 2>/dev/null || true
-    on b ip link del wg0 2>/dev/null || true
+    on a ip link del "wg$$a" 2>/dev/null || true
+    on b ip link del "wg$$b" 2>/dev/null || true
     sleep 0.3
 }
 up_wggo() { up_wg wireguard-go; }
