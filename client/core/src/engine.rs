@@ -41,6 +41,8 @@ pub const HANDSHAKE_RETRY_FIRST: Duration = Duration::from_millis(200);
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Pings remembered for matching pongs; older ones are forgotten.
 const MAX_PINGS_IN_FLIGHT: usize = 64;
+/// boringtun's timer tick when no peer has traffic.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
 const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
 
@@ -299,6 +301,7 @@ impl Engine {
             return;
         };
         let dst = self.relays[relay].spec.addr;
+        self.touch(now, peer);
         let result = self.peers[peer].tunn.encapsulate(packet, &mut self.scratch);
         match result {
             TunnResult::WriteToNetwork(datagram) => {
@@ -319,7 +322,12 @@ impl Engine {
             if now < self.relays[i].next_deadline() {
                 continue;
             }
-            let in_use = self.peers.iter().any(|p| p.path == Some(i));
+            // Probed fast only while a session through it carries traffic:
+            // an idle client stays quiet, and wakes up on the next packet.
+            let in_use = self
+                .peers
+                .iter()
+                .any(|p| p.path == Some(i) && p.is_active(now));
             let was_reachable = self.relays[i].reachable();
             let mut out = Vec::new();
             let (timestamps, rng) = (&mut self.timestamps, &mut self.rng);
@@ -355,7 +363,14 @@ impl Engine {
             }
         }
         if now >= self.next_wireguard_tick {
-            self.next_wireguard_tick = now + WIREGUARD_TICK;
+            // boringtun's timers matter while packets flow or a handshake
+            // is out; otherwise once a second is plenty (keepalives and
+            // rekeys follow traffic).
+            let busy = self
+                .peers
+                .iter()
+                .any(|p| p.is_active(now) || p.handshake_sent.is_some());
+            self.next_wireguard_tick = now + if busy { WIREGUARD_TICK } else { IDLE_TICK };
             for peer in 0..self.peers.len() {
                 self.wireguard_timers(now, peer);
                 self.retry_handshake(now, peer);
@@ -754,6 +769,15 @@ impl Engine {
         let result = self.peers[peer]
             .tunn
             .decapsulate(None, bytes, &mut self.scratch);
+        if !matches!(result, TunnResult::Err(_)) {
+            if !self.peers[peer].is_active(now) {
+                // Traffic again after a quiet spell: the relay it came
+                // through is probed fast again (a receiving side must
+                // notice a dead relay within about a second too).
+                self.relays[relay].set_in_use(now, true);
+            }
+            self.peers[peer].last_activity = Some(now);
+        }
         match result {
             TunnResult::Done => {}
             TunnResult::Err(e) => {
@@ -892,6 +916,19 @@ impl Engine {
             };
             self.set_path(now, peer, best);
             self.force_handshake(now, peer, best, Urgency::Now);
+        }
+    }
+
+    /// A packet for `peer` from the TUN: the peer is active, and the relay
+    /// its path uses goes back to the fast probe cadence at once.
+    fn touch(&mut self, now: Instant, peer: usize) {
+        let was_active = self.peers[peer].is_active(now);
+        self.peers[peer].last_activity = Some(now);
+        if !was_active {
+            if let Some(relay) = self.peers[peer].path {
+                self.relays[relay].set_in_use(now, true);
+            }
+            self.next_wireguard_tick = self.next_wireguard_tick.min(now + WIREGUARD_TICK);
         }
     }
 

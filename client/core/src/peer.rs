@@ -12,6 +12,10 @@ use crate::choice::LatencyVector;
 
 use crate::config::PeerSpec;
 
+/// A peer with a packet this recent is active: its relay is probed fast
+/// and boringtun's timers tick every 100 ms.
+pub const ACTIVE_FOR: Duration = Duration::from_secs(30);
+
 /// At most one forced handshake initiation per peer this often: a hint or
 /// a relay change prompts one, and a burst of prompts must not become a
 /// burst of initiations (the relay would count them against us).
@@ -39,6 +43,8 @@ pub struct Peer {
     /// Our unanswered initiation: when it (or its last retry) went, and
     /// how long to wait before the next.
     pub handshake_sent: Option<(Instant, Duration)>,
+    /// The last packet to or from this peer through its tunnel.
+    pub last_activity: Option<Instant>,
     /// Datagrams from this peer's tunnel that the engine refused (a source
     /// address outside the peer's virtual IP, a bad packet).
     pub rejected: u64,
@@ -71,6 +77,7 @@ impl Peer {
             sent_vector: None,
             better: None,
             handshake_sent: None,
+            last_activity: None,
             rejected: 0,
         }
     }
@@ -90,6 +97,11 @@ impl Peer {
         let plaintext = view.open(key).map_err(|_| ())?;
         self.last_signal = view.timestamp();
         Ok(plaintext)
+    }
+
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.last_activity
+            .is_some_and(|at| now.saturating_duration_since(at) < ACTIVE_FOR)
     }
 
     /// Whether a forced initiation may go now (and records it if so).

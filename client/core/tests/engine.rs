@@ -329,3 +329,29 @@ fn ping_is_answered_through_the_path_with_its_rtt() {
     assert_eq!(rtt, Duration::from_millis(20), "5 ms each way, twice");
     assert!(sim.ping(0, "nobody").is_none());
 }
+
+#[test]
+fn an_idle_client_is_quiet() {
+    let mut sim = two_by_two(10);
+    sim.run_for(Duration::from_secs(2));
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(2));
+    // Quiet from here: after ACTIVE_FOR (30 s) the client only keeps its
+    // registrations, probes and vectors alive.
+    sim.run_for(Duration::from_secs(40));
+    let (sent, wakeups) = (sim.clients[0].sent, sim.clients[0].wakeups);
+    sim.run_for(Duration::from_secs(60));
+    let sent = sim.clients[0].sent - sent;
+    let wakeups = sim.clients[0].wakeups - wakeups;
+    println!("idle minute: {sent} datagrams sent, {wakeups} wake-ups");
+    // Two relays probed every 5 s, refreshed every 20-25 s, one vector
+    // refresh every 20 s: well under one datagram a second.
+    assert!(sent <= 40, "{sent} datagrams in an idle minute");
+    // boringtun's timers once a second, the vector check once a second,
+    // the relays' own timers: a few wake-ups a second at most.
+    assert!(wakeups <= 180, "{wakeups} wake-ups in an idle minute");
+    // And it wakes up again: a packet now gets through at once.
+    let before = sim.received_with(1, PING).len();
+    sim.send_packet(0, 1, PING);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.received_with(1, PING).len(), before + 1);
+}

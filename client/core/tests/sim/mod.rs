@@ -49,6 +49,10 @@ pub struct Client {
     /// Packets the engine wrote to its TUN, with the virtual time.
     pub received: Vec<(Instant, Vec<u8>)>,
     pub events: Vec<(Instant, Event)>,
+    /// Datagrams the engine sent, and its wake-ups (timeouts it asked for
+    /// that came due).
+    pub sent: u64,
+    pub wakeups: u64,
 }
 
 pub struct RelayNode {
@@ -150,6 +154,8 @@ impl Sim {
                     virtual_ip: virtual_ip(c),
                     received: Vec::new(),
                     events: Vec::new(),
+                    sent: 0,
+                    wakeups: 0,
                 }
             })
             .collect();
@@ -241,6 +247,7 @@ impl Sim {
         let mut sends = Vec::new();
         let client = &mut self.clients[c];
         while let Some(t) = client.engine.poll_transmit() {
+            client.sent += 1;
             sends.push(t);
         }
         while let Some(packet) = client.engine.poll_tun() {
@@ -310,6 +317,7 @@ impl Sim {
                 .is_some_and(|t| t <= self.now)
             {
                 let now = self.now;
+                self.clients[c].wakeups += 1;
                 self.clients[c].engine.handle_timeout(now);
             }
             self.drain(c);
