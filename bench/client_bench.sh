@@ -13,7 +13,8 @@
 # the time from starting both lanrage clients to the first ping reply, and
 # an idle lanrage client's CPU (per mille of a core) and RSS over IDLE s.
 #
-# Environment: RUNS (3), DURATION (iperf3 seconds, 10), IDLE (60),
+# Environment: RUNS (3), DURATION (iperf3 seconds, 10), IDLE (60; measured
+# after IDLE_SETTLE, 35 s, once the client has gone quiet),
 # VARIANTS ("raw lanrage wggo boringtun"), BORINGTUN (path of boringtun-cli;
 # default: found on PATH or in /work/tools/bin). Needs root, iperf3,
 # wireguard-go, wireguard-tools, iputils-ping, jq. Traffic stays inside the
@@ -25,7 +26,9 @@ SCRIPT=client-bench
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 IDLE=${IDLE:-60}
-read -r -a VARIANTS <<<"${VARIANTS:-raw lanrage wggo boringtun}"
+IDLE_SETTLE=${IDLE_SETTLE:-35}
+# (VARIANTS="" measures only the idle client.)
+read -r -a VARIANTS <<<"${VARIANTS-raw lanrage wggo boringtun}"
 BIN="$ROOT/target/release"
 NS=lrgb$$
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /work/tools/bin/boringtun-cli)}
@@ -162,6 +165,9 @@ measure() { # variant run
 idle_client() { # the lanrage variant must be up
     local pid=$CLIENT_A ticks hz rss
     hz=$(getconf CLK_TCK)
+    # The first ping made the peer active: wait until the client has gone
+    # quiet (docs/client.md: 30 s without a packet), then measure.
+    sleep "$IDLE_SETTLE"
     read_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
     ticks=$(read_ticks)
     sleep "$IDLE"
@@ -211,6 +217,7 @@ for v in "${VARIANTS[@]}"; do
     printf '%-10s %14.0f %8s ms %8s ms\n' "$v" "$mbps" "$p50" "$p99"
 done
 echo
-echo "lanrage: first ping reply after starting both clients: $(printf '%s\n' "${FIRSTS[@]:-}" | median) ms (median of ${#FIRSTS[@]})"
+[ "${#FIRSTS[@]}" -gt 0 ] &&
+    echo "lanrage: first ping reply after starting both clients: $(printf '%s\n' "${FIRSTS[@]}" | median) ms (median of ${#FIRSTS[@]})"
 awk -v t="$IDLE_TICKS" -v hz="$HZ" -v s="$IDLE" -v rss="$RSS_KB" \
     'BEGIN {printf "lanrage idle over %d s: %.2f per mille of a core, RSS %.1f MB\n", s, 1000 * t / hz / s, rss / 1024}'
