@@ -498,3 +498,51 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_relay_restart_costs_under_a_second() -> Result<()> {
+    const TEST: &str = "a_relay_restart_costs_under_a_second";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let _one = one_lab();
+    let lab = Lab::new()?;
+    // One relay only, so the clients can't fail over: they must recover
+    // through the restarted one.
+    let relay = lab.start_relay("relay1")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let _clients: Vec<Running> = CLIENTS
+        .iter()
+        .map(|c| lab.start_client(c))
+        .collect::<Result<_>>()?;
+    assert!(
+        eventually(Duration::from_secs(10), || !lab
+            .ping("alice", 1, 1, "0.2")
+            .unwrap_or_default()
+            .is_empty()),
+        "a first ping reply\n{}",
+        lab.log("alice")
+    );
+    let pinger = lab
+        .lab
+        .host("alice")
+        .ns
+        .command("ping")?
+        .args(["-n", "-c", "250", "-i", "0.02", "-W", "1", "10.66.0.2"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    drop(relay); // SIGTERM: the relay's state is gone
+    let _restarted = lab.start_relay("relay1")?;
+    let output = pinger.wait_with_output()?;
+    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u32::MAX);
+    let gap = Duration::from_millis(20 * u64::from(gap));
+    println!("relay restart gap {gap:?} ({} of 250 replies)", seqs.len());
+    assert!(gap <= Duration::from_millis(1500), "restart gap {gap:?}");
+    Ok(())
+}
