@@ -546,3 +546,92 @@ fn a_relay_restart_costs_under_a_second() -> Result<()> {
     assert!(gap <= Duration::from_millis(1500), "restart gap {gap:?}");
     Ok(())
 }
+
+#[test]
+fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
+    const TEST: &str = "a_relay_that_answers_nonsense_never_wedges_the_client";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let _one = one_lab();
+    let lab = Lab::new()?;
+    let _relay1 = lab.start_relay("relay1")?;
+    // relay2's address is held by something that answers every datagram
+    // with nonsense: the datagram's own bytes mangled, truncated, grown,
+    // control headers with wrong types and lengths, WireGuard-looking junk.
+    let impostor = lab.lab.host("relay2").udp_socket(RELAY_PORT)?;
+    impostor.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let nonsense = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut n = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((len, from)) = impostor.recv_from(&mut buf) else {
+                    continue;
+                };
+                n = n.wrapping_add(1);
+                let mut reply = buf[..len].to_vec();
+                match n % 6 {
+                    0 => reply
+                        .iter_mut()
+                        .for_each(|b| *b = b.wrapping_mul(31) ^ n as u8),
+                    1 => reply.truncate(len / 2),
+                    2 => reply.extend_from_slice(&[0xff; 300]),
+                    3 => {
+                        reply = [
+                            b"LRG!\x02".as_slice(),
+                            &[(n % 9) as u8, 0, 0],
+                            &buf[..len.min(60)],
+                        ]
+                        .concat()
+                    }
+                    4 => reply = [&[4u8, 0, 0, 0][..], &buf[..len.min(100)]].concat(),
+                    _ => reply[len / 3] ^= 0x40,
+                }
+                for _ in 0..3 {
+                    let _ = impostor.send_to(&reply, from);
+                }
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let _clients: Vec<Running> = CLIENTS
+        .iter()
+        .map(|c| lab.start_client(c))
+        .collect::<Result<_>>()?;
+    assert!(
+        eventually(Duration::from_secs(10), || !lab
+            .ping("alice", 1, 1, "0.2")
+            .unwrap_or_default()
+            .is_empty()),
+        "alice reaches bob through the real relay\n{}",
+        lab.log("alice")
+    );
+    let replies = lab.ping("alice", 1, 50, "0.02")?;
+    assert!(replies.len() >= 45, "{} of 50", replies.len());
+    let status = lab.status("alice")?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = nonsense.join();
+    assert!(
+        answered.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the impostor was asked"
+    );
+    let relay2 = status["relays"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "relay2"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(relay2["registered"], false, "{status:#}");
+    assert_eq!(path_of(&status), "relay relay1");
+    let dropped: u64 = status["drops"]
+        .as_object()
+        .map(|d| d.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    assert!(dropped > 0, "the nonsense was counted: {status:#}");
+    println!("nonsense counted as drops: {}", status["drops"]);
+    Ok(())
+}
