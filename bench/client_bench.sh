@@ -13,6 +13,8 @@
 # the time from starting both lanrage clients to the first ping reply, and
 # an idle lanrage client's CPU (per mille of a core) and RSS over IDLE s.
 #
+# PROFILE=1 records `perf` on the sending lanrage client during its first
+# stream and prints the top symbols.
 # Environment: RUNS (3), DURATION (iperf3 seconds, 10), IDLE (60; measured
 # after IDLE_SETTLE, 35 s, once the client has gone quiet),
 # VARIANTS ("raw lanrage wggo boringtun"), BORINGTUN (path of boringtun-cli;
@@ -157,7 +159,25 @@ measure() { # variant run
     on a ping -n -c 3 -W 1 "$DST" >/dev/null 2>&1 || true # warm: handshakes, ARP
     on b iperf3 -s -1 -D --logfile "$TMP/iperf-server.log" >/dev/null 2>&1
     sleep 0.3
+    local perf_pid=
+    if [ "${PROFILE:-0}" = 1 ] && [ "$v" = lanrage ] && [ "$run" = 1 ]; then
+        # Where the sending client's time goes during the stream.
+        perf record -q -g -F 999 -p "$CLIENT_A" -o "$TMP/perf.data" -- sleep "$((DURATION - 1))" \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     on a iperf3 -c "$DST" -t "$DURATION" -J >"$RESULTS/$v-$run.iperf.json" 2>/dev/null || log "iperf3 failed for $v"
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" || true
+        {
+            echo "by library:"
+            perf report -i "$TMP/perf.data" --stdio --no-children --sort dso 2>/dev/null |
+                grep -E '^ +[0-9]' | head -6
+            echo "by symbol:"
+            perf report -i "$TMP/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
+                grep -E '^ +[0-9]' | head -20
+        } | sed -E 's/ +- +- +$//' >"$TMP/profile.txt" || true
+    fi
     on a ping -n -c 200 -i 0.01 -W 1 "$DST" >"$RESULTS/$v-$run.ping.txt" 2>&1 || true
     "down_$v"
 }
@@ -219,5 +239,10 @@ done
 echo
 [ "${#FIRSTS[@]}" -gt 0 ] &&
     echo "lanrage: first ping reply after starting both clients: $(printf '%s\n' "${FIRSTS[@]}" | median) ms (median of ${#FIRSTS[@]})"
+if [ -s "$TMP/profile.txt" ]; then
+    echo
+    echo "perf, the sending lanrage client during its first stream (self time, by library and symbol):"
+    cat "$TMP/profile.txt"
+fi
 awk -v t="$IDLE_TICKS" -v hz="$HZ" -v s="$IDLE" -v rss="$RSS_KB" \
     'BEGIN {printf "lanrage idle over %d s: %.2f per mille of a core, RSS %.1f MB\n", s, 1000 * t / hz / s, rss / 1024}'
