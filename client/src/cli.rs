@@ -20,7 +20,7 @@ use crate::driver;
 pub struct Cli {
     /// The config file (default: ~/.config/lanrage/config.yaml, or
     /// /etc/lanrage/client.yaml as root).
-    #[arg(long, short, global = true, env = "LANRAGE_CONFIG")]
+    #[arg(long, global = true, env = "LANRAGE_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -187,4 +187,20 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
             control_socket: loaded.control_socket(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a command's arguments only when it is built: a clash
+    /// (two `-c`) would panic at run time, in the user's hands.
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["lanrage", "ping", "bob", "-c", "3", "--config", "x.yaml"])
+            .expect("parses");
+        assert!(matches!(cli.command, Command::Ping { count: 3, .. }));
+    }
 }

@@ -31,6 +31,8 @@ const SIGNAL: Token = Token(3);
 /// Datagrams per receive call, each buffer big enough for a GRO batch.
 const RECV_BATCH: usize = 8;
 const RECV_BUF: usize = 64 * 1024;
+/// The most bytes one GSO send carries (the kernel's limit is 64 KiB).
+const MAX_GSO_BYTES: usize = 60_000;
 /// Reads per source per wake-up, so neither side starves the other.
 const MAX_READS_PER_WAKE: usize = 256;
 /// While a control connection waits for its request, wake at least this often.
@@ -159,7 +161,7 @@ struct Io {
     tun: SyncDevice,
     recv_bufs: Vec<Vec<u8>>,
     tun_buf: Vec<u8>,
-    send_failures: u64,
+    send_failures: usize,
 }
 
 impl Io {
@@ -241,19 +243,48 @@ impl Io {
     }
 
     /// Sends the engine's datagrams and writes its TUN packets.
+    /// Consecutive datagrams to one destination with one size (the last
+    /// may be shorter) leave as one UDP GSO send where the kernel has it
+    /// (quinn-udp's `max_gso_segments`; it falls back by itself when the
+    /// kernel refuses GSO): a bulk stream costs one send per batch, not one
+    /// per packet.
     fn flush_network(&mut self, engine: &mut Engine) {
-        while let Some(t) = engine.poll_transmit() {
+        let max_segments = self.udp_state.max_gso_segments().max(1);
+        let mut pending = engine.poll_transmit();
+        while let Some(first) = pending.take() {
+            let size = first.payload.len();
+            let mut batch = first.payload;
+            let mut segments = 1;
+            while segments < max_segments && batch.len() + size <= MAX_GSO_BYTES {
+                match engine.poll_transmit() {
+                    Some(next) if next.dst == first.dst && next.payload.len() <= size => {
+                        let last = next.payload.len() < size;
+                        batch.extend_from_slice(&next.payload);
+                        segments += 1;
+                        if last {
+                            break;
+                        }
+                    }
+                    other => {
+                        pending = other;
+                        break;
+                    }
+                }
+            }
             let transmit = UdpTransmit {
-                destination: t.dst,
+                destination: first.dst,
                 ecn: None,
-                contents: &t.payload,
-                segment_size: None,
+                contents: &batch,
+                segment_size: (segments > 1).then_some(size),
                 src_ip: None,
             };
             if let Err(e) = self.udp_state.try_send((&self.socket).into(), &transmit) {
                 // WireGuard tolerates loss; never block the loop on a send.
-                self.send_failures += 1;
-                tracing::trace!(error = %e, dst = %t.dst, "UDP send failed");
+                self.send_failures += segments;
+                tracing::trace!(error = %e, dst = %first.dst, segments, "UDP send failed");
+            }
+            if pending.is_none() {
+                pending = engine.poll_transmit();
             }
         }
         while let Some(packet) = engine.poll_tun() {
