@@ -355,3 +355,34 @@ fn an_idle_client_is_quiet() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.received_with(1, PING).len(), before + 1);
 }
+
+#[test]
+fn replayed_and_forged_signals_are_counted_drops() {
+    let mut sim = two_by_two(11);
+    sim.run_for(Duration::from_secs(3));
+    let (src, captured) = sim
+        .last_signal
+        .get(&1)
+        .cloned()
+        .expect("a vector reached client 1");
+    let now = sim.now;
+    let engine = &mut sim.clients[1].engine;
+    let before = engine.dropped(DropReason::BadControl) + engine.dropped(DropReason::Malformed);
+    // The same signal again, as an attacker on the path would send it.
+    engine.handle_udp(now, src, &captured);
+    // Every single-bit change of it: the seal or the header gives it away.
+    for i in 0..captured.len() {
+        let mut forged = captured.clone();
+        forged[i] ^= 0x01;
+        engine.handle_udp(now, src, &forged);
+    }
+    let after = engine.dropped(DropReason::BadControl) + engine.dropped(DropReason::Malformed);
+    assert_eq!(
+        after - before,
+        1 + captured.len() as u64,
+        "every replay and forgery is one counted drop"
+    );
+    // And the client still works.
+    ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(1));
+    assert!(!sim.received_with(1, PING).is_empty());
+}

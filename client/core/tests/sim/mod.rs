@@ -84,6 +84,9 @@ pub struct Sim {
     pub delivered: u64,
     /// Clients whose datagrams go nowhere (a PC not started yet).
     offline: Vec<bool>,
+    /// The last signal each client received (source, bytes): what an
+    /// attacker on the path could capture and replay.
+    pub last_signal: HashMap<usize, (SocketAddr, Vec<u8>)>,
 }
 
 fn relay_addr(i: usize) -> SocketAddr {
@@ -177,6 +180,7 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             delivered: 0,
             offline: vec![false; links.len()],
+            last_signal: HashMap::new(),
         };
         sim.drain_all();
         sim
@@ -328,6 +332,10 @@ impl Sim {
         self.delivered += 1;
         match self.endpoint(datagram.dst) {
             Some(Endpoint::Client(c)) => {
+                if datagram.bytes.starts_with(b"LRG!") && datagram.bytes.get(5) == Some(&7) {
+                    self.last_signal
+                        .insert(c, (datagram.src, datagram.bytes.clone()));
+                }
                 let now = self.now;
                 self.clients[c]
                     .engine
