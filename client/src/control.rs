@@ -81,6 +81,7 @@ pub struct PeerRow {
     /// `relay NAME`, or `none` before the first handshake.
     pub path: String,
     pub rtt_ms: Option<f64>,
+    pub jitter_ms: f64,
     pub loss_percent: f64,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -121,6 +122,7 @@ impl From<Status> for StatusReply {
                         .path
                         .map_or_else(|| "none".to_owned(), |r| format!("relay {r}")),
                     rtt_ms: p.rtt.map(ms),
+                    jitter_ms: ms(p.jitter),
                     loss_percent: f64::from(p.loss) * 100.0,
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
@@ -163,19 +165,20 @@ impl StatusReply {
             ));
         }
         out.push_str(&format!(
-            "\n{:<12} {:<12} {:<16} {:>10} {:>6} {:>10} {:>10} {:>14}\n",
-            "PEER", "ADDRESS", "PATH", "RTT", "LOSS", "SENT", "RECEIVED", "HANDSHAKE"
+            "\n{:<12} {:<12} {:<16} {:>10} {:>9} {:>6} {:>10} {:>10} {:>14}\n",
+            "PEER", "ADDRESS", "PATH", "RTT", "JITTER", "LOSS", "SENT", "RECEIVED", "HANDSHAKE"
         ));
         for p in &self.peers {
             let handshake = p
                 .last_handshake_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s:.0} s ago"));
             out.push_str(&format!(
-                "{:<12} {:<12} {:<16} {:>10} {:>5.0}% {:>10} {:>10} {:>14}\n",
+                "{:<12} {:<12} {:<16} {:>10} {:>6.1} ms {:>5.0}% {:>10} {:>10} {:>14}\n",
                 p.name,
                 p.address,
                 p.path,
                 opt_ms(p.rtt_ms),
+                p.jitter_ms,
                 p.loss_percent,
                 p.tx_bytes,
                 p.rx_bytes,

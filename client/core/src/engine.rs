@@ -171,8 +171,8 @@ pub struct Engine {
     rng: u64,
     next_wireguard_tick: Instant,
     next_vector_check: Instant,
-    /// Pings in flight: (id, peer, sent at), oldest first.
-    pings: VecDeque<(u64, usize, Instant)>,
+    /// Pings in flight: (id, peer, sent at, why), oldest first.
+    pings: VecDeque<(u64, usize, Instant, PingKind)>,
     next_ping_id: u64,
     transmits: VecDeque<Transmit>,
     tun_out: VecDeque<Vec<u8>>,
@@ -360,6 +360,11 @@ impl Engine {
             for peer in 0..self.peers.len() {
                 self.send_vector_if_changed(now, peer, &vector);
                 self.evaluate_relay(now, peer);
+                // An active peer's path is measured once a second (a
+                // ping over signaling): RTT, jitter and loss for `status`.
+                if self.peers[peer].is_active(now) && self.peers[peer].path.is_some() {
+                    self.ping_peer(now, peer, PingKind::Measuring);
+                }
             }
         }
         if now >= self.next_wireguard_tick {
@@ -432,8 +437,16 @@ impl Engine {
                         name: p.spec.name.clone(),
                         virtual_ip: p.spec.virtual_ip,
                         path: p.path.map(|r| self.relays[r].spec.name.clone()),
-                        rtt: rtt.map(|ms| Duration::from_millis(u64::from(ms))),
-                        loss,
+                        rtt: p
+                            .path_quality
+                            .rtt()
+                            .or_else(|| rtt.map(|ms| Duration::from_millis(u64::from(ms)))),
+                        jitter: p.path_quality.jitter(),
+                        loss: if p.path_quality.rtt().is_some() {
+                            p.path_quality.loss(now) as f32
+                        } else {
+                            loss
+                        },
                         tx_bytes: tx as u64,
                         rx_bytes: rx as u64,
                         since_last_handshake: since,
@@ -630,6 +643,10 @@ impl Engine {
     /// [`Event::Pong`]. `None` if there is no such peer or no usable relay.
     pub fn ping(&mut self, now: Instant, name: &str) -> Option<u64> {
         let peer = self.peers.iter().position(|p| p.spec.name == name)?;
+        self.ping_peer(now, peer, PingKind::Asked)
+    }
+
+    fn ping_peer(&mut self, now: Instant, peer: usize, kind: PingKind) -> Option<u64> {
         let relay = self.peers[peer]
             .path
             .filter(|&r| self.relays[r].is_usable())
@@ -643,7 +660,8 @@ impl Engine {
         if self.pings.len() >= MAX_PINGS_IN_FLIGHT {
             self.pings.pop_front();
         }
-        self.pings.push_back((id, peer, now));
+        self.pings.push_back((id, peer, now, kind));
+        self.peers[peer].path_quality.sent(now);
         Some(id)
     }
 
@@ -651,14 +669,18 @@ impl Engine {
         let Some(i) = self
             .pings
             .iter()
-            .position(|(i, p, _)| *i == id && *p == peer)
+            .position(|(i, p, _, _)| *i == id && *p == peer)
         else {
             self.count(DropReason::BadControl);
             return;
         };
-        let Some((_, _, sent)) = self.pings.remove(i) else {
+        let Some((_, _, sent, kind)) = self.pings.remove(i) else {
             return;
         };
+        self.peers[peer].path_quality.answered(sent, now);
+        if kind == PingKind::Measuring {
+            return;
+        }
         self.events.push_back(Event::Pong {
             peer: self.peers[peer].spec.name.clone(),
             id,
@@ -978,6 +1000,14 @@ impl Engine {
             self.send_wireguard(now, peer, dst, payload);
         }
     }
+}
+
+/// Who sent a ping: `lanrage ping` (its pong is an event), or the engine
+/// measuring an active peer's path (RTT, jitter, loss for `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PingKind {
+    Asked,
+    Measuring,
 }
 
 /// Whether a forced handshake waits for the per-peer spacing.

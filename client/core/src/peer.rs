@@ -9,6 +9,7 @@ use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
 
 use crate::choice::LatencyVector;
+use crate::estimator::Estimator;
 
 use crate::config::PeerSpec;
 
@@ -45,6 +46,8 @@ pub struct Peer {
     pub handshake_sent: Option<(Instant, Duration)>,
     /// The last packet to or from this peer through its tunnel.
     pub last_activity: Option<Instant>,
+    /// RTT, jitter and loss of the path, from the engine's pings.
+    pub path_quality: Estimator,
     /// Datagrams from this peer's tunnel that the engine refused (a source
     /// address outside the peer's virtual IP, a bad packet).
     pub rejected: u64,
@@ -78,6 +81,7 @@ impl Peer {
             better: None,
             handshake_sent: None,
             last_activity: None,
+            path_quality: Estimator::default(),
             rejected: 0,
         }
     }

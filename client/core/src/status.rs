@@ -36,9 +36,12 @@ pub struct PeerStatus {
     /// The relay the session goes through, by name; `None` before the
     /// first handshake.
     pub path: Option<String>,
-    /// WireGuard's RTT of the last handshake.
+    /// The path's RTT from the engine's pings (once a second while the
+    /// peer is active); before any, WireGuard's RTT of the last handshake.
     pub rtt: Option<Duration>,
-    /// boringtun's estimate of lost packets, 0.0–1.0.
+    /// The path's jitter, from the same pings.
+    pub jitter: Duration,
+    /// Lost pings, 0.0–1.0 (before any ping: boringtun's estimate).
     pub loss: f32,
     pub tx_bytes: u64,
     pub rx_bytes: u64,

@@ -104,6 +104,18 @@ fn clients_register_with_every_relay_and_ping_through_the_nearest() {
             .dropped(DropReason::SpoofedInnerSource),
         0
     );
+    // The path is measured while it carries traffic (a ping a second): 5 ms
+    // each way to relay2 and on to the peer is a 20 ms round trip, with no
+    // jitter.
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(20),
+        Duration::from_millis(1100),
+    );
+    let peer = sim.clients[0].engine.status(sim.now).peers.remove(0);
+    assert_eq!(peer.rtt, Some(Duration::from_millis(20)), "{peer:?}");
+    assert_eq!(peer.jitter, Duration::ZERO);
+    assert_eq!(peer.loss, 0.0);
 }
 
 #[test]
