@@ -25,6 +25,7 @@ pub const MAX_CLIENTS: usize = 64;
 
 pub struct DelayForwarder {
     delay_micros: Arc<AtomicU64>,
+    jitter_micros: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -43,13 +44,19 @@ impl DelayForwarder {
             pool.push(socket);
         }
         let delay_micros = Arc::new(AtomicU64::new(0));
+        let jitter_micros = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (delay, stop) = (Arc::clone(&delay_micros), Arc::clone(&stop));
-            std::thread::spawn(move || forward(front, pool, upstream, &delay, &stop))
+            let (delay, jitter, stop) = (
+                Arc::clone(&delay_micros),
+                Arc::clone(&jitter_micros),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || forward(front, pool, upstream, &delay, &jitter, &stop))
         };
         Ok(Self {
             delay_micros,
+            jitter_micros,
             stop,
             thread: Some(thread),
         })
@@ -59,6 +66,13 @@ impl DelayForwarder {
     pub fn set_delay(&self, delay: Duration) {
         let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         self.delay_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// From now on each datagram waits a further uniform random `[0, jitter]`
+    /// (so datagrams may also be reordered, as on a jittery path).
+    pub fn set_jitter(&self, jitter: Duration) {
+        let micros = u64::try_from(jitter.as_micros()).unwrap_or(u64::MAX);
+        self.jitter_micros.store(micros, Ordering::Relaxed);
     }
 }
 
@@ -85,8 +99,21 @@ fn forward(
     pool: Vec<UdpSocket>,
     upstream: SocketAddr,
     delay: &AtomicU64,
+    jitter: &AtomicU64,
     stop: &AtomicBool,
 ) {
+    // A small seeded generator for the jitter: reproducible runs.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |max: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if max == 0 {
+            0
+        } else {
+            rng % (max + 1)
+        }
+    };
     let started = Instant::now();
     let mut clients: HashMap<SocketAddr, usize> = HashMap::new();
     let mut owner: Vec<Option<SocketAddr>> = vec![None; pool.len()];
@@ -96,10 +123,12 @@ fn forward(
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
         let now = Instant::now();
-        let due = now + Duration::from_micros(delay.load(Ordering::Relaxed));
+        let base = now + Duration::from_micros(delay.load(Ordering::Relaxed));
+        let spread = jitter.load(Ordering::Relaxed);
         let mut hold = |via: Option<usize>, to: SocketAddr, bytes: &[u8]| {
             if held.len() < MAX_QUEUED {
                 seq += 1;
+                let due = base + Duration::from_micros(random(spread));
                 heap.push(Reverse((due, seq)));
                 held.insert(
                     seq,

@@ -635,3 +635,68 @@ fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
     println!("nonsense counted as drops: {}", status["drops"]);
     Ok(())
 }
+
+/// The jitter goal: ten minutes of ±20 ms on one relay, and no path moves.
+/// Long, so not part of the suite: `cargo test -p lanrage-tests --test
+/// client_lab -- --ignored --nocapture` (root).
+#[test]
+#[ignore = "ten minutes; run by hand"]
+fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
+    const TEST: &str = "no_flap_in_ten_minutes_of_jitter";
+    if !lab_or_skip(TEST) {
+        return Ok(());
+    }
+    let _one = one_lab();
+    let lab = Lab::with_forwarders(true)?;
+    let forwarders: Vec<DelayForwarder> = RELAYS
+        .iter()
+        .map(|r| lab.forwarder(r))
+        .collect::<Result<_>>()?;
+    // relay1: 25 ± 20 ms each way (5 to 45 ms); relay2: a steady 30 ms.
+    forwarders[0].set_delay(Duration::from_millis(5));
+    forwarders[0].set_jitter(Duration::from_millis(40));
+    forwarders[1].set_delay(Duration::from_millis(30));
+    let _relays: Vec<Running> = RELAYS
+        .iter()
+        .map(|r| lab.start_relay(r))
+        .collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let _clients: Vec<Running> = CLIENTS
+        .iter()
+        .map(|c| lab.start_client(c))
+        .collect::<Result<_>>()?;
+    assert!(eventually(Duration::from_secs(10), || !lab
+        .ping("alice", 1, 1, "0.5")
+        .unwrap_or_default()
+        .is_empty()));
+    std::thread::sleep(Duration::from_secs(5));
+    let marks: Vec<usize> = CLIENTS.iter().map(|c| lab.log(c).lines().count()).collect();
+    let start = Instant::now();
+    let pinger = lab
+        .lab
+        .host("alice")
+        .ns
+        .command("ping")?
+        .args(["-n", "-c", "30000", "-i", "0.02", "-W", "1", "10.66.0.2"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let output = pinger.wait_with_output()?;
+    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    println!(
+        "{:?} of pings at 50/s through a jittery relay: {} of 30000 answered",
+        start.elapsed(),
+        seqs.len()
+    );
+    for (c, mark) in CLIENTS.iter().zip(marks) {
+        let moves: Vec<String> = lab
+            .log(c)
+            .lines()
+            .skip(mark)
+            .filter(|l| l.contains(" path "))
+            .map(str::to_owned)
+            .collect();
+        println!("{c}: {} path changes in ten minutes", moves.len());
+        assert!(moves.is_empty(), "{c} flapped: {moves:#?}");
+    }
+    Ok(())
+}
