@@ -638,7 +638,10 @@ fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
 
 /// The jitter goal: ten minutes of ±20 ms on one relay, and no path moves.
 /// Long, so not part of the suite: `cargo test -p lanrage-tests --test
-/// client_lab -- --ignored --nocapture` (root).
+/// client_lab -- --ignored --nocapture` (root). Its first run (2026-12-01)
+/// FAILED: only 12,607 of 30,000 pings answered, and alice's path moved to
+/// the steady relay after about five minutes; the simulator's ten-minute
+/// run of the same shape holds. Open: see docs/client.md, "Known problems".
 #[test]
 #[ignore = "ten minutes; run by hand"]
 fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
