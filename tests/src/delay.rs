@@ -182,3 +182,63 @@ fn forward(
         std::thread::sleep(Duration::from_micros(200));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanrage_test_support::privileged::or_skip;
+
+    /// Every datagram comes back through the forwarder, with its delay, also
+    /// with jitter (which reorders but must not lose).
+    #[test]
+    fn forwards_every_datagram_both_ways_with_jitter() -> Result<()> {
+        let Some(ns) = or_skip(
+            "forwards_every_datagram_both_ways_with_jitter",
+            crate::netns::lab_available()
+                .and_then(|()| Netns::new("delay").map_err(|e| e.to_string())),
+        ) else {
+            return Ok(());
+        };
+        let echo = ns.udp_socket("127.0.0.1:0".parse()?)?;
+        let upstream = echo.local_addr()?;
+        let front: SocketAddr = "127.0.0.1:47001".parse()?;
+        let forwarder = DelayForwarder::start(&ns, front, upstream)?;
+        forwarder.set_delay(Duration::from_millis(5));
+        forwarder.set_jitter(Duration::from_millis(40));
+        let echoing = std::thread::spawn(move || {
+            echo.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let client = ns.udp_socket("127.0.0.1:0".parse()?)?;
+        client.set_read_timeout(Some(Duration::from_millis(500)))?;
+        // Read while sending: 500 small datagrams at once would overflow a
+        // default receive buffer (about 270 of them fit).
+        let reader = {
+            let client = client.try_clone()?;
+            std::thread::spawn(move || {
+                let mut got = std::collections::HashSet::new();
+                let mut buf = [0u8; 64];
+                while let Ok((n, _)) = client.recv_from(&mut buf) {
+                    if n == 4 {
+                        got.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                    }
+                }
+                got
+            })
+        };
+        for i in 0..500u32 {
+            client.send_to(&i.to_be_bytes(), front)?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let got = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        drop(forwarder);
+        let _ = echoing.join();
+        assert_eq!(got.len(), 500, "every datagram came back");
+        Ok(())
+    }
+}
