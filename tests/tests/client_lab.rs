@@ -675,21 +675,45 @@ fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let marks: Vec<usize> = CLIENTS.iter().map(|c| lab.log(c).lines().count()).collect();
     let start = Instant::now();
+    // Ten minutes at 50/s; LANRAGE_JITTER_PINGS for a shorter look.
+    let pings: u32 = std::env::var("LANRAGE_JITTER_PINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     let pinger = lab
         .lab
         .host("alice")
         .ns
         .command("ping")?
-        .args(["-n", "-c", "30000", "-i", "0.02", "-W", "1", "10.66.0.2"])
+        .args([
+            "-n",
+            "-c",
+            &pings.to_string(),
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            "10.66.0.2",
+        ])
         .stdout(Stdio::piped())
         .spawn()?;
     let output = pinger.wait_with_output()?;
     let seqs = replies(&String::from_utf8_lossy(&output.stdout));
     println!(
-        "{:?} of pings at 50/s through a jittery relay: {} of 30000 answered",
+        "{:?} of pings at 50/s through a jittery relay: {} of {pings} answered",
         start.elapsed(),
         seqs.len()
     );
+    let status = lab.status("alice")?;
+    println!("alice: {status}");
+    for c in CLIENTS {
+        let log = lab.log(c);
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        println!(
+            "--- {c} log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     for (c, mark) in CLIENTS.iter().zip(marks) {
         let moves: Vec<String> = lab
             .log(c)
