@@ -19,7 +19,7 @@ use anyhow::Result;
 
 use crate::netns::Netns;
 
-pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+pub const MAX_LIFETIME: Duration = Duration::from_secs(20 * 60);
 pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_CLIENTS: usize = 64;
 

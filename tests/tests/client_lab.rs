@@ -221,6 +221,66 @@ impl Lab {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
+
+    fn start_relays(&self, names: &[&str]) -> Result<Vec<Running>> {
+        let relays = names.iter().map(|r| self.start_relay(r)).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        relays
+    }
+
+    fn start_clients(&self) -> Result<Vec<Running>> {
+        CLIENTS.iter().map(|c| self.start_client(c)).collect()
+    }
+
+    /// Waits (at most 10 s) until alice's ping reaches bob.
+    fn wait_first_reply(&self) -> Result<()> {
+        if eventually(Duration::from_secs(10), || {
+            !self
+                .ping("alice", 1, 1, "0.2")
+                .unwrap_or_default()
+                .is_empty()
+        }) {
+            return Ok(());
+        }
+        bail!(
+            "no ping reply from bob\nalice:\n{}\nbob:\n{}",
+            self.log("alice"),
+            self.log("bob")
+        )
+    }
+
+    /// `count` pings at 50/s from alice to bob, running until waited for.
+    fn pinger(&self, count: u32) -> Result<Child> {
+        Ok(self
+            .lab
+            .host("alice")
+            .ns
+            .command("ping")?
+            .args([
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.02",
+                "-W",
+                "1",
+                "10.66.0.2",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?)
+    }
+}
+
+/// The replies of a [`Lab::pinger`], and the longest run without one (at 50/s).
+fn pinged(pinger: Child) -> Result<(Vec<u32>, Duration)> {
+    let output = pinger.wait_with_output()?;
+    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(u32::MAX);
+    Ok((seqs, Duration::from_millis(20 * u64::from(gap))))
 }
 
 /// The icmp_seq of every reply in `ping`'s output.
@@ -281,16 +341,10 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
     }
     let _one = one_lab();
     let lab = Lab::new()?;
-    let mut relays: Vec<Option<Running>> = RELAYS
-        .iter()
-        .map(|r| lab.start_relay(r).map(Some))
-        .collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(300));
+    let mut relays: Vec<Option<Running>> =
+        lab.start_relays(&RELAYS)?.into_iter().map(Some).collect();
     let started = Instant::now();
-    let _clients: Vec<Running> = CLIENTS
-        .iter()
-        .map(|c| lab.start_client(c))
-        .collect::<Result<_>>()?;
+    let _clients = lab.start_clients()?;
 
     // Up to the first reply: ping once every 20 ms until one comes back.
     let mut first_reply = None;
@@ -347,23 +401,10 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
         .iter()
         .position(|r| *r == in_use)
         .context("relay name")?;
-    let pinger = {
-        let host = &lab.lab.host("alice").ns;
-        host.command("ping")?
-            .args(["-n", "-c", "300", "-i", "0.02", "-W", "1", "10.66.0.2"])
-            .stdout(Stdio::piped())
-            .spawn()?
-    };
+    let pinger = lab.pinger(300)?;
     std::thread::sleep(Duration::from_secs(1));
     relays[victim] = None; // dropped: SIGTERM, the relay is gone
-    let output = pinger.wait_with_output()?;
-    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
-    let gap = seqs
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(u32::MAX);
-    let gap = Duration::from_millis(20 * u64::from(gap));
+    let (seqs, gap) = pinged(pinger)?;
     println!("failover gap {gap:?} ({} of 300 replies)", seqs.len());
     assert!(seqs.len() > 200, "{} replies", seqs.len());
     assert!(gap <= Duration::from_millis(2000), "failover gap {gap:?}");
@@ -423,23 +464,9 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
         .iter()
         .map(|r| lab.forwarder(r))
         .collect::<Result<_>>()?;
-    let _relays: Vec<Running> = RELAYS
-        .iter()
-        .map(|r| lab.start_relay(r))
-        .collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let _clients: Vec<Running> = CLIENTS
-        .iter()
-        .map(|c| lab.start_client(c))
-        .collect::<Result<_>>()?;
-    assert!(
-        eventually(Duration::from_secs(10), || !lab
-            .ping("alice", 1, 1, "0.2")
-            .unwrap_or_default()
-            .is_empty()),
-        "a first ping reply\n{}",
-        lab.log("alice")
-    );
+    let _relays = lab.start_relays(&RELAYS)?;
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
     // Let the latency vectors settle on one relay for both.
     std::thread::sleep(Duration::from_secs(3));
     let path = path_of(&lab.status("alice")?);
@@ -453,14 +480,7 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
 
     // 40 ms each way in front of the relay in use: both move, once, while
     // pings at 50/s keep flowing.
-    let pinger = lab
-        .lab
-        .host("alice")
-        .ns
-        .command("ping")?
-        .args(["-n", "-c", "500", "-i", "0.02", "-W", "1", "10.66.0.2"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let pinger = lab.pinger(500)?;
     std::thread::sleep(Duration::from_millis(500));
     let marks: Vec<usize> = CLIENTS.iter().map(|c| lab.log(c).lines().count()).collect();
     let slowed = Instant::now();
@@ -472,8 +492,7 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
         })
     });
     let took = slowed.elapsed();
-    let output = pinger.wait_with_output()?;
-    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    let (seqs, _) = pinged(pinger)?;
     assert!(
         moved,
         "both clients moved to {fast}\nalice:\n{}",
@@ -509,39 +528,14 @@ fn a_relay_restart_costs_under_a_second() -> Result<()> {
     let lab = Lab::new()?;
     // One relay only, so the clients can't fail over: they must recover
     // through the restarted one.
-    let relay = lab.start_relay("relay1")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let _clients: Vec<Running> = CLIENTS
-        .iter()
-        .map(|c| lab.start_client(c))
-        .collect::<Result<_>>()?;
-    assert!(
-        eventually(Duration::from_secs(10), || !lab
-            .ping("alice", 1, 1, "0.2")
-            .unwrap_or_default()
-            .is_empty()),
-        "a first ping reply\n{}",
-        lab.log("alice")
-    );
-    let pinger = lab
-        .lab
-        .host("alice")
-        .ns
-        .command("ping")?
-        .args(["-n", "-c", "250", "-i", "0.02", "-W", "1", "10.66.0.2"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let relay = lab.start_relays(&["relay1"])?;
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
+    let pinger = lab.pinger(250)?;
     std::thread::sleep(Duration::from_secs(1));
     drop(relay); // SIGTERM: the relay's state is gone
     let _restarted = lab.start_relay("relay1")?;
-    let output = pinger.wait_with_output()?;
-    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
-    let gap = seqs
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(u32::MAX);
-    let gap = Duration::from_millis(20 * u64::from(gap));
+    let (seqs, gap) = pinged(pinger)?;
     println!("relay restart gap {gap:?} ({} of 250 replies)", seqs.len());
     assert!(gap <= Duration::from_millis(1500), "restart gap {gap:?}");
     Ok(())
@@ -599,18 +593,8 @@ fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
             }
         })
     };
-    let _clients: Vec<Running> = CLIENTS
-        .iter()
-        .map(|c| lab.start_client(c))
-        .collect::<Result<_>>()?;
-    assert!(
-        eventually(Duration::from_secs(10), || !lab
-            .ping("alice", 1, 1, "0.2")
-            .unwrap_or_default()
-            .is_empty()),
-        "alice reaches bob through the real relay\n{}",
-        lab.log("alice")
-    );
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
     let replies = lab.ping("alice", 1, 50, "0.02")?;
     assert!(replies.len() >= 45, "{} of 50", replies.len());
     let status = lab.status("alice")?;
@@ -659,19 +643,9 @@ fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
     forwarders[0].set_delay(Duration::from_millis(5));
     forwarders[0].set_jitter(Duration::from_millis(40));
     forwarders[1].set_delay(Duration::from_millis(30));
-    let _relays: Vec<Running> = RELAYS
-        .iter()
-        .map(|r| lab.start_relay(r))
-        .collect::<Result<_>>()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let _clients: Vec<Running> = CLIENTS
-        .iter()
-        .map(|c| lab.start_client(c))
-        .collect::<Result<_>>()?;
-    assert!(eventually(Duration::from_secs(10), || !lab
-        .ping("alice", 1, 1, "0.5")
-        .unwrap_or_default()
-        .is_empty()));
+    let _relays = lab.start_relays(&RELAYS)?;
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
     std::thread::sleep(Duration::from_secs(5));
     let marks: Vec<usize> = CLIENTS.iter().map(|c| lab.log(c).lines().count()).collect();
     let start = Instant::now();
@@ -680,25 +654,7 @@ fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30_000);
-    let pinger = lab
-        .lab
-        .host("alice")
-        .ns
-        .command("ping")?
-        .args([
-            "-n",
-            "-c",
-            &pings.to_string(),
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            "10.66.0.2",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let output = pinger.wait_with_output()?;
-    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
+    let (seqs, _) = pinged(lab.pinger(pings)?)?;
     println!(
         "{:?} of pings at 50/s through a jittery relay: {} of {pings} answered",
         start.elapsed(),
