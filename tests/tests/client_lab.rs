@@ -56,10 +56,6 @@ const RELAYS: [&str; 2] = ["relay1", "relay2"];
 const CLIENTS: [&str; 2] = ["alice", "bob"];
 
 impl Lab {
-    fn new() -> Result<Self> {
-        Self::with_forwarders(false)
-    }
-
     fn with_forwarders(forwarded: bool) -> Result<Self> {
         let relay_port = if forwarded {
             RELAY_PORT + 1
@@ -271,13 +267,14 @@ impl Lab {
     }
 }
 
-/// The replies of a [`Lab::pinger`], and the longest run without one (at 50/s).
+/// The replies of a [`Lab::pinger`], and the longest run without one (at 50/s;
+/// replies a jittery path reorders count as no gap).
 fn pinged(pinger: Child) -> Result<(Vec<u32>, Duration)> {
     let output = pinger.wait_with_output()?;
     let seqs = replies(&String::from_utf8_lossy(&output.stdout));
     let gap = seqs
         .windows(2)
-        .map(|w| w[1] - w[0])
+        .map(|w| w[1].saturating_sub(w[0]))
         .max()
         .unwrap_or(u32::MAX);
     Ok((seqs, Duration::from_millis(20 * u64::from(gap))))
@@ -300,6 +297,19 @@ fn one_lab() -> std::sync::MutexGuard<'static, ()> {
     ONE_LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lab for `test`, one at a time (the guard), or `None` to skip (the
+/// reason is printed; under `LANRAGE_REQUIRE_PRIVILEGED=1` it fails).
+fn lab_for(
+    test: &str,
+    forwarded: bool,
+) -> Result<Option<(std::sync::MutexGuard<'static, ()>, Lab)>> {
+    if !lab_or_skip(test) {
+        return Ok(None);
+    }
+    let guard = one_lab();
+    Ok(Some((guard, Lab::with_forwarders(forwarded)?)))
 }
 
 fn lab_or_skip(test: &str) -> bool {
@@ -335,12 +345,13 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
-    const TEST: &str = "two_clients_ping_through_a_relay_and_survive_its_death";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for(
+        "two_clients_ping_through_a_relay_and_survive_its_death",
+        false,
+    )?
+    else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::new()?;
+    };
     let mut relays: Vec<Option<Running>> =
         lab.start_relays(&RELAYS)?.into_iter().map(Some).collect();
     let started = Instant::now();
@@ -421,12 +432,13 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
 
 #[test]
 fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
-    const TEST: &str = "up_removes_its_tun_on_sigterm_and_refuses_bad_config";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for(
+        "up_removes_its_tun_on_sigterm_and_refuses_bad_config",
+        false,
+    )?
+    else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::new()?;
+    };
     let client = lab.start_client("alice")?;
     let ns = &lab.lab.host("alice").ns;
     let has_tun = || -> bool {
@@ -454,12 +466,13 @@ fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
 
 #[test]
 fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
-    const TEST: &str = "both_clients_move_together_when_their_relay_slows_down";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for(
+        "both_clients_move_together_when_their_relay_slows_down",
+        true,
+    )?
+    else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::with_forwarders(true)?;
+    };
     let forwarders: Vec<DelayForwarder> = RELAYS
         .iter()
         .map(|r| lab.forwarder(r))
@@ -520,12 +533,9 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
 
 #[test]
 fn a_relay_restart_costs_under_a_second() -> Result<()> {
-    const TEST: &str = "a_relay_restart_costs_under_a_second";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for("a_relay_restart_costs_under_a_second", false)? else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::new()?;
+    };
     // One relay only, so the clients can't fail over: they must recover
     // through the restarted one.
     let relay = lab.start_relays(&["relay1"])?;
@@ -543,12 +553,13 @@ fn a_relay_restart_costs_under_a_second() -> Result<()> {
 
 #[test]
 fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
-    const TEST: &str = "a_relay_that_answers_nonsense_never_wedges_the_client";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for(
+        "a_relay_that_answers_nonsense_never_wedges_the_client",
+        false,
+    )?
+    else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::new()?;
+    };
     let _relay1 = lab.start_relay("relay1")?;
     // relay2's address is held by something that answers every datagram
     // with nonsense: the datagram's own bytes mangled, truncated, grown,
@@ -622,19 +633,15 @@ fn a_relay_that_answers_nonsense_never_wedges_the_client() -> Result<()> {
 
 /// The jitter goal: ten minutes of ±20 ms on one relay, and no path moves.
 /// Long, so not part of the suite: `cargo test -p lanrage-tests --test
-/// client_lab -- --ignored --nocapture` (root). Its first run (2026-12-01)
-/// FAILED: only 12,607 of 30,000 pings answered, and alice's path moved to
-/// the steady relay after about five minutes; the simulator's ten-minute
-/// run of the same shape holds. Open: see docs/client.md, "Known problems".
+/// client_lab -- --ignored --nocapture` (root). Its first two runs failed
+/// because the delaying forwarders stopped at their own 5-minute bound (now
+/// 20 minutes); see docs/client.md, "Known problems".
 #[test]
 #[ignore = "ten minutes; run by hand"]
 fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
-    const TEST: &str = "no_flap_in_ten_minutes_of_jitter";
-    if !lab_or_skip(TEST) {
+    let Some((_one, lab)) = lab_for("no_flap_in_ten_minutes_of_jitter", true)? else {
         return Ok(());
-    }
-    let _one = one_lab();
-    let lab = Lab::with_forwarders(true)?;
+    };
     let forwarders: Vec<DelayForwarder> = RELAYS
         .iter()
         .map(|r| lab.forwarder(r))
