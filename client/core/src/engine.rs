@@ -816,7 +816,6 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
                 if src != self.peers[peer].spec.virtual_ip {
-                    self.peers[peer].rejected += 1;
                     self.count(DropReason::SpoofedInnerSource);
                     return;
                 }

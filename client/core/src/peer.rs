@@ -48,9 +48,6 @@ pub struct Peer {
     pub last_activity: Option<Instant>,
     /// RTT, jitter and loss of the path, from the engine's pings.
     pub path_quality: Estimator,
-    /// Datagrams from this peer's tunnel that the engine refused (a source
-    /// address outside the peer's virtual IP, a bad packet).
-    pub rejected: u64,
 }
 
 impl Peer {
@@ -82,7 +79,6 @@ impl Peer {
             handshake_sent: None,
             last_activity: None,
             path_quality: Estimator::default(),
-            rejected: 0,
         }
     }
 

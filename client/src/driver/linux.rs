@@ -104,7 +104,6 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         tun,
         recv_bufs: vec![vec![0u8; RECV_BUF]; RECV_BATCH],
         tun_buf: vec![0u8; usize::from(mtu) + 64],
-        send_failures: 0,
     };
     let mut events = Events::with_capacity(16);
     let mut busy = false;
@@ -161,7 +160,6 @@ struct Io {
     tun: SyncDevice,
     recv_bufs: Vec<Vec<u8>>,
     tun_buf: Vec<u8>,
-    send_failures: usize,
 }
 
 impl Io {
@@ -280,7 +278,6 @@ impl Io {
             };
             if let Err(e) = self.udp_state.try_send((&self.socket).into(), &transmit) {
                 // WireGuard tolerates loss; never block the loop on a send.
-                self.send_failures += segments;
                 tracing::trace!(error = %e, dst = %first.dst, segments, "UDP send failed");
             }
             if pending.is_none() {
