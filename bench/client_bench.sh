@@ -7,6 +7,8 @@
 # iperf3 TCP stream a → b and a ping series between the tunnel addresses:
 #   raw        the veth path, no tunnel (a → 10.77.0.2)
 #   lanrage    lanrage on a and b through lanrage-relay on r (MTU 1420)
+#   direct     lanrage on a and b with each other's endpoint configured
+#              (listen_port 51900): straight between them, the relay idle
 #   wggo       Debian's wireguard-go + wg, a ↔ b directly (MTU 1420)
 #   boringtun  boringtun-cli (cargo install --locked boringtun-cli), a ↔ b directly
 # RUNS times each (variants interleaved within a run), then medians. Also:
@@ -17,7 +19,7 @@
 # stream and prints the top symbols.
 # Environment: RUNS (3), DURATION (iperf3 seconds, 10), IDLE (60; measured
 # after IDLE_SETTLE, 35 s, once the client has gone quiet),
-# VARIANTS ("raw lanrage wggo boringtun"), BORINGTUN (path of boringtun-cli;
+# VARIANTS ("raw lanrage direct wggo boringtun"), BORINGTUN (path of boringtun-cli;
 # default: found on PATH or in /work/tools/bin). Needs root, iperf3,
 # wireguard-go, wireguard-tools, iputils-ping, jq. Traffic stays inside the
 # namespaces; every process and namespace it starts is gone on exit.
@@ -30,7 +32,7 @@ DURATION=${DURATION:-10}
 IDLE=${IDLE:-60}
 IDLE_SETTLE=${IDLE_SETTLE:-35}
 # (VARIANTS="" measures only the idle client.)
-read -r -a VARIANTS <<<"${VARIANTS-raw lanrage wggo boringtun}"
+read -r -a VARIANTS <<<"${VARIANTS-raw lanrage direct wggo boringtun}"
 BIN="$ROOT/target/release"
 NS=lrgb$$
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo /work/tools/bin/boringtun-cli)}
@@ -71,8 +73,12 @@ topology() {
 up_raw() { DST=10.77.0.2; }
 down_raw() { :; }
 
-up_lanrage() {
-    local d=$TMP/lanrage
+up_lanrage() { lanrage_up relay; }
+up_direct() { lanrage_up direct; }
+down_direct() { down_lanrage; }
+
+lanrage_up() { # relay | direct
+    local mode=$1 d=$TMP/lanrage
     rm -rf "$d"
     mkdir -p "$d"
     "$BIN/lanrage-relay" keygen >"$d/relay.key" 2>/dev/null
@@ -86,13 +92,18 @@ up_lanrage() {
     RELAY_PID=$!
     ak=$("$BIN/lanrage" keygen --key "$d/a.key" 2>/dev/null)
     bk=$("$BIN/lanrage" keygen --key "$d/b.key" 2>/dev/null)
-    client_yaml() { # me address peer peer_key peer_address
+    client_yaml() { # me address peer peer_key peer_address peer_host
         printf 'address: %s\nprivate_key_file: %s.key\ncontrol_socket: %s/%s.sock\n' "$2" "$1" "$d" "$1"
         printf 'relays: [{name: r, address: "10.77.0.3:51820", public_key: "%s"}]\n' "$rk"
-        printf 'peers: [{name: %s, public_key: "%s", address: %s}]\n' "$3" "$4" "$5"
+        if [ "$mode" = direct ]; then
+            printf 'listen_port: 51900\n'
+            printf 'peers: [{name: %s, public_key: "%s", address: %s, endpoint: "%s:51900"}]\n' "$3" "$4" "$5" "$6"
+        else
+            printf 'peers: [{name: %s, public_key: "%s", address: %s}]\n' "$3" "$4" "$5"
+        fi
     }
-    client_yaml a 10.66.0.1 b "$bk" 10.66.0.2 >"$d/a.yaml"
-    client_yaml b 10.66.0.2 a "$ak" 10.66.0.1 >"$d/b.yaml"
+    client_yaml a 10.66.0.1 b "$bk" 10.66.0.2 10.77.0.2 >"$d/a.yaml"
+    client_yaml b 10.66.0.2 a "$ak" 10.66.0.1 10.77.0.1 >"$d/b.yaml"
     sleep 0.3
     local t0
     t0=$(date +%s%N)
@@ -208,7 +219,7 @@ for run in $(seq 1 "$RUNS"); do
         log "run $run/$RUNS: $v"
         FIRST_REPLY_MS=
         measure "$v" "$run"
-        [ -n "$FIRST_REPLY_MS" ] && FIRSTS+=("$FIRST_REPLY_MS")
+        [ "$v" = lanrage ] && [ -n "$FIRST_REPLY_MS" ] && FIRSTS+=("$FIRST_REPLY_MS")
     done
 done
 log "idle lanrage client for $IDLE s"

@@ -172,6 +172,7 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
                 name: p.name.clone(),
                 key: *key,
                 virtual_ip: p.address,
+                endpoint: p.endpoint,
             })
             .collect(),
         unix_nanos_at_start,

@@ -62,6 +62,13 @@ pub struct Peer {
     pub public_key: String,
     /// The peer's address on the virtual LAN.
     pub address: Ipv4Addr,
+    /// Where the peer's `lanrage` listens (`IP:PORT`; its `listen_port`
+    /// must be set), as WireGuard's `Endpoint`: traffic goes there directly
+    /// instead of through a relay, and direct traffic is accepted only from
+    /// there, so both sides list each other's. Default: none (through the
+    /// best relay).
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
 }
 
 fn default_interface() -> String {
@@ -234,6 +241,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
                 format!("{} is already used (each PC needs its own)", peer.address),
             ));
         }
+        if let Some(endpoint) = peer.endpoint {
+            check_endpoint(endpoint, &config)
+                .map_err(|p| invalid(format!("peers[{i}].endpoint"), p))?;
+        }
         peer_keys.push(key);
     }
     Ok(Loaded {
@@ -250,6 +261,28 @@ fn parse_key(text: &str) -> Result<PeerKey, String> {
          `lanrage-relay public-key` prints"
             .to_owned()
     })
+}
+
+fn check_endpoint(endpoint: SocketAddr, config: &Config) -> Result<(), String> {
+    if endpoint.ip().is_unspecified() || endpoint.ip().is_multicast() || endpoint.port() == 0 {
+        return Err(format!(
+            "{endpoint} is not an address a peer can listen on; give its IP address and its \
+             listen_port, such as 192.0.2.7:51900"
+        ));
+    }
+    if config.relays.iter().any(|r| r.address == endpoint) {
+        return Err(format!("{endpoint} is a relay's address, not a peer's"));
+    }
+    if config
+        .peers
+        .iter()
+        .filter(|p| p.endpoint == Some(endpoint))
+        .count()
+        > 1
+    {
+        return Err(format!("{endpoint} is given for more than one peer"));
+    }
+    Ok(())
 }
 
 fn check_address(address: Ipv4Addr) -> Result<(), String> {
@@ -298,6 +331,13 @@ mod tests {
             PathBuf::from("/etc/lanrage/private.key")
         );
         assert_eq!(loaded.peer_keys.len(), 1);
+        assert_eq!(loaded.config.peers[0].endpoint, None);
+        let direct = good() + "    endpoint: 192.0.2.7:51900\n";
+        let loaded = parse(&direct, Path::new("client.yaml")).expect("valid");
+        assert_eq!(
+            loaded.config.peers[0].endpoint,
+            Some("192.0.2.7:51900".parse().expect("address"))
+        );
     }
 
     #[test]
@@ -318,5 +358,19 @@ mod tests {
         assert!(error(text).contains("relays: at least one relay"));
         let text = good().replace("address: 10.66.0.1", "address: 10.66.255.255");
         assert!(error(&text).contains("broadcast"));
+        let text = good() + "    endpoint: 0.0.0.0:51900\n";
+        assert!(
+            error(&text).contains("peers[0].endpoint: 0.0.0.0:51900 is not an address"),
+            "{}",
+            error(&text)
+        );
+        let text = good() + "    endpoint: 192.0.2.1:51820\n";
+        assert!(error(&text).contains("peers[0].endpoint: 192.0.2.1:51820 is a relay's address"));
+        let text = good() + "    endpoint: bob.example:51900\n";
+        assert!(
+            error(&text).contains("peers[0].endpoint"),
+            "{}",
+            error(&text)
+        );
     }
 }

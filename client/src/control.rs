@@ -120,7 +120,7 @@ impl From<Status> for StatusReply {
                     address: p.virtual_ip.to_string(),
                     path: p
                         .path
-                        .map_or_else(|| "none".to_owned(), |r| format!("relay {r}")),
+                        .map_or_else(|| "none".to_owned(), |path| path.to_string()),
                     rtt_ms: p.rtt.map(ms),
                     jitter_ms: ms(p.jitter),
                     loss_percent: f64::from(p.loss) * 100.0,

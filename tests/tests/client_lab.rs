@@ -50,7 +50,12 @@ struct Lab {
     dir: ScratchDir,
     relay_keys: Vec<String>,
     client_keys: Vec<String>,
+    /// Whether the clients list each other's endpoint (on `DIRECT_PORT`).
+    endpoints: bool,
 }
+
+/// The clients' `listen_port` when they list each other's endpoints.
+const DIRECT_PORT: u16 = 51900;
 
 const RELAYS: [&str; 2] = ["relay1", "relay2"];
 const CLIENTS: [&str; 2] = ["alice", "bob"];
@@ -103,6 +108,7 @@ impl Lab {
             dir,
             relay_keys,
             client_keys,
+            endpoints: false,
         };
         for (i, name) in CLIENTS.iter().enumerate() {
             std::fs::write(this.client_config(name), this.client_yaml(i))?;
@@ -121,6 +127,9 @@ impl Lab {
             i + 1,
             self.dir.path().join(format!("{me}.sock")).display()
         );
+        if self.endpoints {
+            yaml = format!("listen_port: {DIRECT_PORT}\n{yaml}");
+        }
         for (r, name) in RELAYS.iter().enumerate() {
             yaml.push_str(&format!(
                 "  - {{name: {name}, address: \"{}:{RELAY_PORT}\", public_key: \"{}\"}}\n",
@@ -131,14 +140,28 @@ impl Lab {
         yaml.push_str("peers:\n");
         for (p, name) in CLIENTS.iter().enumerate() {
             if p != i {
+                let endpoint = if self.endpoints {
+                    format!(", endpoint: \"{}:{DIRECT_PORT}\"", self.lab.host(name).addr)
+                } else {
+                    String::new()
+                };
                 yaml.push_str(&format!(
-                    "  - {{name: {name}, public_key: \"{}\", address: 10.66.0.{}}}\n",
+                    "  - {{name: {name}, public_key: \"{}\", address: 10.66.0.{}{endpoint}}}\n",
                     self.client_keys[p],
                     p + 1
                 ));
             }
         }
         yaml
+    }
+
+    /// The clients list each other's endpoint from now on.
+    fn use_endpoints(&mut self) -> Result<()> {
+        self.endpoints = true;
+        for (i, name) in CLIENTS.iter().enumerate() {
+            std::fs::write(self.client_config(name), self.client_yaml(i))?;
+        }
+        Ok(())
     }
 
     /// A delaying forwarder on `name`'s public port, in front of the relay.
@@ -427,6 +450,30 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
         "bob follows to {survivor}"
     );
     assert_eq!(path_of(&lab.status("alice")?), format!("relay {survivor}"));
+    Ok(())
+}
+
+/// Clients that list each other's endpoint talk straight to each other,
+/// with no relay running at all (WireGuard's `Endpoint`).
+#[test]
+fn clients_with_endpoints_ping_directly_without_any_relay() -> Result<()> {
+    let Some((_guard, mut lab)) = lab_for("clients_with_endpoints_ping_directly", false)? else {
+        return Ok(());
+    };
+    lab.use_endpoints()?;
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
+    let replies = lab.ping("alice", 1, 20, "0.02")?;
+    assert_eq!(replies.len(), 20, "{replies:?}\n{}", lab.log("alice"));
+    for (name, peer) in [("alice", "bob"), ("bob", "alice")] {
+        let status = lab.status(name)?;
+        let expected = format!("direct {}:{DIRECT_PORT}", lab.lab.host(peer).addr);
+        assert_eq!(path_of(&status), expected, "{status:#}");
+        assert!(
+            status["peers"][0]["rx_bytes"].as_u64() > Some(0),
+            "{status:#}"
+        );
+    }
     Ok(())
 }
 

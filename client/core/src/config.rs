@@ -22,6 +22,11 @@ pub struct PeerSpec {
     /// Its address on the virtual LAN; the only source address accepted
     /// from its tunnel (WireGuard's AllowedIPs, one /32).
     pub virtual_ip: Ipv4Addr,
+    /// A fixed address where the peer listens, as WireGuard's `Endpoint`:
+    /// its datagrams go there directly, never through a relay, and its
+    /// direct datagrams are accepted only from there. `None`: through the
+    /// best relay.
+    pub endpoint: Option<SocketAddr>,
 }
 
 #[derive(Clone)]

@@ -18,7 +18,7 @@ use lanrage_proto::{classify, DatagramKind, PeerKey};
 use crate::config::EngineConfig;
 use crate::peer::Peer;
 use crate::relay::{Registrant, Relay, RelayNews};
-use crate::status::{PeerStatus, RelayStatus, Status};
+use crate::status::{PeerPath, PeerStatus, RelayStatus, Status};
 use crate::wall_clock::Timestamps;
 
 /// The TUN device's MTU: 1500 minus WireGuard (32), UDP (8), IPv4 (20) and
@@ -72,17 +72,17 @@ pub enum Event {
     RelayRestarted {
         relay: String,
     },
-    /// A peer's traffic now goes through this relay.
+    /// A peer's traffic now takes this path.
     PathChanged {
         peer: String,
-        relay: String,
+        path: PeerPath,
     },
-    /// The answer to [`Engine::ping`], and the relay it came through.
+    /// The answer to [`Engine::ping`], and the path it came back on.
     Pong {
         peer: String,
         id: u64,
         rtt: Duration,
-        relay: String,
+        path: PeerPath,
     },
 }
 
@@ -153,6 +153,8 @@ pub enum ConfigError {
     DuplicateVirtualIp(String, String),
     #[error("peer {0} has this client's own public key")]
     PeerIsSelf(String),
+    #[error("peer {0}: its endpoint is a relay's or another peer's address")]
+    SharedEndpoint(String),
 }
 
 pub struct Engine {
@@ -166,6 +168,8 @@ pub struct Engine {
     by_ip: HashMap<Ipv4Addr, usize>,
     by_key: HashMap<PeerKey, usize>,
     by_slot: HashMap<u32, usize>,
+    /// Peers by their configured endpoint.
+    by_direct_addr: HashMap<SocketAddr, usize>,
     consent: Vec<PeerKey>,
     timestamps: Timestamps,
     rng: u64,
@@ -221,6 +225,7 @@ impl Engine {
             by_ip: HashMap::new(),
             by_key: HashMap::new(),
             by_slot: HashMap::new(),
+            by_direct_addr: HashMap::new(),
             consent: Vec::new(),
             timestamps: Timestamps::new(now, unix_nanos_at_start),
             rng,
@@ -234,6 +239,11 @@ impl Engine {
             drops: [0; DropReason::ALL.len()],
             scratch: vec![0; MAX_DATAGRAM],
         };
+        engine.events.push_back(Event::ConfigureInterface {
+            address: virtual_ip,
+            prefix_len: PREFIX_LEN,
+            mtu: TUN_MTU,
+        });
         // Slots start at a random base so a restarted client doesn't reuse
         // the receiver indices of its previous run (a relay still holding
         // routes for them would refuse the collision).
@@ -255,14 +265,20 @@ impl Engine {
             engine.by_ip.insert(spec.virtual_ip, i);
             engine.by_key.insert(spec.key, i);
             engine.by_slot.insert(slot, i);
+            if let Some(endpoint) = spec.endpoint {
+                if engine.by_relay_addr.contains_key(&endpoint)
+                    || engine.by_direct_addr.insert(endpoint, i).is_some()
+                {
+                    return Err(ConfigError::SharedEndpoint(spec.name));
+                }
+                engine.events.push_back(Event::PathChanged {
+                    peer: spec.name.clone(),
+                    path: PeerPath::Direct(endpoint),
+                });
+            }
             engine.consent.push(spec.key);
             engine.peers.push(Peer::new(spec, &engine.secret, slot));
         }
-        engine.events.push_back(Event::ConfigureInterface {
-            address: virtual_ip,
-            prefix_len: PREFIX_LEN,
-            mtu: TUN_MTU,
-        });
         Ok(engine)
     }
 
@@ -274,15 +290,23 @@ impl Engine {
 
     /// One datagram from the UDP socket.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Some(&relay) = self.by_relay_addr.get(&from) else {
+        if let Some(&relay) = self.by_relay_addr.get(&from) {
+            match classify(bytes) {
+                DatagramKind::Control => self.handle_control(now, relay, bytes),
+                DatagramKind::WireGuard => self.handle_wireguard(now, Via::Relay(relay), bytes),
+                DatagramKind::Stun => self.count(DropReason::Stun),
+                DatagramKind::Unknown => self.count(DropReason::Malformed),
+            }
+            return;
+        }
+        // A peer's own endpoint carries only its WireGuard datagrams.
+        let Some(&peer) = self.by_direct_addr.get(&from) else {
             self.count(DropReason::UnknownSource);
             return;
         };
         match classify(bytes) {
-            DatagramKind::Control => self.handle_control(now, relay, bytes),
-            DatagramKind::WireGuard => self.handle_wireguard(now, relay, bytes),
-            DatagramKind::Stun => self.count(DropReason::Stun),
-            DatagramKind::Unknown => self.count(DropReason::Malformed),
+            DatagramKind::WireGuard => self.handle_wireguard(now, Via::Direct(peer), bytes),
+            _ => self.count(DropReason::Malformed),
         }
     }
 
@@ -296,11 +320,10 @@ impl Engine {
             self.count(DropReason::NoPeerForPacket);
             return;
         };
-        let Some(relay) = self.path_for(now, peer) else {
+        let Some(dst) = self.destination(now, peer) else {
             self.count(DropReason::NoRelay);
             return;
         };
-        let dst = self.relays[relay].spec.addr;
         self.touch(now, peer);
         let result = self.peers[peer].tunn.encapsulate(packet, &mut self.scratch);
         match result {
@@ -327,7 +350,7 @@ impl Engine {
             let in_use = self
                 .peers
                 .iter()
-                .any(|p| p.path == Some(i) && p.is_active(now));
+                .any(|p| p.direct.is_none() && p.relay == Some(i) && p.is_active(now));
             let was_reachable = self.relays[i].reachable();
             let mut out = Vec::new();
             let (timestamps, rng) = (&mut self.timestamps, &mut self.rng);
@@ -362,7 +385,7 @@ impl Engine {
                 self.evaluate_relay(now, peer);
                 // An active peer's path is measured once a second (a
                 // ping over signaling): RTT, jitter and loss for `status`.
-                if self.peers[peer].is_active(now) && self.peers[peer].path.is_some() {
+                if self.peers[peer].is_active(now) && self.peers[peer].relay.is_some() {
                     self.ping_peer(now, peer, PingKind::Measuring);
                 }
             }
@@ -425,7 +448,10 @@ impl Engine {
                     rtt: r.estimator.rtt(),
                     jitter: r.estimator.jitter(),
                     loss: r.estimator.loss(now),
-                    in_use: self.peers.iter().any(|p| p.path == Some(i)),
+                    in_use: self
+                        .peers
+                        .iter()
+                        .any(|p| p.direct.is_none() && p.relay == Some(i)),
                 })
                 .collect(),
             peers: self
@@ -436,7 +462,7 @@ impl Engine {
                     PeerStatus {
                         name: p.spec.name.clone(),
                         virtual_ip: p.spec.virtual_ip,
-                        path: p.path.map(|r| self.relays[r].spec.name.clone()),
+                        path: self.path_of(p),
                         rtt: p
                             .path_quality
                             .rtt()
@@ -514,7 +540,7 @@ impl Engine {
                 // The hint is unauthenticated, so it may only prompt a
                 // (rate-limited) handshake, never change anything else.
                 let peers: Vec<usize> = (0..self.peers.len())
-                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .filter(|&p| self.peers[p].relay == Some(relay))
                     .collect();
                 for peer in peers {
                     self.force_handshake(now, peer, relay, Urgency::Prompted);
@@ -603,7 +629,7 @@ impl Engine {
             return;
         }
         let Some(relay) = self.peers[peer]
-            .path
+            .relay
             .filter(|&r| self.relays[r].is_usable())
             .or_else(|| self.best_relay())
         else {
@@ -648,7 +674,7 @@ impl Engine {
 
     fn ping_peer(&mut self, now: Instant, peer: usize, kind: PingKind) -> Option<u64> {
         let relay = self.peers[peer]
-            .path
+            .relay
             .filter(|&r| self.relays[r].is_usable())
             .or_else(|| self.preferred_relay(peer))
             .or_else(|| self.best_relay())?;
@@ -685,7 +711,7 @@ impl Engine {
             peer: self.peers[peer].spec.name.clone(),
             id,
             rtt: now.saturating_duration_since(sent),
-            relay: self.relays[relay].spec.name.clone(),
+            path: PeerPath::Relay(self.relays[relay].spec.name.clone()),
         });
     }
 
@@ -694,7 +720,7 @@ impl Engine {
     fn evaluate_relay(&mut self, now: Instant, peer: usize) {
         let p = &self.peers[peer];
         let (Some((mine, _)), Some(theirs), Some(current)) =
-            (&p.sent_vector, &p.remote_vector, p.path)
+            (&p.sent_vector, &p.remote_vector, p.relay)
         else {
             return;
         };
@@ -742,7 +768,7 @@ impl Engine {
                 // Sessions through it may have lost their routes (the relay
                 // forgot us); handshake them again through it.
                 let peers: Vec<usize> = (0..self.peers.len())
-                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .filter(|&p| self.peers[p].relay == Some(relay))
                     .collect();
                 for peer in peers {
                     self.force_handshake(now, peer, relay, Urgency::Now);
@@ -751,7 +777,7 @@ impl Engine {
             RelayNews::NewEpoch => {
                 self.events.push_back(Event::RelayRestarted { relay: name });
                 let peers: Vec<usize> = (0..self.peers.len())
-                    .filter(|&p| self.peers[p].path == Some(relay))
+                    .filter(|&p| self.peers[p].relay == Some(relay))
                     .collect();
                 for peer in peers {
                     self.force_handshake(now, peer, relay, Urgency::Now);
@@ -760,7 +786,9 @@ impl Engine {
         }
     }
 
-    fn handle_wireguard(&mut self, now: Instant, relay: usize, bytes: &[u8]) {
+    /// A WireGuard datagram, through a relay or straight from a peer's
+    /// endpoint; answers go back the way it came.
+    fn handle_wireguard(&mut self, now: Instant, via: Via, bytes: &[u8]) {
         let Ok(packet) = Tunn::parse_incoming_packet(bytes) else {
             self.count(DropReason::Malformed);
             return;
@@ -783,16 +811,27 @@ impl Engine {
             self.count(DropReason::NoSession);
             return;
         };
+        let dst = match via {
+            Via::Relay(relay) => self.relays[relay].spec.addr,
+            // A peer's endpoint speaks only for that peer.
+            Via::Direct(from) if from != peer => {
+                self.count(DropReason::UnknownSource);
+                return;
+            }
+            Via::Direct(_) => match self.peers[peer].direct {
+                Some(addr) => addr,
+                None => return,
+            },
+        };
         let handshake = matches!(
             packet,
             Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
         );
-        let dst = self.relays[relay].spec.addr;
         let result = self.peers[peer]
             .tunn
             .decapsulate(None, bytes, &mut self.scratch);
         if !matches!(result, TunnResult::Err(_)) {
-            if !self.peers[peer].is_active(now) {
+            if let (Via::Relay(relay), false) = (via, self.peers[peer].is_active(now)) {
                 // Traffic again after a quiet spell: the relay it came
                 // through is probed fast again (a receiving side must
                 // notice a dead relay within about a second too).
@@ -832,7 +871,9 @@ impl Engine {
             self.peers[peer].handshake_sent = None;
             // The session now lives on this relay: it installed the routes
             // from this handshake, so our datagrams go back through it.
-            self.set_path(now, peer, relay);
+            if let Via::Relay(relay) = via {
+                self.set_path(now, peer, relay);
+            }
         }
     }
 
@@ -856,11 +897,8 @@ impl Engine {
         match self.peers[peer].tunn.update_timers(&mut self.scratch) {
             TunnResult::WriteToNetwork(datagram) => {
                 let payload = datagram.to_vec();
-                match self.path_for(now, peer) {
-                    Some(relay) => {
-                        let dst = self.relays[relay].spec.addr;
-                        self.send_wireguard(now, peer, dst, payload);
-                    }
+                match self.destination(now, peer) {
+                    Some(dst) => self.send_wireguard(now, peer, dst, payload),
                     None => self.count(DropReason::NoRelay),
                 }
             }
@@ -871,17 +909,36 @@ impl Engine {
         }
     }
 
+    /// Where a datagram for `peer` goes: its endpoint if it has one, else
+    /// the relay [`Self::path_for`] picks.
+    fn destination(&mut self, now: Instant, peer: usize) -> Option<SocketAddr> {
+        if let Some(addr) = self.peers[peer].direct {
+            return Some(addr);
+        }
+        let relay = self.path_for(now, peer)?;
+        Some(self.relays[relay].spec.addr)
+    }
+
+    /// The way `peer`'s datagrams take now, for `status`.
+    fn path_of(&self, peer: &Peer) -> Option<PeerPath> {
+        match (peer.direct, peer.relay) {
+            (Some(addr), _) => Some(PeerPath::Direct(addr)),
+            (None, Some(relay)) => Some(PeerPath::Relay(self.relays[relay].spec.name.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// The relay a datagram for `peer` goes through: the session's, while it
     /// is usable; otherwise the best usable relay, with a handshake through
     /// it (the old relay's routes are of no use on another).
     fn path_for(&mut self, now: Instant, peer: usize) -> Option<usize> {
-        if let Some(relay) = self.peers[peer].path {
+        if let Some(relay) = self.peers[peer].relay {
             if self.relays[relay].is_usable() {
                 return Some(relay);
             }
         }
         let best = self.preferred_relay(peer).or_else(|| self.best_relay())?;
-        if self.peers[peer].path.is_some() {
+        if self.peers[peer].relay.is_some() {
             self.set_path(now, peer, best);
             self.force_handshake(now, peer, best, Urgency::Now);
         }
@@ -914,22 +971,24 @@ impl Engine {
     }
 
     fn set_path(&mut self, now: Instant, peer: usize, relay: usize) {
-        let old = self.peers[peer].path.replace(relay);
+        let old = self.peers[peer].relay.replace(relay);
         if old == Some(relay) {
             return;
         }
         self.relays[relay].set_in_use(now, true);
-        self.events.push_back(Event::PathChanged {
-            peer: self.peers[peer].spec.name.clone(),
-            relay: self.relays[relay].spec.name.clone(),
-        });
+        if self.peers[peer].direct.is_none() {
+            self.events.push_back(Event::PathChanged {
+                peer: self.peers[peer].spec.name.clone(),
+                path: PeerPath::Relay(self.relays[relay].spec.name.clone()),
+            });
+        }
     }
 
     /// A relay became unreachable: every peer on it moves to the best other
     /// one, with a handshake through it.
     fn move_paths_off(&mut self, now: Instant, relay: usize) {
         let peers: Vec<usize> = (0..self.peers.len())
-            .filter(|&p| self.peers[p].path == Some(relay))
+            .filter(|&p| self.peers[p].relay == Some(relay))
             .collect();
         for peer in peers {
             let Some(best) = self.preferred_relay(peer).or_else(|| self.best_relay()) else {
@@ -946,7 +1005,7 @@ impl Engine {
         let was_active = self.peers[peer].is_active(now);
         self.peers[peer].last_activity = Some(now);
         if !was_active {
-            if let Some(relay) = self.peers[peer].path {
+            if let (None, Some(relay)) = (self.peers[peer].direct, self.peers[peer].relay) {
                 self.relays[relay].set_in_use(now, true);
             }
             self.next_wireguard_tick = self.next_wireguard_tick.min(now + WIREGUARD_TICK);
@@ -973,17 +1032,27 @@ impl Engine {
         if now.saturating_duration_since(sent) < wait {
             return;
         }
+        let next = Some((now, (wait * 2).min(HANDSHAKE_RETRY_MAX)));
+        if let Some(dst) = self.peers[peer].direct {
+            self.peers[peer].handshake_sent = next;
+            self.initiate(now, peer, dst);
+            return;
+        }
         let Some(relay) = self.path_for(now, peer) else {
             return;
         };
-        self.peers[peer].handshake_sent = Some((now, (wait * 2).min(HANDSHAKE_RETRY_MAX)));
+        self.peers[peer].handshake_sent = next;
         self.force_handshake(now, peer, relay, Urgency::Now);
     }
 
     /// A handshake initiation to `peer` through `relay`, now. Only through a
     /// relay that has registered us (it drops handshakes from unregistered
-    /// sources; its ack triggers the handshake instead).
+    /// sources; its ack triggers the handshake instead), and never for a
+    /// peer with an endpoint: its session doesn't live on any relay.
     fn force_handshake(&mut self, now: Instant, peer: usize, relay: usize, urgency: Urgency) {
+        if self.peers[peer].direct.is_some() {
+            return;
+        }
         if !self.relays[relay].is_registered() || !self.relays[relay].reachable() {
             return;
         }
@@ -991,6 +1060,11 @@ impl Engine {
             return;
         }
         let dst = self.relays[relay].spec.addr;
+        self.initiate(now, peer, dst);
+    }
+
+    /// A fresh handshake initiation of `peer`'s session, to `dst`.
+    fn initiate(&mut self, now: Instant, peer: usize, dst: SocketAddr) {
         let result = self.peers[peer]
             .tunn
             .format_handshake_initiation(&mut self.scratch, true);
@@ -999,6 +1073,14 @@ impl Engine {
             self.send_wireguard(now, peer, dst, payload);
         }
     }
+}
+
+/// How a datagram reached us: through a relay (index), or from the
+/// endpoint of a peer (index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Relay(usize),
+    Direct(usize),
 }
 
 /// Who sent a ping: `lanrage ping` (its pong is an event), or the engine

@@ -32,4 +32,4 @@ mod wall_clock;
 
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
 pub use engine::{ConfigError, DropReason, Engine, Event, Transmit};
-pub use status::Status;
+pub use status::{PeerPath, Status};

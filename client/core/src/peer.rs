@@ -1,6 +1,7 @@
 //! One peer on the virtual LAN: its WireGuard session (one boringtun
 //! `Tunn`) and the relay its datagrams currently go through.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
@@ -27,7 +28,10 @@ pub struct Peer {
     pub tunn: Tunn,
     /// The relay (index into the engine's relays) the current session was
     /// handshaken through, and so the one the relay holds routes on.
-    pub path: Option<usize>,
+    pub relay: Option<usize>,
+    /// Where the peer takes datagrams directly (its configured endpoint);
+    /// when set, datagrams go there and not through `relay`.
+    pub direct: Option<SocketAddr>,
     last_forced: Option<Instant>,
     /// End-to-end signal keys, both directions (none for a low-order key,
     /// which boringtun refuses too).
@@ -66,9 +70,10 @@ impl Peer {
         let signal_out = SignalKey::outgoing(secret, &spec.key).ok();
         let signal_in = SignalKey::incoming(secret, &spec.key).ok();
         Self {
+            direct: spec.endpoint,
             spec,
             tunn,
-            path: None,
+            relay: None,
             last_forced: None,
             signal_out,
             signal_in,

@@ -33,9 +33,9 @@ pub struct RelayStatus {
 pub struct PeerStatus {
     pub name: String,
     pub virtual_ip: Ipv4Addr,
-    /// The relay the session goes through, by name; `None` before the
-    /// first handshake.
-    pub path: Option<String>,
+    /// Where the session's datagrams go; `None` before the first
+    /// handshake through a relay.
+    pub path: Option<PeerPath>,
     /// The path's RTT from the engine's pings (once a second while the
     /// peer is active); before any, WireGuard's RTT of the last handshake.
     pub rtt: Option<Duration>,
@@ -46,4 +46,23 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub since_last_handshake: Option<Duration>,
+}
+
+/// The way a peer's datagrams take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPath {
+    /// Through the relay of this name.
+    Relay(String),
+    /// Straight to the peer at this address.
+    Direct(SocketAddr),
+}
+
+impl std::fmt::Display for PeerPath {
+    /// `relay NAME` or `direct IP:PORT`, as `lanrage status` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerPath::Relay(name) => write!(f, "relay {name}"),
+            PeerPath::Direct(addr) => write!(f, "direct {addr}"),
+        }
+    }
 }

@@ -96,8 +96,8 @@ fn clients_register_with_every_relay_and_ping_through_the_nearest() {
         "first ping after {:?}",
         first - sim.start
     );
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
-    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay relay2"));
     assert_eq!(
         sim.clients[1]
             .engine
@@ -125,19 +125,19 @@ fn failover_moves_both_clients_when_the_relay_in_use_dies() {
     let gap = gap_after(
         &mut sim,
         |sim| {
-            assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+            assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
             sim.kill_relay(1);
         },
         Duration::from_secs(4),
     );
     assert!(gap <= Duration::from_millis(1500), "failover gap {gap:?}");
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay1"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay1"));
     assert!(sim.clients[0]
         .events
         .iter()
         .any(|(_, e)| matches!(e, Event::RelayUnreachable { relay } if relay == "relay2")));
     // Client 1 only receives, and still moved (its probes saw relay2 die).
-    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay1"));
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay relay1"));
     println!("failover gap: {gap:?}");
 }
 
@@ -148,7 +148,7 @@ fn a_relay_restart_costs_under_a_second_even_for_the_receiving_side() {
     let gap = gap_after(&mut sim, |sim| sim.restart_relay(1), Duration::from_secs(3));
     assert!(gap <= Duration::from_secs(1), "restart gap {gap:?}");
     // Back through the restarted relay (still the nearest), both ways.
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
     assert!(sim.clients[1].events.iter().any(|(_, e)| matches!(
         e,
         Event::RelayRestarted { .. } | Event::RelayRegistered { .. }
@@ -190,7 +190,7 @@ fn jitter_on_the_relay_in_use_never_flaps_the_path() {
             "client {c}: one path, chosen once: {changes:?}"
         );
     }
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
     // 2 % loss at 100 ms spacing: a gap of a few pings at most, never a stall.
     let gap = longest_gap(&sim);
     assert!(gap < Duration::from_millis(800), "longest gap {gap:?}");
@@ -236,7 +236,7 @@ fn both_clients_move_together_when_their_relay_gets_slower() {
     let mut sim = two_by_two(6);
     sim.run_for(Duration::from_secs(2));
     ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(3));
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
     // A delaying forwarder in front of relay2: 5 ms becomes 60 ms each way.
     let slowed = sim.now;
     sim.set_link(0, 1, Link::ms(60));
@@ -245,7 +245,7 @@ fn both_clients_move_together_when_their_relay_gets_slower() {
     for (c, peer) in [(0, 1), (1, 0)] {
         assert_eq!(
             sim.path_of(c, peer).as_deref(),
-            Some("relay1"),
+            Some("relay relay1"),
             "client {c}"
         );
         let moves: Vec<_> = sim.clients[c]
@@ -278,8 +278,8 @@ fn the_pair_picks_the_relay_best_for_both_not_for_one() {
     );
     sim.run_for(Duration::from_secs(3));
     ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(15));
-    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay2"));
-    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay2"));
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
+    assert_eq!(sim.path_of(1, 0).as_deref(), Some("relay relay2"));
 }
 
 #[test]
@@ -331,13 +331,13 @@ fn ping_is_answered_through_the_path_with_its_rtt() {
         Event::Pong {
             id: got,
             rtt,
-            relay,
+            path,
             peer,
-        } if *got == id => Some((*rtt, relay.clone(), peer.clone())),
+        } if *got == id => Some((*rtt, path.to_string(), peer.clone())),
         _ => None,
     });
-    let (rtt, relay, peer) = pong.expect("a pong");
-    assert_eq!((relay.as_str(), peer.as_str()), ("relay2", "client2"));
+    let (rtt, path, peer) = pong.expect("a pong");
+    assert_eq!((path.as_str(), peer.as_str()), ("relay relay2", "client2"));
     assert_eq!(rtt, Duration::from_millis(20), "5 ms each way, twice");
     assert!(sim.ping(0, "nobody").is_none());
 }
@@ -397,4 +397,75 @@ fn replayed_and_forged_signals_are_counted_drops() {
     // And the client still works.
     ping_stream(&mut sim, Duration::from_millis(50), Duration::from_secs(1));
     assert!(!sim.received_with(1, PING).is_empty());
+}
+
+/// Peers configured with each other's endpoints talk straight to each
+/// other: no WireGuard datagram goes through a relay, `status` says
+/// `direct`, and losing every relay doesn't disturb them.
+#[test]
+fn peers_with_endpoints_talk_directly_and_need_no_relay() {
+    let mut sim = Sim::new_direct(
+        7,
+        2,
+        &[
+            vec![Link::ms(20), Link::ms(5)],
+            vec![Link::ms(20), Link::ms(5)],
+        ],
+        Link::ms(2),
+    );
+    let sent = ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    let got = sim.received_with(1, PING);
+    assert!(got.len() >= sent - 1, "{} of {sent}", got.len());
+    // One direct round trip (4 ms) for the handshake, not one via a relay.
+    let first = got.first().expect("a ping arrived").0;
+    assert!(
+        first.saturating_duration_since(sim.start) <= Duration::from_millis(25),
+        "first ping after {:?}",
+        first - sim.start
+    );
+    for (c, peer) in [(0, 1), (1, 0)] {
+        let direct = format!("direct {}", sim.client_addr(peer));
+        assert_eq!(sim.path_of(c, peer), Some(direct));
+    }
+    assert_eq!(sim.wireguard_to_relays, 0);
+    assert!(sim.wireguard_direct >= sent as u64);
+
+    sim.kill_relay(0);
+    sim.kill_relay(1);
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(5));
+    assert!(
+        longest_gap(&sim) <= Duration::from_millis(21),
+        "{:?}",
+        longest_gap(&sim)
+    );
+    assert_eq!(sim.wireguard_to_relays, 0);
+}
+
+/// A peer's endpoint may send only WireGuard; anything else from it is a
+/// counted drop, and the session carries on.
+#[test]
+fn a_peer_endpoint_sends_only_wireguard() {
+    let mut sim = Sim::new_direct(8, 2, &[vec![Link::ms(5)], vec![Link::ms(5)]], Link::ms(2));
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    );
+    let from = sim.client_addr(0);
+    let before = sim.clients[1].engine.dropped(DropReason::Malformed);
+    let now = sim.now;
+    for junk in [&b"LRG!\x01\x07garbage"[..], &[0u8; 64], &[0x00, 0x01, 0, 0]] {
+        sim.clients[1].engine.handle_udp(now, from, junk);
+    }
+    assert_eq!(
+        sim.clients[1].engine.dropped(DropReason::Malformed),
+        before + 3
+    );
+    let got = sim.received_with(1, PING).len();
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    );
+    assert!(sim.received_with(1, PING).len() >= got + 9);
 }

@@ -224,12 +224,12 @@ impl Io {
                 peer,
                 id,
                 rtt,
-                relay,
+                path,
             } = &event
             {
                 let reply = PingReply {
                     peer: peer.clone(),
-                    path: format!("relay {relay}"),
+                    path: path.to_string(),
                     rtt_ms: rtt.as_secs_f64() * 1000.0,
                 };
                 if let Ok(line) = serde_json::to_string(&reply) {
@@ -299,11 +299,11 @@ fn log_event(event: &Event) {
         }
         Event::RelayUnreachable { relay } => tracing::warn!(%relay, "relay unreachable"),
         Event::RelayRestarted { relay } => tracing::info!(%relay, "relay restarted"),
-        Event::PathChanged { peer, relay } => tracing::info!(%peer, %relay, "path"),
+        Event::PathChanged { peer, path } => tracing::info!(%peer, %path, "path"),
         Event::Pong {
-            peer, rtt, relay, ..
+            peer, rtt, path, ..
         } => {
-            tracing::debug!(%peer, %relay, rtt_ms = rtt.as_secs_f64() * 1000.0, "pong");
+            tracing::debug!(%peer, %path, rtt_ms = rtt.as_secs_f64() * 1000.0, "pong");
         }
         Event::ConfigureInterface { .. } => {
             tracing::warn!("the engine asked for the interface again; ignored");

@@ -77,6 +77,13 @@ pub struct Sim {
     pub relays: Vec<RelayNode>,
     /// (client, relay) → link, the same both ways.
     links: HashMap<(usize, usize), Link>,
+    /// The link between two clients (lower index first), when their
+    /// networks let them reach each other directly; none: dropped.
+    direct_links: HashMap<(usize, usize), Link>,
+    /// How datagrams went: (client, relay) → count of WireGuard datagrams
+    /// a client sent to a relay, and client → count sent to other clients.
+    pub wireguard_to_relays: u64,
+    pub wireguard_direct: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: HashMap<u64, Datagram>,
     seq: u64,
@@ -109,6 +116,16 @@ impl Sim {
     /// `clients` engines, each configured with every relay and every other
     /// client as a peer; `links[c][r]` is the link from client c to relay r.
     pub fn new(seed: u64, clients: usize, links: &[Vec<Link>]) -> Self {
+        Self::build(seed, clients, links, None)
+    }
+
+    /// Like [`Sim::new`], but every client has every other's address as
+    /// its configured endpoint, and clients reach each other over `direct`.
+    pub fn new_direct(seed: u64, clients: usize, links: &[Vec<Link>], direct: Link) -> Self {
+        Self::build(seed, clients, links, Some(direct))
+    }
+
+    fn build(seed: u64, clients: usize, links: &[Vec<Link>], direct: Option<Link>) -> Self {
         let start = Instant::now();
         let relay_count = links.first().map_or(0, Vec::len);
         let relays: Vec<RelayNode> = (0..relay_count)
@@ -140,6 +157,7 @@ impl Sim {
                         name: format!("client{}", p + 1),
                         key: PeerKey::from(&PublicKey::from(&client_secret(p))),
                         virtual_ip: virtual_ip(p),
+                        endpoint: direct.map(|_| client_addr(p)),
                     })
                     .collect();
                 let config = EngineConfig {
@@ -174,6 +192,12 @@ impl Sim {
             clients,
             relays,
             links: link_map,
+            direct_links: (0..links.len())
+                .flat_map(|a| (a + 1..links.len()).map(move |b| (a, b)))
+                .filter_map(|pair| Some((pair, direct?)))
+                .collect(),
+            wireguard_to_relays: 0,
+            wireguard_direct: 0,
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
             seq: 0,
@@ -222,15 +246,32 @@ impl Sim {
         let (Some(a), Some(b)) = (self.endpoint(src), self.endpoint(dst)) else {
             return; // nowhere: lost
         };
-        let (client, relay) = match (a, b) {
+        let wireguard = matches!(bytes.first(), Some(1..=4)) && bytes.get(1..4) == Some(&[0; 3]);
+        let link = match (a, b) {
             (Endpoint::Client(c), Endpoint::Relay(r))
-            | (Endpoint::Relay(r), Endpoint::Client(c)) => (c, r),
-            _ => return,
+            | (Endpoint::Relay(r), Endpoint::Client(c)) => {
+                if self.offline[c] {
+                    return;
+                }
+                if wireguard && matches!(a, Endpoint::Client(_)) {
+                    self.wireguard_to_relays += 1;
+                }
+                self.links[&(c, r)]
+            }
+            (Endpoint::Client(x), Endpoint::Client(y)) => {
+                if self.offline[x] || self.offline[y] {
+                    return;
+                }
+                if wireguard {
+                    self.wireguard_direct += 1;
+                }
+                match self.direct_links.get(&(x.min(y), x.max(y))) {
+                    Some(link) => *link,
+                    None => return,
+                }
+            }
+            (Endpoint::Relay(_), Endpoint::Relay(_)) => return,
         };
-        if self.offline[client] {
-            return;
-        }
-        let link = self.links[&(client, relay)];
         if self.rng.gen_bool(link.loss.clamp(0.0, 1.0)) {
             return;
         }
@@ -405,6 +446,7 @@ impl Sim {
             .collect()
     }
 
+    /// `relay NAME` or `direct ADDR`, as `lanrage status` prints it.
     pub fn path_of(&self, c: usize, peer: usize) -> Option<String> {
         let name = &self.clients[peer].name;
         self.clients[c]
@@ -414,6 +456,11 @@ impl Sim {
             .into_iter()
             .find(|p| &p.name == name)
             .and_then(|p| p.path)
+            .map(|path| path.to_string())
+    }
+
+    pub fn client_addr(&self, c: usize) -> SocketAddr {
+        self.clients[c].addr
     }
 }
 
