@@ -15,6 +15,7 @@ pub mod demux;
 pub mod inner;
 pub mod key;
 pub mod mac;
+pub mod path_probe;
 pub mod signal;
 pub mod wireguard;
 
