@@ -99,6 +99,9 @@ lanrage_up() { # relay | direct
             printf 'listen_port: 51900\n'
             printf 'peers: [{name: %s, public_key: "%s", address: %s, endpoint: "%s:51900"}]\n' "$3" "$4" "$5" "$6"
         else
+            # All hosts share a bridge: without this they would punch a
+            # direct path, and the relay variant would measure that.
+            printf 'direct_paths: false\n'
             printf 'peers: [{name: %s, public_key: "%s", address: %s}]\n' "$3" "$4" "$5"
         fi
     }

@@ -177,6 +177,7 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
             .collect(),
         unix_nanos_at_start,
         seed,
+        direct_paths: config.direct_paths,
     };
     let engine = Engine::new(engine_config, Instant::now())
         .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.path.display()))?;

@@ -42,6 +42,14 @@ pub struct Config {
     /// The other PCs on the virtual LAN (until parties replace this list).
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Whether to look for direct paths to peers (NAT traversal). Default
+    /// true; false keeps every peer without an `endpoint` on a relay.
+    #[serde(default = "default_true")]
+    pub direct_paths: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -243,8 +243,8 @@ impl ReplayWindow {
     /// covers a window's worth.
     pub const REMEMBERED: usize = 256;
 
-    /// Accepts `timestamp` (and records it) if it is new and recent enough.
-    pub fn accept(&mut self, timestamp: u64) -> bool {
+    /// Whether `timestamp` would be accepted (nothing is recorded).
+    pub fn check(&self, timestamp: u64) -> bool {
         if timestamp == 0 || timestamp.saturating_add(Self::SPAN_NANOS) < self.newest {
             return false;
         }
@@ -253,7 +253,12 @@ impl ReplayWindow {
         }
         // Anything older than the oldest remembered could be a replay the
         // ring forgot: refuse it too.
-        if self.seen[self.next] != 0 && timestamp < self.seen[self.next] {
+        !(self.seen[self.next] != 0 && timestamp < self.seen[self.next])
+    }
+
+    /// Accepts `timestamp` (and records it) if it is new and recent enough.
+    pub fn accept(&mut self, timestamp: u64) -> bool {
+        if !self.check(timestamp) {
             return false;
         }
         self.seen[self.next] = timestamp;

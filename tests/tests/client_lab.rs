@@ -52,6 +52,10 @@ struct Lab {
     client_keys: Vec<String>,
     /// Whether the clients list each other's endpoint (on `DIRECT_PORT`).
     endpoints: bool,
+    /// Whether the clients look for direct paths (off: every test of the
+    /// relays keeps its traffic on them, though the lab's hosts share a
+    /// network).
+    punching: bool,
 }
 
 /// The clients' `listen_port` when they list each other's endpoints.
@@ -109,10 +113,9 @@ impl Lab {
             relay_keys,
             client_keys,
             endpoints: false,
+            punching: false,
         };
-        for (i, name) in CLIENTS.iter().enumerate() {
-            std::fs::write(this.client_config(name), this.client_yaml(i))?;
-        }
+        this.write_client_configs()?;
         Ok(this)
     }
 
@@ -129,6 +132,9 @@ impl Lab {
         );
         if self.endpoints {
             yaml = format!("listen_port: {DIRECT_PORT}\n{yaml}");
+        }
+        if !self.punching {
+            yaml = format!("direct_paths: false\n{yaml}");
         }
         for (r, name) in RELAYS.iter().enumerate() {
             yaml.push_str(&format!(
@@ -158,6 +164,16 @@ impl Lab {
     /// The clients list each other's endpoint from now on.
     fn use_endpoints(&mut self) -> Result<()> {
         self.endpoints = true;
+        self.write_client_configs()
+    }
+
+    /// The clients look for direct paths from now on.
+    fn allow_punching(&mut self) -> Result<()> {
+        self.punching = true;
+        self.write_client_configs()
+    }
+
+    fn write_client_configs(&self) -> Result<()> {
         for (i, name) in CLIENTS.iter().enumerate() {
             std::fs::write(self.client_config(name), self.client_yaml(i))?;
         }
@@ -335,6 +351,28 @@ fn lab_for(
     Ok(Some((guard, Lab::with_forwarders(forwarded)?)))
 }
 
+/// Loads an nftables ruleset (`nft -f -`) in `ns`.
+fn nft(ns: &lanrage_tests::netns::Netns, rules: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = ns
+        .command("nft")?
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn lab_or_skip(test: &str) -> bool {
     if let Err(why) = lab_available() {
         skip_or_fail(test, &why);
@@ -477,6 +515,72 @@ fn clients_with_endpoints_ping_directly_without_any_relay() -> Result<()> {
     Ok(())
 }
 
+/// Two clients on one network, no endpoints configured: traffic starts on
+/// a relay, they punch a direct path to each other's host address without
+/// losing a ping, and when the direct path is cut (a firewall rule) they
+/// are back on the relay within 1.5 s.
+#[test]
+fn clients_punch_a_direct_path_and_fall_back_to_the_relay() -> Result<()> {
+    let Some((_guard, mut lab)) = lab_for("clients_punch_a_direct_path", false)? else {
+        return Ok(());
+    };
+    lab.allow_punching()?;
+    let _relays = lab.start_relays(&RELAYS)?;
+    let _clients = lab.start_clients()?;
+    lab.wait_first_reply()?;
+    let direct = |lab: &Lab, name: &str| {
+        lab.status(name)
+            .is_ok_and(|s| path_of(&s).starts_with("direct "))
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || direct(&lab, "alice")
+            && direct(&lab, "bob")),
+        "no direct path\nalice: {:#}\n{}",
+        lab.status("alice")?,
+        lab.log("alice")
+    );
+    let alice = lab.status("alice")?;
+    let bob_addr = lab.lab.host("bob").addr.to_string();
+    assert!(
+        path_of(&alice).starts_with(&format!("direct {bob_addr}:")),
+        "{alice:#}"
+    );
+    let replies = lab.ping("alice", 1, 50, "0.02")?;
+    assert_eq!(replies.len(), 50, "{replies:?}");
+    // `lanrage ping` takes the direct path too, and says so.
+    let out = Command::new(client_binary())
+        .arg("--config")
+        .arg(lab.client_config("alice"))
+        .args(["ping", "bob", "-c", "1"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("via direct {bob_addr}:")), "{text}");
+
+    // Cut the direct path at alice: everything to bob's address is dropped
+    // (the relays are elsewhere), while pinging at 50/s.
+    let pinger = lab.pinger(250)?;
+    std::thread::sleep(Duration::from_secs(1));
+    nft(
+        &lab.lab.host("alice").ns,
+        &format!(
+            "add table inet cut\nadd chain inet cut out {{ type filter hook output priority 0; }}\n\
+             add rule inet cut out ip daddr {bob_addr} drop\n"
+        ),
+    )?;
+    let (seqs, gap) = pinged(pinger)?;
+    println!(
+        "direct path cut: longest gap {gap:?}, {} of 250 answered",
+        seqs.len()
+    );
+    assert!(
+        gap <= Duration::from_millis(1500),
+        "back on the relay after {gap:?}"
+    );
+    let alice = lab.status("alice")?;
+    assert!(path_of(&alice).starts_with("relay "), "{alice:#}");
+    Ok(())
+}
+
 #[test]
 fn up_removes_its_tun_on_sigterm_and_refuses_bad_config() -> Result<()> {
     let Some((_one, lab)) = lab_for(
@@ -573,7 +677,10 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
             .map(str::to_owned)
             .collect();
         assert_eq!(moves.len(), 1, "{c} moved once: {moves:#?}");
-        assert!(moves[0].contains(&format!("relay={fast}")), "{moves:?}");
+        assert!(
+            moves[0].contains(&format!("path=relay {fast}")),
+            "{moves:?}"
+        );
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub unix_nanos_at_start: u64,
     /// Random bytes for the engine's own choices (refresh jitter).
     pub seed: [u8; 32],
+    /// Whether to find direct paths to peers (candidates, punching). Off:
+    /// every peer without a configured endpoint stays on a relay.
+    pub direct_paths: bool,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("virtual_ip", &self.virtual_ip)
             .field("relays", &self.relays)
             .field("peers", &self.peers)
+            .field("direct_paths", &self.direct_paths)
             .finish_non_exhaustive()
     }
 }

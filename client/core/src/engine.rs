@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use lanrage_proto::control::{ControlMessage, MAX_CONSENT};
+use lanrage_proto::path_probe::{PathProbe, PathProbeView, ProbeKind};
 use lanrage_proto::signal::{Signal, SignalView};
 
 use crate::choice::{self, LatencyVector};
+use crate::direct::{PongOutcome, MAX_CANDIDATES};
+use crate::estimator::Estimator;
 use crate::payload::Payload;
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
@@ -171,6 +174,12 @@ pub struct Engine {
     /// Peers by their configured endpoint.
     by_direct_addr: HashMap<SocketAddr, usize>,
     consent: Vec<PeerKey>,
+    /// Our socket's addresses on our own networks (host candidates).
+    local_addrs: Vec<SocketAddr>,
+    /// Whether direct paths are looked for ([`EngineConfig::direct_paths`]).
+    direct_paths: bool,
+    /// The latest `now` we were given (for `poll_timeout`, which has none).
+    last_now: Instant,
     timestamps: Timestamps,
     rng: u64,
     next_wireguard_tick: Instant,
@@ -194,6 +203,7 @@ impl Engine {
             peers,
             unix_nanos_at_start,
             seed,
+            direct_paths,
         } = config;
         if peers.len() > MAX_CONSENT {
             return Err(ConfigError::TooManyPeers { count: peers.len() });
@@ -227,6 +237,9 @@ impl Engine {
             by_slot: HashMap::new(),
             by_direct_addr: HashMap::new(),
             consent: Vec::new(),
+            local_addrs: Vec::new(),
+            direct_paths,
+            last_now: now,
             timestamps: Timestamps::new(now, unix_nanos_at_start),
             rng,
             next_wireguard_tick: now + WIREGUARD_TICK,
@@ -290,6 +303,17 @@ impl Engine {
 
     /// One datagram from the UDP socket.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.last_now = self.last_now.max(now);
+        // Path probes come from anywhere a peer may be (every candidate);
+        // their MAC, checked before anything is sent, says whose they are.
+        if PathProbeView::is_path_probe(bytes) {
+            if self.by_relay_addr.contains_key(&from) {
+                self.count(DropReason::BadControl);
+            } else {
+                self.handle_path_probe(now, from, bytes);
+            }
+            return;
+        }
         if let Some(&relay) = self.by_relay_addr.get(&from) {
             match classify(bytes) {
                 DatagramKind::Control => self.handle_control(now, relay, bytes),
@@ -305,13 +329,16 @@ impl Engine {
             return;
         };
         match classify(bytes) {
-            DatagramKind::WireGuard => self.handle_wireguard(now, Via::Direct(peer), bytes),
+            DatagramKind::WireGuard => {
+                self.handle_wireguard(now, Via::Direct { peer, from }, bytes)
+            }
             _ => self.count(DropReason::Malformed),
         }
     }
 
     /// One IP packet read from the TUN.
     pub fn handle_tun(&mut self, now: Instant, packet: &[u8]) {
+        self.last_now = self.last_now.max(now);
         let Ok(ip) = etherparse::Ipv4HeaderSlice::from_slice(packet) else {
             self.count(DropReason::NoPeerForPacket);
             return;
@@ -341,6 +368,7 @@ impl Engine {
 
     /// Runs due timers: registrations, probes, WireGuard's own timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         for i in 0..self.relays.len() {
             if now < self.relays[i].next_deadline() {
                 continue;
@@ -383,13 +411,23 @@ impl Engine {
             for peer in 0..self.peers.len() {
                 self.send_vector_if_changed(now, peer, &vector);
                 self.evaluate_relay(now, peer);
-                // An active peer's path is measured once a second (a
-                // ping over signaling): RTT, jitter and loss for `status`.
-                if self.peers[peer].is_active(now) && self.peers[peer].relay.is_some() {
+                self.send_candidates_if_changed(now, peer, false);
+                // An active peer's path is measured once a second (a ping
+                // over signaling, or a path probe to a configured endpoint;
+                // a punched path has its heartbeats): RTT, jitter and loss
+                // for `status`.
+                let p = &self.peers[peer];
+                let measured = if p.direct.is_some() {
+                    p.pinned
+                } else {
+                    p.relay.is_some()
+                };
+                if p.is_active(now) && measured {
                     self.ping_peer(now, peer, PingKind::Measuring);
                 }
             }
         }
+        self.direct_timers(now);
         if now >= self.next_wireguard_tick {
             // boringtun's timers matter while packets flow or a handshake
             // is out; otherwise once a second is plenty (keepalives and
@@ -421,10 +459,17 @@ impl Engine {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Direct-path deadlines are judged as of the last wake-up's
+        // activity; a peer going idle only makes them later.
+        let direct = self
+            .peers
+            .iter()
+            .filter_map(|p| p.direct_path.next_deadline(p.is_active(self.last_now)));
         self.relays
             .iter()
             .map(Relay::next_deadline)
             .chain([self.next_wireguard_tick, self.next_vector_check])
+            .chain(direct)
             .min()
     }
 
@@ -581,7 +626,14 @@ impl Engine {
                 return;
             }
             Some(Payload::Pong(id)) => {
-                self.on_pong(now, peer, relay, id);
+                let path = PeerPath::Relay(self.relays[relay].spec.name.clone());
+                if !self.on_pong(now, peer, path, id) {
+                    self.count(DropReason::BadControl);
+                }
+                return;
+            }
+            Some(Payload::Candidates { want_reply, addrs }) => {
+                self.on_candidates(now, peer, want_reply, &addrs);
                 return;
             }
             None => {
@@ -672,16 +724,24 @@ impl Engine {
         self.ping_peer(now, peer, PingKind::Asked)
     }
 
+    /// A ping on the peer's path: a path probe on a direct path, a signal
+    /// through its relay otherwise.
     fn ping_peer(&mut self, now: Instant, peer: usize, kind: PingKind) -> Option<u64> {
-        let relay = self.peers[peer]
-            .relay
-            .filter(|&r| self.relays[r].is_usable())
-            .or_else(|| self.preferred_relay(peer))
-            .or_else(|| self.best_relay())?;
-        self.next_ping_id += 1;
-        let id = self.next_ping_id;
-        if !self.send_signal(now, peer, relay, &Payload::Ping(id)) {
-            return None;
+        let id = self.next_txid();
+        if let Some(addr) = self.peers[peer].direct {
+            if !self.send_path_probe(now, peer, addr, id, ProbeKind::Ping) {
+                return None;
+            }
+            self.peers[peer].direct_path.ping_sent(id, addr, now);
+        } else {
+            let relay = self.peers[peer]
+                .relay
+                .filter(|&r| self.relays[r].is_usable())
+                .or_else(|| self.preferred_relay(peer))
+                .or_else(|| self.best_relay())?;
+            if !self.send_signal(now, peer, relay, &Payload::Ping(id)) {
+                return None;
+            }
         }
         if self.pings.len() >= MAX_PINGS_IN_FLIGHT {
             self.pings.pop_front();
@@ -691,28 +751,312 @@ impl Engine {
         Some(id)
     }
 
-    fn on_pong(&mut self, now: Instant, peer: usize, relay: usize, id: u64) {
+    /// A pong to one of [`Self::ping_peer`]'s pings, back on `path`;
+    /// whether it was one.
+    fn on_pong(&mut self, now: Instant, peer: usize, path: PeerPath, id: u64) -> bool {
         let Some(i) = self
             .pings
             .iter()
             .position(|(i, p, _, _)| *i == id && *p == peer)
         else {
+            return false;
+        };
+        let Some((_, _, sent, kind)) = self.pings.remove(i) else {
+            return false;
+        };
+        self.peers[peer].path_quality.answered(sent, now);
+        if kind == PingKind::Asked {
+            self.events.push_back(Event::Pong {
+                peer: self.peers[peer].spec.name.clone(),
+                id,
+                rtt: now.saturating_duration_since(sent),
+                path,
+            });
+        }
+        true
+    }
+
+    fn next_txid(&mut self) -> u64 {
+        self.next_ping_id += 1;
+        self.next_ping_id
+    }
+
+    // ---- direct paths
+
+    /// The addresses this client's socket has on its own networks (each
+    /// interface address with the socket's port): the host candidates. The
+    /// driver calls this at start and whenever they change; a change after
+    /// the first means the network changed, so punched paths are dropped
+    /// (back to the relay) and found again, and the relays are told anew.
+    pub fn set_local_addresses(&mut self, now: Instant, addrs: &[SocketAddr]) {
+        self.last_now = self.last_now.max(now);
+        let mut next = Vec::with_capacity(MAX_CANDIDATES);
+        for &a in addrs {
+            if next.len() < MAX_CANDIDATES && !next.contains(&a) {
+                next.push(a);
+            }
+        }
+        if next == self.local_addrs {
+            return;
+        }
+        let changed = !self.local_addrs.is_empty();
+        self.local_addrs = next;
+        if changed {
+            tracing::info!("local addresses changed: finding direct paths again");
+            for relay in &mut self.relays {
+                relay.register_soon(now);
+            }
+            for peer in 0..self.peers.len() {
+                if self.peers[peer].pinned {
+                    continue;
+                }
+                self.peers[peer].direct_path.reset();
+                if let Some(addr) = self.peers[peer].direct {
+                    self.fall_back(now, peer, addr);
+                }
+            }
+        }
+        // Candidates go out at the next check, which is now.
+        self.next_vector_check = now;
+    }
+
+    /// Ours: host addresses, then what each relay sees (server-reflexive).
+    fn local_candidates(&self) -> Vec<SocketAddr> {
+        let mut out = self.local_addrs.clone();
+        for r in &self.relays {
+            if let Some(addr) = r.reflexive.filter(|_| r.is_usable()) {
+                if out.len() < MAX_CANDIDATES && !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends our candidates to `peer` when they differ from what it has
+    /// (or it asked for them: `force`), asking for its own back if we have
+    /// none of them yet. While none of its have come, ours go again every
+    /// [`VECTOR_REFRESH`]: a signal may be lost (or dropped by a relay the
+    /// peer hadn't registered with yet).
+    fn send_candidates_if_changed(&mut self, now: Instant, peer: usize, force: bool) {
+        let p = &self.peers[peer];
+        if p.pinned || !self.direct_paths {
+            return;
+        }
+        let mine = self.local_candidates();
+        let fresh = p.sent_candidates.as_ref().is_some_and(|(sent, at)| {
+            *sent == mine
+                && (p.direct_path.has_candidates()
+                    || now.saturating_duration_since(*at) < VECTOR_REFRESH)
+        });
+        if mine.is_empty() || (!force && fresh) {
+            return;
+        }
+        let Some(relay) = self.peers[peer]
+            .relay
+            .filter(|&r| self.relays[r].is_usable())
+            .or_else(|| self.best_relay())
+        else {
+            return;
+        };
+        let payload = Payload::Candidates {
+            want_reply: !self.peers[peer].direct_path.has_candidates(),
+            addrs: mine.clone(),
+        };
+        if self.send_signal(now, peer, relay, &payload) {
+            self.peers[peer].sent_candidates = Some((mine, now));
+        }
+    }
+
+    /// A peer's candidates: kept, ours sent back if it asked, and a punch
+    /// started if they are new (or it asked: it is punching now too).
+    fn on_candidates(&mut self, now: Instant, peer: usize, want_reply: bool, addrs: &[SocketAddr]) {
+        if self.peers[peer].pinned || !self.direct_paths {
+            return;
+        }
+        let changed = self.peers[peer].direct_path.set_candidates(addrs);
+        if want_reply {
+            self.send_candidates_if_changed(now, peer, true);
+        }
+        if changed || want_reply {
+            self.peers[peer].direct_path.start_punch(now);
+            self.direct_timers_of(now, peer);
+        }
+    }
+
+    /// Seals and queues a path probe to `peer` at `dst`.
+    fn send_path_probe(
+        &mut self,
+        now: Instant,
+        peer: usize,
+        dst: SocketAddr,
+        txid: u64,
+        kind: ProbeKind,
+    ) -> bool {
+        let Some(key) = self.peers[peer].probe_out.as_ref() else {
+            return false;
+        };
+        let probe = PathProbe {
+            sender: self.key,
+            recipient: self.peers[peer].spec.key,
+            timestamp: self.timestamps.next(now),
+            txid,
+            kind,
+        };
+        let payload = probe.encode(key).to_vec();
+        self.transmits.push_back(Transmit { dst, payload });
+        true
+    }
+
+    /// A path probe from `from`: verified, then a ping is answered in kind
+    /// (same size, to where it came from) and a pong may confirm a path.
+    fn handle_path_probe(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(view) = PathProbeView::parse(bytes) else {
+            self.count(DropReason::Malformed);
+            return;
+        };
+        let Some(&peer) = self.by_key.get(&view.sender()) else {
             self.count(DropReason::BadControl);
             return;
         };
-        let Some((_, _, sent, kind)) = self.pings.remove(i) else {
+        let verified = match self.peers[peer].probe_in.as_ref() {
+            Some(key) if view.recipient() == self.key => view.verify(key).ok(),
+            _ => None,
+        };
+        let Some(probe) = verified else {
+            self.count(DropReason::BadControl);
             return;
         };
-        self.peers[peer].path_quality.answered(sent, now);
-        if kind == PingKind::Measuring {
+        // Direct paths off: only a configured endpoint's probes count.
+        if !self.direct_paths && !self.peers[peer].pinned {
+            self.count(DropReason::BadControl);
             return;
         }
-        self.events.push_back(Event::Pong {
+        if !self.peers[peer].probe_replay.accept(probe.timestamp) {
+            self.count(DropReason::BadControl);
+            return;
+        }
+        // Proven the peer's: its WireGuard datagrams are welcome from here.
+        self.learn_peer_addr(peer, from);
+        match probe.kind {
+            ProbeKind::Ping => {
+                let pong = ProbeKind::Pong { observed: from };
+                self.send_path_probe(now, peer, from, probe.txid, pong);
+                let p = &mut self.peers[peer];
+                if !p.pinned
+                    && p.direct.is_none()
+                    && (p.direct_path.add_peer_reflexive(from) || !p.direct_path.is_punching())
+                {
+                    // The peer is punching: punch back, now, including the
+                    // address its ping came from (its NAT's mapping to us).
+                    p.direct_path.start_punch(now);
+                    self.direct_timers_of(now, peer);
+                }
+            }
+            ProbeKind::Pong { .. } => {
+                let may_confirm = !self.peers[peer].pinned;
+                let outcome =
+                    self.peers[peer]
+                        .direct_path
+                        .on_pong(now, from, probe.txid, may_confirm);
+                match outcome {
+                    PongOutcome::Unmatched => self.count(DropReason::BadControl),
+                    PongOutcome::Confirmed { addr, sent } => {
+                        self.upgrade(peer, addr);
+                        self.peers[peer].path_quality.answered(sent, now);
+                    }
+                    PongOutcome::Answered { sent } => {
+                        if !self.on_pong(now, peer, PeerPath::Direct(from), probe.txid)
+                            && self.peers[peer].direct == Some(from)
+                        {
+                            self.peers[peer].path_quality.answered(sent, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn_peer_addr(&mut self, peer: usize, addr: SocketAddr) {
+        if let Some(old) = self.peers[peer].learn_addr(addr) {
+            if self.by_direct_addr.get(&old) == Some(&peer) {
+                self.by_direct_addr.remove(&old);
+            }
+        }
+        self.by_direct_addr.insert(addr, peer);
+    }
+
+    /// Punch rounds, heartbeats and the death of punched paths, for every
+    /// peer whose time has come.
+    fn direct_timers(&mut self, now: Instant) {
+        for peer in 0..self.peers.len() {
+            self.direct_timers_of(now, peer);
+        }
+    }
+
+    fn direct_timers_of(&mut self, now: Instant, peer: usize) {
+        if self.peers[peer].pinned {
+            return;
+        }
+        let active = self.peers[peer].is_active(now);
+        if let Some(lost) = self.peers[peer].direct_path.check_dead(now, active) {
+            tracing::debug!(peer = %self.peers[peer].spec.name, %lost, "direct path lost");
+            self.fall_back(now, peer, lost);
+        }
+        let mut due = Vec::new();
+        let mut next = self.next_ping_id;
+        self.peers[peer].direct_path.poll(
+            now,
+            active,
+            &mut || {
+                next += 1;
+                next
+            },
+            &mut due,
+        );
+        self.next_ping_id = next;
+        let confirmed = self.peers[peer].direct_path.confirmed();
+        for (dst, txid) in due {
+            if Some(dst) == confirmed {
+                self.peers[peer].path_quality.sent(now);
+            }
+            self.send_path_probe(now, peer, dst, txid, ProbeKind::Ping);
+        }
+    }
+
+    /// The first confirmed pair: the session's datagrams go to `addr` from
+    /// now on (the WireGuard session itself doesn't change, and datagrams
+    /// still arriving through the relay are accepted, so nothing is lost).
+    fn upgrade(&mut self, peer: usize, addr: SocketAddr) {
+        let p = &mut self.peers[peer];
+        p.direct = Some(addr);
+        p.path_quality = Estimator::default();
+        tracing::debug!(peer = %p.spec.name, %addr, "direct path");
+        self.events.push_back(Event::PathChanged {
+            peer: p.spec.name.clone(),
+            path: PeerPath::Direct(addr),
+        });
+    }
+
+    /// The punched path to `peer` died: back to its relay, with a
+    /// handshake through it at once (the relay only knows sessions it saw
+    /// handshaken, and rekeys on the direct path went past it).
+    fn fall_back(&mut self, now: Instant, peer: usize, lost: SocketAddr) {
+        if self.peers[peer].direct != Some(lost) {
+            return;
+        }
+        self.peers[peer].direct = None;
+        self.peers[peer].path_quality = Estimator::default();
+        let Some(relay) = self.path_for(now, peer) else {
+            return;
+        };
+        self.events.push_back(Event::PathChanged {
             peer: self.peers[peer].spec.name.clone(),
-            id,
-            rtt: now.saturating_duration_since(sent),
             path: PeerPath::Relay(self.relays[relay].spec.name.clone()),
         });
+        self.peers[peer].relay = Some(relay);
+        self.relays[relay].set_in_use(now, true);
+        self.force_handshake(now, peer, relay, Urgency::Now);
     }
 
     /// Moves `peer`'s path to the relay both vectors agree on, if it beats
@@ -764,6 +1108,11 @@ impl Engine {
                         relay: name,
                         reflexive: self.relays[relay].reflexive,
                     });
+                    // A new server-reflexive candidate: peers hear of it now
+                    // rather than at the next check.
+                    for peer in 0..self.peers.len() {
+                        self.send_candidates_if_changed(now, peer, false);
+                    }
                 }
                 // Sessions through it may have lost their routes (the relay
                 // forgot us); handshake them again through it.
@@ -813,15 +1162,12 @@ impl Engine {
         };
         let dst = match via {
             Via::Relay(relay) => self.relays[relay].spec.addr,
-            // A peer's endpoint speaks only for that peer.
-            Via::Direct(from) if from != peer => {
+            // A peer's address speaks only for that peer.
+            Via::Direct { peer: owner, .. } if owner != peer => {
                 self.count(DropReason::UnknownSource);
                 return;
             }
-            Via::Direct(_) => match self.peers[peer].direct {
-                Some(addr) => addr,
-                None => return,
-            },
+            Via::Direct { from, .. } => from,
         };
         let handshake = matches!(
             packet,
@@ -831,11 +1177,19 @@ impl Engine {
             .tunn
             .decapsulate(None, bytes, &mut self.scratch);
         if !matches!(result, TunnResult::Err(_)) {
-            if let (Via::Relay(relay), false) = (via, self.peers[peer].is_active(now)) {
-                // Traffic again after a quiet spell: the relay it came
-                // through is probed fast again (a receiving side must
-                // notice a dead relay within about a second too).
-                self.relays[relay].set_in_use(now, true);
+            let was_active = self.peers[peer].is_active(now);
+            match via {
+                Via::Relay(relay) if !was_active => {
+                    // Traffic again after a quiet spell: the relay it came
+                    // through is probed fast again (a receiving side must
+                    // notice a dead relay within about a second too).
+                    self.relays[relay].set_in_use(now, true);
+                }
+                Via::Relay(_) => {}
+                Via::Direct { from, .. } => self.peers[peer].direct_path.heard_from(now, from),
+            }
+            if !was_active {
+                self.peers[peer].direct_path.wake(now);
             }
             self.peers[peer].last_activity = Some(now);
         }
@@ -1008,6 +1362,7 @@ impl Engine {
             if let (None, Some(relay)) = (self.peers[peer].direct, self.peers[peer].relay) {
                 self.relays[relay].set_in_use(now, true);
             }
+            self.peers[peer].direct_path.wake(now);
             self.next_wireguard_tick = self.next_wireguard_tick.min(now + WIREGUARD_TICK);
         }
     }
@@ -1075,12 +1430,12 @@ impl Engine {
     }
 }
 
-/// How a datagram reached us: through a relay (index), or from the
-/// endpoint of a peer (index).
+/// How a datagram reached us: through a relay (index), or from an address
+/// known to be a peer's (index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Relay(usize),
-    Direct(usize),
+    Direct { peer: usize, from: SocketAddr },
 }
 
 /// Who sent a ping: `lanrage ping` (its pong is an event), or the engine

@@ -22,6 +22,7 @@
 
 pub mod choice;
 pub mod config;
+mod direct;
 pub mod engine;
 mod estimator;
 mod payload;

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
+use lanrage_proto::path_probe::{PathKey, ReplayWindow};
 use lanrage_proto::signal::{SignalKey, SignalView};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
 
 use crate::choice::LatencyVector;
+use crate::direct::{DirectPath, MAX_CANDIDATES};
 use crate::estimator::Estimator;
 
 use crate::config::PeerSpec;
@@ -23,22 +25,41 @@ pub const ACTIVE_FOR: Duration = Duration::from_secs(30);
 /// burst of initiations (the relay would count them against us).
 pub const FORCED_HANDSHAKE_SPACING: Duration = Duration::from_millis(250);
 
+/// Addresses remembered per peer for accepting its direct datagrams.
+pub const MAX_KNOWN_ADDRS: usize = 2 * MAX_CANDIDATES;
+
 pub struct Peer {
     pub spec: PeerSpec,
     pub tunn: Tunn,
     /// The relay (index into the engine's relays) the current session was
     /// handshaken through, and so the one the relay holds routes on.
     pub relay: Option<usize>,
-    /// Where the peer takes datagrams directly (its configured endpoint);
-    /// when set, datagrams go there and not through `relay`.
+    /// Where the peer takes datagrams directly (its configured endpoint,
+    /// or the confirmed punched path); when set, datagrams go there and not
+    /// through `relay`.
     pub direct: Option<SocketAddr>,
+    /// Whether `direct` is the configured endpoint (never punched, never
+    /// given up).
+    pub pinned: bool,
+    /// Candidates, punching and the punched path's heartbeats.
+    pub direct_path: DirectPath,
+    /// Path-probe keys, both directions, and the incoming replay window.
+    pub probe_out: Option<PathKey>,
+    pub probe_in: Option<PathKey>,
+    pub probe_replay: ReplayWindow,
+    /// Addresses proven to be this peer's (a verified probe came from
+    /// them): its WireGuard datagrams are accepted from them. Oldest first.
+    pub known_addrs: Vec<SocketAddr>,
+    /// Our candidates as last sent to this peer, and when.
+    pub sent_candidates: Option<(Vec<SocketAddr>, Instant)>,
     last_forced: Option<Instant>,
     /// End-to-end signal keys, both directions (none for a low-order key,
     /// which boringtun refuses too).
     signal_out: Option<SignalKey>,
     signal_in: Option<SignalKey>,
-    /// The timestamp of the last signal opened from this peer.
-    last_signal: u64,
+    /// The timestamps of signals opened from this peer: each opens once,
+    /// and a jittery relay path may reorder them (`docs/protocol.md` §2.10).
+    signal_replay: ReplayWindow,
     /// The peer's latency vector, as it last sent it.
     pub remote_vector: Option<LatencyVector>,
     /// Ours, as we last sent it to this peer, and when.
@@ -71,13 +92,20 @@ impl Peer {
         let signal_in = SignalKey::incoming(secret, &spec.key).ok();
         Self {
             direct: spec.endpoint,
+            pinned: spec.endpoint.is_some(),
+            direct_path: DirectPath::default(),
+            probe_out: PathKey::outgoing(secret, &spec.key).ok(),
+            probe_in: PathKey::incoming(secret, &spec.key).ok(),
+            probe_replay: ReplayWindow::default(),
+            known_addrs: spec.endpoint.into_iter().collect(),
+            sent_candidates: None,
             spec,
             tunn,
             relay: None,
             last_forced: None,
             signal_out,
             signal_in,
-            last_signal: 0,
+            signal_replay: ReplayWindow::default(),
             remote_vector: None,
             sent_vector: None,
             better: None,
@@ -92,16 +120,32 @@ impl Peer {
         self.signal_out.as_ref()
     }
 
-    /// Opens a signal from this peer if it is authentic and newer than the
-    /// last one opened (a relay can't replay or forge one).
+    /// Opens a signal from this peer if it is authentic and not one opened
+    /// before (nor older than the replay window: a relay can't replay or
+    /// forge one).
     pub fn accept_signal(&mut self, view: &SignalView<'_>) -> Result<Vec<u8>, ()> {
         let key = self.signal_in.as_ref().ok_or(())?;
-        if view.timestamp() <= self.last_signal {
+        if !self.signal_replay.check(view.timestamp()) {
             return Err(());
         }
         let plaintext = view.open(key).map_err(|_| ())?;
-        self.last_signal = view.timestamp();
+        self.signal_replay.accept(view.timestamp());
         Ok(plaintext)
+    }
+
+    /// Remembers `addr` as one of the peer's; returns the address it
+    /// displaced, if the list was full.
+    pub fn learn_addr(&mut self, addr: SocketAddr) -> Option<SocketAddr> {
+        if self.known_addrs.contains(&addr) {
+            return None;
+        }
+        let evicted = (self.known_addrs.len() >= MAX_KNOWN_ADDRS).then(|| {
+            // The configured endpoint (first) is never displaced.
+            let at = usize::from(self.pinned);
+            self.known_addrs.remove(at)
+        });
+        self.known_addrs.push(addr);
+        evicted
     }
 
     pub fn is_active(&self, now: Instant) -> bool {

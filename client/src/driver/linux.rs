@@ -21,12 +21,14 @@ use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tun_rs::SyncDevice;
 
+use super::netwatch::{local_addresses, NetWatch};
 use crate::control::{error_line, Answer, PingReply, Request, Server, StatusReply};
 
 const UDP: Token = Token(0);
 const TUN: Token = Token(1);
 const CONTROL: Token = Token(2);
 const SIGNAL: Token = Token(3);
+const NETWATCH: Token = Token(4);
 
 /// Datagrams per receive call, each buffer big enough for a GRO batch.
 const RECV_BATCH: usize = 8;
@@ -96,6 +98,17 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         SIGNAL,
         Interest::READABLE,
     )?;
+    // Host candidates now, and again whenever addresses or routes change.
+    let netwatch = NetWatch::new().context("cannot watch the network (netlink)")?;
+    registry.register(
+        &mut SourceFd(&netwatch.as_raw_fd()),
+        NETWATCH,
+        Interest::READABLE,
+    )?;
+    engine.set_local_addresses(
+        Instant::now(),
+        &local_addresses(local.port(), &setup.interface),
+    );
     tracing::info!(%local, public_key = %engine.public_key(), control = %setup.control_socket.display(), "lanrage up");
 
     let mut io = Io {
@@ -128,6 +141,11 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
             break;
         }
         let now = Instant::now();
+        if events.iter().any(|e| e.token() == NETWATCH) && netwatch.drain() {
+            let addrs = local_addresses(local.port(), &setup.interface);
+            tracing::debug!(?addrs, "network changed");
+            engine.set_local_addresses(now, &addrs);
+        }
         // Edge-triggered readiness: drain both every time (bounded).
         busy = io.receive(now, &mut engine);
         busy |= io.read_tun(now, &mut engine);

@@ -6,4 +6,6 @@
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
+mod netwatch;
+#[cfg(target_os = "linux")]
 pub use linux::{run, Setup};

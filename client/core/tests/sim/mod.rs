@@ -84,6 +84,13 @@ pub struct Sim {
     /// a client sent to a relay, and client → count sent to other clients.
     pub wireguard_to_relays: u64,
     pub wireguard_direct: u64,
+    /// Clients behind a port-restricted filter: a datagram from another
+    /// client gets in only if this one has sent to that address before (as
+    /// a home router's NAT does; every mapping keeps the client's address,
+    /// so mapping is endpoint-independent).
+    filtering: Vec<bool>,
+    /// (client, destination) pairs a client has sent to.
+    opened: std::collections::HashSet<(usize, SocketAddr)>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: HashMap<u64, Datagram>,
     seq: u64,
@@ -123,6 +130,36 @@ impl Sim {
     /// its configured endpoint, and clients reach each other over `direct`.
     pub fn new_direct(seed: u64, clients: usize, links: &[Vec<Link>], direct: Link) -> Self {
         Self::build(seed, clients, links, Some(direct))
+    }
+
+    /// Clients with no endpoints configured that can reach each other
+    /// over `direct`, each behind a port-restricted filter if `filtering`:
+    /// a direct path exists only if punching opens it.
+    pub fn punchable(
+        seed: u64,
+        clients: usize,
+        links: &[Vec<Link>],
+        direct: Link,
+        filtering: bool,
+    ) -> Self {
+        let mut sim = Self::build(seed, clients, links, None);
+        for a in 0..clients {
+            for b in a + 1..clients {
+                sim.direct_links.insert((a, b), direct);
+            }
+        }
+        sim.filtering = vec![filtering; clients];
+        sim
+    }
+
+    /// The direct link between two clients, or none (their datagrams to
+    /// each other are lost).
+    pub fn set_direct_link(&mut self, a: usize, b: usize, link: Option<Link>) {
+        let key = (a.min(b), a.max(b));
+        match link {
+            Some(link) => self.direct_links.insert(key, link),
+            None => self.direct_links.remove(&key),
+        };
     }
 
     fn build(seed: u64, clients: usize, links: &[Vec<Link>], direct: Option<Link>) -> Self {
@@ -167,6 +204,7 @@ impl Sim {
                     peers,
                     unix_nanos_at_start: 1_700_000_000_000_000_000,
                     seed: [seed as u8 ^ c as u8; 32],
+                    direct_paths: true,
                 };
                 Client {
                     name: format!("client{}", c + 1),
@@ -198,6 +236,8 @@ impl Sim {
                 .collect(),
             wireguard_to_relays: 0,
             wireguard_direct: 0,
+            filtering: vec![false; links.len()],
+            opened: std::collections::HashSet::new(),
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
             seq: 0,
@@ -247,6 +287,9 @@ impl Sim {
             return; // nowhere: lost
         };
         let wireguard = matches!(bytes.first(), Some(1..=4)) && bytes.get(1..4) == Some(&[0; 3]);
+        if let Endpoint::Client(x) = a {
+            self.opened.insert((x, dst));
+        }
         let link = match (a, b) {
             (Endpoint::Client(c), Endpoint::Relay(r))
             | (Endpoint::Relay(r), Endpoint::Client(c)) => {
@@ -261,6 +304,9 @@ impl Sim {
             (Endpoint::Client(x), Endpoint::Client(y)) => {
                 if self.offline[x] || self.offline[y] {
                     return;
+                }
+                if self.filtering[y] && !self.opened.contains(&(y, src)) {
+                    return; // unsolicited: the filter drops it
                 }
                 if wireguard {
                     self.wireguard_direct += 1;
