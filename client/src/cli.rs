@@ -11,7 +11,7 @@ use lanrage_client_core::{Engine, EngineConfig, PeerSpec, RelaySpec};
 use rand::RngCore as _;
 
 use crate::config::{self, Loaded};
-use crate::control::{self, PingReply, Request, StatusReply};
+use crate::control::{self, NetcheckReply, PingReply, Request, StatusReply};
 use crate::driver;
 
 /// LANrage: friends' PCs on one virtual LAN, so LAN games just work.
@@ -42,6 +42,15 @@ pub enum Command {
     /// Ask the running client about its relays and peers.
     Status {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find out what NAT this PC is behind, through the running client's
+    /// socket and a relay's STUN (like `tailscale netcheck`): UDP, the
+    /// reflexive address, mapping and filtering behaviour, hairpinning, and
+    /// each relay's latency.
+    Netcheck {
+        /// Print JSON instead of a report.
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +107,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &loaded.control_socket(),
                 &Request::Status,
                 Duration::from_secs(2),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                print!("{}", reply.render());
+            }
+            Ok(())
+        }
+        Command::Netcheck { json } => {
+            let loaded = config::load(&config_path)?;
+            let reply: NetcheckReply = control::ask(
+                &loaded.control_socket(),
+                &Request::Netcheck,
+                control::NETCHECK_TIMEOUT + Duration::from_secs(1),
             )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&reply)?);

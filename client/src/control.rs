@@ -28,6 +28,8 @@ pub enum Request {
     Ping {
         peer: String,
     },
+    /// A NAT discovery now; the answer waits for its report.
+    Netcheck,
 }
 
 /// `lanrage ping`'s answer to one ping.
@@ -40,15 +42,90 @@ pub struct PingReply {
 }
 
 /// How a request is answered: at once, or when the daemon has the answer
-/// (a pong), matched by this id.
+/// (a pong, a NAT report), matched by this id, within this long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Now(String),
-    Later(u64),
+    Later(u64, Duration),
 }
 
 /// How long a ping waits for its pong before the daemon says so.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a netcheck may take (three phases of 0.7 s, and room).
+pub const NETCHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `lanrage netcheck`'s answer, and the `nat` of `status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NatRow {
+    /// The relay whose STUN answered.
+    pub relay: String,
+    pub udp: bool,
+    pub reflexive: Option<String>,
+    /// "none", "full cone", "restricted cone", "port-restricted cone",
+    /// "symmetric" or "unknown".
+    pub nat_type: String,
+    /// RFC 4787 terms; null when it couldn't be told.
+    pub mapping: Option<String>,
+    pub filtering: Option<String>,
+    pub hairpin: Option<bool>,
+}
+
+impl From<&lanrage_client_core::NatReport> for NatRow {
+    fn from(r: &lanrage_client_core::NatReport) -> Self {
+        Self {
+            relay: r.relay.clone(),
+            udp: r.udp,
+            reflexive: r.reflexive.map(|a| a.to_string()),
+            nat_type: r.nat_type().to_owned(),
+            mapping: r.mapping.map(|m| m.as_str().to_owned()),
+            filtering: r.filtering.map(|f| f.as_str().to_owned()),
+            hairpin: r.hairpin,
+        }
+    }
+}
+
+/// `lanrage netcheck --json`: the NAT report and the relays' latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckReply {
+    pub nat: NatRow,
+    pub relays: Vec<RelayRow>,
+}
+
+impl NetcheckReply {
+    /// What `lanrage netcheck` prints, as `tailscale netcheck` does.
+    pub fn render(&self) -> String {
+        let yes_no = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        let n = &self.nat;
+        let mut out = format!(
+            "Report (STUN from relay {}):\n\
+             \t* UDP: {}\n\
+             \t* Reflexive address: {}\n\
+             \t* NAT: {}\n\
+             \t* Mapping: {}\n\
+             \t* Filtering: {}\n\
+             \t* Hairpinning: {}\n\
+             \t* Relay latency:\n",
+            n.relay,
+            if n.udp { "true" } else { "false" },
+            n.reflexive.as_deref().unwrap_or("unknown"),
+            n.nat_type,
+            n.mapping.as_deref().unwrap_or("unknown"),
+            n.filtering.as_deref().unwrap_or("unknown"),
+            yes_no(n.hairpin),
+        );
+        for r in &self.relays {
+            let rtt = r
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+            out.push_str(&format!("\t\t- {}: {rtt}\n", r.name));
+        }
+        out
+    }
+}
 
 /// `lanrage status --json`, one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +133,8 @@ pub struct StatusReply {
     pub address: String,
     pub relays: Vec<RelayRow>,
     pub peers: Vec<PeerRow>,
+    /// What the last NAT discovery found (null before the first).
+    pub nat: Option<NatRow>,
     /// Counted drops by reason.
     pub drops: BTreeMap<String, u64>,
 }
@@ -129,6 +208,7 @@ impl From<Status> for StatusReply {
                     last_handshake_secs: p.since_last_handshake.map(|d| d.as_secs_f64()),
                 })
                 .collect(),
+            nat: status.nat.as_ref().map(NatRow::from),
             drops: status
                 .drops
                 .into_iter()
@@ -183,6 +263,16 @@ impl StatusReply {
                 p.tx_bytes,
                 p.rx_bytes,
                 handshake
+            ));
+        }
+        if let Some(nat) = &self.nat {
+            out.push_str(&format!(
+                "\nNAT {} (mapping {}, filtering {}), reflexive {} via {}\n",
+                nat.nat_type,
+                nat.mapping.as_deref().unwrap_or("unknown"),
+                nat.filtering.as_deref().unwrap_or("unknown"),
+                nat.reflexive.as_deref().unwrap_or("unknown"),
+                nat.relay
             ));
         }
         let drops: Vec<String> = self
@@ -240,8 +330,9 @@ struct Connection {
     stream: UnixStream,
     request: Vec<u8>,
     since: Instant,
-    /// Answered later: the id its answer will come with, and since when.
-    waiting: Option<(u64, Instant)>,
+    /// Answered later: the id its answer will come with, since when, and
+    /// for how long.
+    waiting: Option<(u64, Instant, Duration)>,
 }
 
 /// How long a connection may take to send its request.
@@ -305,9 +396,10 @@ impl Server {
         }
         let mut done = Vec::new();
         for (i, conn) in self.connections.iter_mut().enumerate() {
-            if let Some((_, since)) = conn.waiting {
-                if now.saturating_duration_since(since) > PING_TIMEOUT {
-                    send_line(&mut conn.stream, &error_line("no pong within 2 s"));
+            if let Some((_, since, within)) = conn.waiting {
+                if now.saturating_duration_since(since) > within {
+                    let why = format!("no answer within {} s", within.as_secs());
+                    send_line(&mut conn.stream, &error_line(&why));
                     done.push(i);
                 }
                 continue;
@@ -323,8 +415,8 @@ impl Server {
                             match serde_json::from_slice::<Request>(line) {
                                 Ok(request) => match handle(request) {
                                     Answer::Now(reply) => send_line(&mut conn.stream, &reply),
-                                    Answer::Later(id) => {
-                                        conn.waiting = Some((id, now));
+                                    Answer::Later(id, within) => {
+                                        conn.waiting = Some((id, now, within));
                                         break false;
                                     }
                                 },
@@ -353,7 +445,7 @@ impl Server {
         if let Some(i) = self
             .connections
             .iter()
-            .position(|c| c.waiting.is_some_and(|(w, _)| w == id))
+            .position(|c| c.waiting.is_some_and(|(w, _, _)| w == id))
         {
             let mut conn = self.connections.swap_remove(i);
             send_line(&mut conn.stream, reply);

@@ -14,7 +14,9 @@ use lanrage_proto::signal::{Signal, SignalView};
 use crate::choice::{self, LatencyVector};
 use crate::direct::{PongOutcome, MAX_CANDIDATES};
 use crate::estimator::Estimator;
+use crate::netcheck::{NatReport, Netcheck};
 use crate::payload::Payload;
+use lanrage_proto::stun::{BindingRequest, BindingResponse, TransactionId};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
 
@@ -80,6 +82,12 @@ pub enum Event {
         peer: String,
         path: PeerPath,
     },
+    /// A NAT discovery finished; `ids` are the [`Engine::netcheck`]
+    /// requests it answers.
+    Netcheck {
+        ids: Vec<u64>,
+        report: NatReport,
+    },
     /// The answer to [`Engine::ping`], and the path it came back on.
     Pong {
         peer: String,
@@ -110,7 +118,8 @@ pub enum DropReason {
     NoPeerForPacket,
     /// A packet for a peer when no relay is usable.
     NoRelay,
-    /// STUN, which this client doesn't use yet.
+    /// STUN that answers none of our requests (this client answers no
+    /// one's STUN).
     Stun,
 }
 
@@ -180,6 +189,11 @@ pub struct Engine {
     direct_paths: bool,
     /// The latest `now` we were given (for `poll_timeout`, which has none).
     last_now: Instant,
+    /// The NAT discovery in progress, the last one's findings, and the ids
+    /// of `lanrage netcheck` requests waiting for the next.
+    netcheck: Option<Netcheck>,
+    nat: Option<NatReport>,
+    netcheck_waiters: Vec<u64>,
     timestamps: Timestamps,
     rng: u64,
     next_wireguard_tick: Instant,
@@ -240,6 +254,9 @@ impl Engine {
             local_addrs: Vec::new(),
             direct_paths,
             last_now: now,
+            netcheck: None,
+            nat: None,
+            netcheck_waiters: Vec::new(),
             timestamps: Timestamps::new(now, unix_nanos_at_start),
             rng,
             next_wireguard_tick: now + WIREGUARD_TICK,
@@ -306,6 +323,10 @@ impl Engine {
         self.last_now = self.last_now.max(now);
         // Path probes come from anywhere a peer may be (every candidate);
         // their MAC, checked before anything is sent, says whose they are.
+        if classify(bytes) == DatagramKind::Stun {
+            self.handle_stun(from, bytes);
+            return;
+        }
         if PathProbeView::is_path_probe(bytes) {
             if self.by_relay_addr.contains_key(&from) {
                 self.count(DropReason::BadControl);
@@ -428,6 +449,7 @@ impl Engine {
             }
         }
         self.direct_timers(now);
+        self.netcheck_timers(now);
         if now >= self.next_wireguard_tick {
             // boringtun's timers matter while packets flow or a handshake
             // is out; otherwise once a second is plenty (keepalives and
@@ -470,6 +492,7 @@ impl Engine {
             .map(Relay::next_deadline)
             .chain([self.next_wireguard_tick, self.next_vector_check])
             .chain(direct)
+            .chain(self.netcheck.as_ref().map(Netcheck::next_deadline))
             .min()
     }
 
@@ -524,6 +547,7 @@ impl Engine {
                     }
                 })
                 .collect(),
+            nat: self.nat.clone(),
             drops: DropReason::ALL
                 .iter()
                 .map(|d| (d.as_str(), self.drops[*d as usize]))
@@ -781,6 +805,94 @@ impl Engine {
         self.next_ping_id
     }
 
+    // ---- NAT discovery
+
+    /// Runs a NAT discovery now (`lanrage netcheck`), unless one is
+    /// running; its report comes as [`Event::Netcheck`] with this id among
+    /// its `ids`. `None` if no relay is registered to ask.
+    pub fn netcheck(&mut self, now: Instant) -> Option<u64> {
+        self.last_now = self.last_now.max(now);
+        if self.netcheck.is_none() && !self.start_netcheck(now) {
+            return None;
+        }
+        let id = self.next_txid();
+        self.netcheck_waiters.push(id);
+        Some(id)
+    }
+
+    /// The last discovery's findings.
+    pub fn nat(&self) -> Option<&NatReport> {
+        self.nat.as_ref()
+    }
+
+    /// Starts a discovery against the usable relay with the lowest RTT.
+    fn start_netcheck(&mut self, now: Instant) -> bool {
+        let Some(relay) = self
+            .best_relay()
+            .filter(|&r| self.relays[r].is_registered())
+        else {
+            return false;
+        };
+        let (name, addr) = (
+            self.relays[relay].spec.name.clone(),
+            self.relays[relay].spec.addr,
+        );
+        let rng = &mut self.rng;
+        let check = Netcheck::start(now, &name, addr, &self.local_addrs, &mut || {
+            random_txid(rng)
+        });
+        self.netcheck = Some(check);
+        self.netcheck_timers(now);
+        true
+    }
+
+    fn netcheck_timers(&mut self, now: Instant) {
+        let Some(check) = self.netcheck.as_mut() else {
+            return;
+        };
+        if now < check.next_deadline() {
+            return;
+        }
+        let mut out = Vec::new();
+        let rng = &mut self.rng;
+        let done = check.poll(now, &mut || random_txid(rng), &mut out);
+        for (dst, payload) in out {
+            self.transmits.push_back(Transmit { dst, payload });
+        }
+        if let Some(report) = done {
+            tracing::info!(
+                relay = %report.relay,
+                nat = report.nat_type(),
+                reflexive = ?report.reflexive,
+                hairpin = ?report.hairpin,
+                "netcheck"
+            );
+            self.netcheck = None;
+            self.nat = Some(report.clone());
+            self.events.push_back(Event::Netcheck {
+                ids: std::mem::take(&mut self.netcheck_waiters),
+                report,
+            });
+        }
+    }
+
+    /// STUN: answers to the discovery's requests (from the relay's primary
+    /// or other address), or our own hairpin request coming back. Anything
+    /// else is a counted drop: this client answers no one's STUN.
+    fn handle_stun(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let Some(check) = self.netcheck.as_mut() else {
+            self.count(DropReason::Stun);
+            return;
+        };
+        let ours = match BindingResponse::parse(bytes) {
+            Ok(response) => check.on_response(from, &response),
+            Err(_) => BindingRequest::parse(bytes).is_ok_and(|r| check.on_request(&r, from)),
+        };
+        if !ours {
+            self.count(DropReason::Stun);
+        }
+    }
+
     // ---- direct paths
 
     /// The addresses this client's socket has on its own networks (each
@@ -803,6 +915,8 @@ impl Engine {
         self.local_addrs = next;
         if changed {
             tracing::info!("local addresses changed: finding direct paths again");
+            self.nat = None;
+            self.netcheck = None;
             for relay in &mut self.relays {
                 relay.register_soon(now);
             }
@@ -1112,6 +1226,10 @@ impl Engine {
                     // rather than at the next check.
                     for peer in 0..self.peers.len() {
                         self.send_candidates_if_changed(now, peer, false);
+                    }
+                    // The first relay up: find out what NAT we are behind.
+                    if self.nat.is_none() && self.netcheck.is_none() {
+                        self.start_netcheck(now);
                     }
                 }
                 // Sessions through it may have lost their routes (the relay
@@ -1453,6 +1571,15 @@ enum Urgency {
     Now,
     /// An unauthenticated prompt (a hint): rate-limited per peer.
     Prompted,
+}
+
+/// A STUN transaction id from the engine's generator (seeded from OS
+/// randomness by the driver).
+fn random_txid(rng: &mut u64) -> TransactionId {
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&xorshift(rng).to_le_bytes());
+    id[8..].copy_from_slice(&xorshift(rng).to_le_bytes()[..4]);
+    id
 }
 
 fn xorshift(state: &mut u64) -> u64 {

@@ -25,6 +25,7 @@ pub mod config;
 mod direct;
 pub mod engine;
 mod estimator;
+pub mod netcheck;
 mod payload;
 mod peer;
 mod relay;
@@ -33,4 +34,5 @@ mod wall_clock;
 
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
 pub use engine::{ConfigError, DropReason, Engine, Event, Transmit};
+pub use netcheck::NatReport;
 pub use status::{PeerPath, Status};

@@ -9,6 +9,8 @@ pub struct Status {
     pub virtual_ip: Ipv4Addr,
     pub relays: Vec<RelayStatus>,
     pub peers: Vec<PeerStatus>,
+    /// What the last NAT discovery found.
+    pub nat: Option<crate::netcheck::NatReport>,
     /// (reason, count) for every drop reason, in a fixed order.
     pub drops: Vec<(&'static str, u64)>,
 }

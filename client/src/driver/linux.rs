@@ -22,7 +22,10 @@ use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tun_rs::SyncDevice;
 
 use super::netwatch::{local_addresses, NetWatch};
-use crate::control::{error_line, Answer, PingReply, Request, Server, StatusReply};
+use crate::control::{
+    error_line, Answer, NatRow, NetcheckReply, PingReply, Request, Server, StatusReply,
+    NETCHECK_TIMEOUT, PING_TIMEOUT,
+};
 
 const UDP: Token = Token(0);
 const TUN: Token = Token(1);
@@ -159,10 +162,16 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
                     .unwrap_or_else(|e| error_line(&e.to_string())),
             ),
             Request::Ping { peer } => match engine.ping(now, &peer) {
-                Some(id) => Answer::Later(id),
+                Some(id) => Answer::Later(id, PING_TIMEOUT),
                 None => Answer::Now(error_line(&format!(
                     "no peer called {peer:?}, or no relay to reach it through"
                 ))),
+            },
+            Request::Netcheck => match engine.netcheck(now) {
+                Some(id) => Answer::Later(id, NETCHECK_TIMEOUT),
+                None => Answer::Now(error_line(
+                    "no relay is registered yet to run STUN against; try again in a moment",
+                )),
             },
         });
         // A ping sent just now goes out before the next sleep.
@@ -254,6 +263,17 @@ impl Io {
                     control.complete(*id, &line);
                 }
             }
+            if let Event::Netcheck { ids, report } = &event {
+                let reply = NetcheckReply {
+                    nat: NatRow::from(report),
+                    relays: StatusReply::from(engine.status(Instant::now())).relays,
+                };
+                if let Ok(line) = serde_json::to_string(&reply) {
+                    for id in ids {
+                        control.complete(*id, &line);
+                    }
+                }
+            }
             log_event(&event);
         }
     }
@@ -323,6 +343,7 @@ fn log_event(event: &Event) {
         } => {
             tracing::debug!(%peer, %path, rtt_ms = rtt.as_secs_f64() * 1000.0, "pong");
         }
+        Event::Netcheck { .. } => {} // the engine logged it
         Event::ConfigureInterface { .. } => {
             tracing::warn!("the engine asked for the interface again; ignored");
         }
