@@ -820,6 +820,44 @@ impl Endpoint {
     }
 }
 
+/// How many requests [`Reflector::mapped_address`] sends before it gives up.
+pub const MAPPING_REQUESTS: usize = 8;
+
+/// The next datagram on `socket` within `wait` (its length in `buf` and its
+/// source), or `None` when none came. A read that a signal or a stop and
+/// continue interrupted (EINTR) is retried: signal(7) says socket reads
+/// with a timeout are never restarted, and the lab's tests did see such
+/// EINTRs on a busy machine.
+pub fn recv_within(
+    socket: &UdpSocket,
+    wait: Duration,
+    buf: &mut [u8],
+) -> Result<Option<(usize, SocketAddr)>> {
+    let deadline = Instant::now() + wait;
+    // Bounded by the deadline, and by a count of interruptions.
+    for _ in 0..1000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        socket.set_read_timeout(Some(left))?;
+        match socket.recv_from(buf) {
+            Ok(got) => return Ok(Some(got)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
 /// How long a [`Reflector`] runs at most.
 pub const REFLECTOR_LIFETIME: Duration = Duration::from_secs(20 * 60);
 
@@ -887,17 +925,22 @@ impl Reflector {
     }
 
     /// The source address `socket`'s datagrams show at `endpoint` (its
-    /// mapping there). Sends up to 5 requests, 200 ms apart.
+    /// mapping there). Sends up to [`MAPPING_REQUESTS`], 250 ms apart.
     pub fn mapped_address(&self, socket: &UdpSocket, endpoint: Endpoint) -> Result<SocketAddr> {
         let to = self.addr(endpoint);
-        for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..MAPPING_REQUESTS {
             let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
             socket.send_to(format!("map {nonce}").as_bytes(), to)?;
-            if let Some((_, seen)) = await_answer(socket, nonce, Duration::from_millis(200))? {
+            if let Some((_, seen)) = await_answer(socket, nonce, Duration::from_millis(250))? {
                 return Ok(seen);
             }
         }
-        bail!("no answer from the reflector at {to} after 5 requests")
+        bail!(
+            "no answer from the reflector at {to} to {} after {MAPPING_REQUESTS} requests in {:?}",
+            socket.local_addr()?,
+            started.elapsed()
+        )
     }
 
     /// Sends one request to `via` asking for the answer from `from`, and
@@ -941,21 +984,8 @@ fn await_answer(
     // Bounded by the deadline and by a datagram count.
     for _ in 0..64 {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some((n, source)) = recv_within(socket, left, &mut buf)? else {
             break;
-        }
-        socket.set_read_timeout(Some(left))?;
-        let (n, source) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => return Err(e.into()),
         };
         let text = String::from_utf8_lossy(&buf[..n]);
         let mut words = text.split_whitespace();
