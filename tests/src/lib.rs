@@ -10,6 +10,7 @@
 pub mod delay;
 pub mod gate;
 pub mod mmsg;
+pub mod natlab;
 pub mod netns;
 pub mod peer;
 pub mod relay_process;
