@@ -7,6 +7,7 @@
 //! to loopback addresses or between network namespaces the tests create
 //! ([`netns`], deleted on drop).
 
+pub mod client_process;
 pub mod delay;
 pub mod gate;
 pub mod mmsg;

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
+use lanrage_tests::client_process::{
+    client_binary, client_keygen, eventually, relay_keygen, Running,
+};
 use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
@@ -18,30 +21,6 @@ use lanrage_tests::relay_process::{relay_binary, ScratchDir};
 /// The port clients send to; a relay behind a delaying forwarder listens
 /// one above it.
 const RELAY_PORT: u16 = 51820;
-
-/// The `lanrage` binary this crate builds from the client's main.rs.
-fn client_binary() -> PathBuf {
-    relay_binary().with_file_name("lanrage-e2e")
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SIGTERM first: the client removes its TUN on a clean stop.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Lab {
     lab: Switched,
@@ -76,8 +55,6 @@ impl Lab {
         let mut relay_keys = Vec::new();
         for name in RELAYS {
             let key_path = dir.path().join(format!("{name}.key"));
-            let out = Command::new(relay_binary()).arg("keygen").output()?;
-            std::fs::write(&key_path, &out.stdout)?;
             let config = dir.path().join(format!("{name}.yaml"));
             std::fs::write(
                 &config,
@@ -87,24 +64,11 @@ impl Lab {
                     key_path.display()
                 ),
             )?;
-            let public = Command::new(relay_binary())
-                .args(["--config"])
-                .arg(&config)
-                .arg("public-key")
-                .output()?;
-            relay_keys.push(String::from_utf8(public.stdout)?.trim().to_owned());
+            relay_keys.push(relay_keygen(&key_path, &config)?);
         }
         let mut client_keys = Vec::new();
         for name in CLIENTS {
-            let out = Command::new(client_binary())
-                .arg("keygen")
-                .arg("--key")
-                .arg(dir.path().join(format!("{name}.key")))
-                .output()?;
-            if !out.status.success() {
-                bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            client_keys.push(String::from_utf8(out.stdout)?.trim().to_owned());
+            client_keys.push(client_keygen(&dir.path().join(format!("{name}.key")))?);
         }
         let this = Self {
             lab,
@@ -393,17 +357,6 @@ fn path_of(status: &serde_json::Value) -> String {
 }
 
 /// Waits until `check` holds, for at most `limit`.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
     let Some((_one, lab)) = lab_for(

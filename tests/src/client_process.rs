@@ -1,0 +1,81 @@
+//! The real `lanrage` client binary in the labs: where it is, keys for it,
+//! and a child process that stops cleanly (SIGTERM, so it removes its TUN)
+//! when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::relay_process::relay_binary;
+
+/// The `lanrage` binary this crate builds from the client's main.rs.
+pub fn client_binary() -> PathBuf {
+    relay_binary().with_file_name("lanrage-e2e")
+}
+
+/// A running `lanrage` or `lanrage-relay`, stopped with SIGTERM (then
+/// SIGKILL after 3 s) when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SIGTERM first: the client removes its TUN on a clean stop.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `lanrage keygen --key PATH`: writes a key there and returns the public
+/// key it printed.
+pub fn client_keygen(key: &Path) -> Result<String> {
+    let out = Command::new(client_binary())
+        .arg("keygen")
+        .arg("--key")
+        .arg(key)
+        .output()?;
+    if !out.status.success() {
+        bail!("keygen: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// `lanrage-relay keygen` into `key`, and the public key for a relay
+/// config at `config` (which must name that key file).
+pub fn relay_keygen(key: &Path, config: &Path) -> Result<String> {
+    let out = Command::new(relay_binary()).arg("keygen").output()?;
+    std::fs::write(key, &out.stdout)?;
+    let public = Command::new(relay_binary())
+        .arg("--config")
+        .arg(config)
+        .arg("public-key")
+        .output()?;
+    if !public.status.success() {
+        bail!("public-key: {}", String::from_utf8_lossy(&public.stderr));
+    }
+    Ok(String::from_utf8(public.stdout)?.trim().to_owned())
+}
+
+/// Waits until `check` holds, for at most `limit` (polling every 20 ms).
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

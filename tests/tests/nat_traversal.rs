@@ -1,0 +1,375 @@
+//! NAT traversal end to end, as root, in the NAT lab (`tests/src/natlab.rs`,
+//! `docs/nat-lab.md`): the real `lanrage-relay` on the relay host (primary
+//! and alternate address, so its STUN can do RFC 5780), the real `lanrage`
+//! on each gamer PC behind a home router of each kind, and the system's
+//! `ping` between the virtual IPs. Each case asserts the path the clients
+//! settle on (direct where the NATs allow it, the relay where they don't)
+//! and that pings get through; the figures go to `docs/nat-traversal.md`.
+//! Skips without root; fails under `LANRAGE_REQUIRE_PRIVILEGED=1`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lanrage_test_support::privileged::skip_or_fail;
+use lanrage_tests::client_process::{
+    client_binary, client_keygen, eventually, relay_keygen, Running,
+};
+use lanrage_tests::natlab::{self, NatKind, NatLab, Side, RELAY_PRIMARY};
+use lanrage_tests::relay_process::{relay_binary, ScratchDir};
+
+const RELAY_PORT: u16 = 51820;
+/// The clients' port, fixed so that logs and tables read alike.
+const CLIENT_PORT: u16 = 41641;
+
+/// One lab at a time: the cases are timed, and two at once on two cores
+/// would measure the scheduler.
+static ONE_LAB: Mutex<()> = Mutex::new(());
+
+/// A lab with the relay and both clients running.
+struct Traversal {
+    lab: NatLab,
+    dir: ScratchDir,
+    started: Instant,
+    _relay: Running,
+    _clients: Vec<Running>,
+}
+
+const NAMES: [&str; 2] = ["alice", "bob"];
+
+impl Traversal {
+    fn start(lab: NatLab) -> Result<Self> {
+        let dir = ScratchDir::new("nat-traversal")?;
+        let key = dir.path().join("relay.key");
+        let config = dir.path().join("relay.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"{RELAY_PRIMARY}:{RELAY_PORT}\"\nmetrics_listen: null\n\
+                 private_key_file: \"{}\"\nworkers: 1\n",
+                key.display()
+            ),
+        )?;
+        let relay_key = relay_keygen(&key, &config)?;
+        let log = std::fs::File::create(dir.path().join("relay.log"))?;
+        let relay = Running(
+            lab.relay()
+                .ns
+                .command(relay_binary())?
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting the relay")?,
+        );
+        let mut keys = Vec::new();
+        for name in NAMES {
+            keys.push(client_keygen(&dir.path().join(format!("{name}.key")))?);
+        }
+        for (i, name) in NAMES.iter().enumerate() {
+            let other = 1 - i;
+            let yaml = format!(
+                "address: 10.66.0.{}\nlisten_port: {CLIENT_PORT}\nprivate_key_file: {name}.key\n\
+                 control_socket: {}\n\
+                 relays:\n  - {{name: relay, address: \"{RELAY_PRIMARY}:{RELAY_PORT}\", public_key: \"{}\"}}\n\
+                 peers:\n  - {{name: {}, public_key: \"{}\", address: 10.66.0.{}}}\n",
+                i + 1,
+                dir.path().join(format!("{name}.sock")).display(),
+                relay_key,
+                NAMES[other],
+                keys[other],
+                other + 1
+            );
+            std::fs::write(dir.path().join(format!("{name}.yaml")), yaml)?;
+        }
+        // Let the relay bind before the clients' first registration.
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for (name, side) in NAMES.iter().zip(Side::BOTH) {
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+            clients.push(Running(
+                lab.pc(side)
+                    .ns
+                    .command(client_binary())?
+                    .arg("--config")
+                    .arg(dir.path().join(format!("{name}.yaml")))
+                    .arg("up")
+                    .env("RUST_LOG", "debug")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .context("starting a client")?,
+            ));
+        }
+        Ok(Self {
+            lab,
+            dir,
+            started,
+            _relay: relay,
+            _clients: clients,
+        })
+    }
+
+    fn config(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.yaml"))
+    }
+
+    fn lanrage(&self, name: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let out = Command::new(client_binary())
+            .arg("--config")
+            .arg(self.config(name))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("lanrage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.lanrage(name, &["status", "--json"])
+            .ok()
+            .and_then(|s| s["peers"][0]["path"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// `count` pings from alice to bob's virtual IP, 20 ms apart; how many
+    /// were answered.
+    fn ping(&self, count: u32) -> Result<usize> {
+        let out = self
+            .lab
+            .pc(Side::A)
+            .ns
+            .command("ping")?
+            .args([
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.02",
+                "-W",
+                "1",
+                "10.66.0.2",
+            ])
+            .output()
+            .context("running ping (iputils-ping)")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .count())
+    }
+
+    fn log(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until both clients' paths start with `prefix`, for at most
+    /// `limit`; how long after the start that was.
+    fn settle(&self, prefix: &str, limit: Duration) -> Option<Duration> {
+        eventually(limit, || {
+            NAMES.iter().all(|n| self.path(n).starts_with(prefix))
+        })
+        .then(|| self.started.elapsed())
+    }
+}
+
+/// What one case found.
+#[derive(Debug)]
+struct Outcome {
+    direct: bool,
+    /// From starting both clients to both on a direct path.
+    to_direct: Option<Duration>,
+    answered: usize,
+}
+
+fn lab_or_skip(test: &str) -> bool {
+    if let Err(why) = natlab::available() {
+        skip_or_fail(test, &why);
+        return false;
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        skip_or_fail(test, "needs `ping` (iputils-ping)");
+        return false;
+    }
+    true
+}
+
+/// Runs one case: both clients up, watched until they settle on a direct
+/// path (at most 4 s: how long that took is the case's figure), then 50
+/// pings between the virtual IPs.
+fn run_case(lab: NatLab, expect_direct: bool) -> Result<(Traversal, Outcome)> {
+    let t = Traversal::start(lab)?;
+    let to_direct = t.settle("direct ", Duration::from_secs(4));
+    if !eventually(Duration::from_secs(10), || t.ping(1).unwrap_or(0) == 1) {
+        bail!(
+            "no ping reply at all\nalice:\n{}\nbob:\n{}",
+            t.log("alice"),
+            t.log("bob")
+        );
+    }
+    let answered = t.ping(50)?;
+    let outcome = Outcome {
+        direct: to_direct.is_some(),
+        to_direct,
+        answered,
+    };
+    if outcome.direct != expect_direct {
+        bail!(
+            "expected {} path, got {outcome:?}: alice {:?}, bob {:?}\nalice:\n{}\nbob:\n{}",
+            if expect_direct { "a direct" } else { "a relay" },
+            t.path("alice"),
+            t.path("bob"),
+            t.log("alice"),
+            t.log("bob")
+        );
+    }
+    if !expect_direct && !NAMES.iter().all(|n| t.path(n).starts_with("relay ")) {
+        bail!("not on the relay: {} / {}", t.path("alice"), t.path("bob"));
+    }
+    Ok((t, outcome))
+}
+
+fn kind_name(kind: NatKind) -> &'static str {
+    match kind {
+        NatKind::FullCone => "full cone",
+        NatKind::RestrictedCone => "restricted cone",
+        NatKind::PortRestrictedCone => "port-restricted cone",
+        NatKind::Symmetric => "symmetric",
+    }
+}
+
+/// Every pair of NAT kinds (both orders), each router with its inbound
+/// firewall: direct wherever plain punching can work, the relay elsewhere,
+/// and pings answered either way.
+#[test]
+fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
+    if !lab_or_skip("every_nat_pair_takes_the_path_it_can") {
+        return Ok(());
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failures = Vec::new();
+    let mut times = Vec::new();
+    for a in NatKind::ALL {
+        for b in NatKind::ALL {
+            let expect = NatKind::direct_possible(a, b);
+            let lab = NatLab::builder().nat(Side::A, a).nat(Side::B, b).build()?;
+            match run_case(lab, expect) {
+                Ok((_, outcome)) => {
+                    println!(
+                        "{:<22} x {:<22} {:<7} to direct {:>8} answered {}/50",
+                        kind_name(a),
+                        kind_name(b),
+                        if outcome.direct { "direct" } else { "relay" },
+                        outcome
+                            .to_direct
+                            .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis())),
+                        outcome.answered
+                    );
+                    if let Some(d) = outcome.to_direct {
+                        times.push(d);
+                    }
+                    if outcome.answered < 48 {
+                        failures.push(format!(
+                            "{a:?} x {b:?}: {} of 50 answered",
+                            outcome.answered
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{a:?} x {b:?}: {e:#}")),
+            }
+        }
+    }
+    times.sort();
+    if let (Some(median), Some(worst)) = (times.get(times.len() / 2), times.last()) {
+        println!(
+            "to direct: median {} ms, worst {} ms over {} pairs",
+            median.as_millis(),
+            worst.as_millis(),
+            times.len()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+/// Two PCs behind one router connect by their LAN (host) addresses, not by
+/// hairpinning through the router.
+#[test]
+fn peers_on_one_lan_connect_by_their_host_addresses() -> Result<()> {
+    if !lab_or_skip("peers_on_one_lan_connect_by_their_host_addresses") {
+        return Ok(());
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = NatLab::builder().same_lan().build()?;
+    let bob_lan = lab.pc(Side::B).addr;
+    let (t, outcome) = run_case(lab, true)?;
+    let path = t.path("alice");
+    assert!(path.starts_with(&format!("direct {bob_lan}:")), "{path}");
+    println!("same LAN: {path}, to direct {:?}", outcome.to_direct);
+    Ok(())
+}
+
+/// A router without an inbound firewall (LAB.md: the peer's first punch
+/// leaves an unreplied conntrack entry that moves the PC's own mapping):
+/// the clients still settle on a working path, and say which.
+#[test]
+fn a_router_without_an_inbound_firewall() -> Result<()> {
+    if !lab_or_skip("a_router_without_an_inbound_firewall") {
+        return Ok(());
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::PortRestrictedCone)
+        .inbound_firewall(Side::A, false)
+        .nat(Side::B, NatKind::PortRestrictedCone)
+        .build()?;
+    let (t, outcome) = run_case(lab, true)?;
+    println!("no inbound firewall: {} ({outcome:?})", t.path("alice"));
+    assert!(outcome.answered >= 48, "{outcome:?}");
+    Ok(())
+}
+
+/// The home router's WAN address changes mid-session: traffic carries on
+/// (through the relay at once), and the clients are direct again soon after.
+#[test]
+fn a_wan_address_change_mid_session() -> Result<()> {
+    if !lab_or_skip("a_wan_address_change_mid_session") {
+        return Ok(());
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::PortRestrictedCone)
+        .nat(Side::B, NatKind::PortRestrictedCone)
+        .build()?;
+    let (mut t, _) = run_case(lab, true)?;
+    let changed = Instant::now();
+    let new_addr = t.lab.change_wan_address(Side::A)?;
+    let back = eventually(Duration::from_secs(10), || {
+        NAMES.iter().all(|n| t.path(n).starts_with("direct "))
+            && t.path("bob").contains(&new_addr.to_string())
+    });
+    let took = changed.elapsed();
+    let answered = t.ping(50)?;
+    println!(
+        "WAN address changed to {new_addr}: direct again after {took:?}; {answered}/50 answered"
+    );
+    assert!(
+        back,
+        "not direct to the new address: alice {:?}, bob {:?}\nalice:\n{}\nbob:\n{}",
+        t.path("alice"),
+        t.path("bob"),
+        t.log("alice"),
+        t.log("bob")
+    );
+    assert!(answered >= 48, "{answered} of 50");
+    Ok(())
+}
