@@ -518,6 +518,35 @@ fn a_wan_address_change_clears_full_cone_mappings_and_flows() -> Result<()> {
     Ok(())
 }
 
+/// `udp_timeout` shortens the routers' conntrack timeouts and the learned
+/// mappings alike: a full-cone mapping that let a stranger in is gone once
+/// the PC has been quiet for longer.
+#[test]
+fn a_short_udp_timeout_expires_mappings() -> Result<()> {
+    if !lab_or_skip("a_short_udp_timeout_expires_mappings") {
+        return Ok(());
+    }
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::FullCone)
+        .udp_timeout(Duration::from_secs(1))
+        .build()?;
+    let reflector = Reflector::start(lab.relay(), REFLECTOR_PORT)?;
+    let pc = lab.pc(Side::A).udp_socket(40000)?;
+    let stranger = lab.relay().udp_socket(lab.relay().alternate, 5000)?;
+    let mapped = reflector.mapped_address(&pc, Endpoint::Primary)?;
+    let mut buf = [0u8; 64];
+    stranger.send_to(b"hello", mapped)?;
+    assert!(recv_within(&pc, ARRIVAL_WAIT, &mut buf)?.is_some());
+
+    // Well past the 1 s timeout, with nothing sent by the PC.
+    std::thread::sleep(Duration::from_millis(2500));
+    let drops = lab.router(Side::A).unsolicited_drops()?;
+    stranger.send_to(b"hello", mapped)?;
+    assert_eq!(recv_within(&pc, FILTERED_WAIT, &mut buf)?, None);
+    assert_eq!(lab.router(Side::A).unsolicited_drops()? - drops, 1);
+    Ok(())
+}
+
 // ---- the lab itself ----
 
 fn netns_exists(name: &str) -> bool {
