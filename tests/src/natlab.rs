@@ -245,7 +245,8 @@ impl NatLabBuilder {
     }
 
     /// Creates the namespaces, links, addresses, routes and rulesets (about
-    /// 0.1–0.2 s). On error, whatever was created is deleted again.
+    /// half a second, mostly `ip` and `nft` processes). On error, whatever
+    /// was created is deleted again.
     pub fn build(self) -> Result<NatLab> {
         NatLab::build(self)
     }
@@ -691,103 +692,6 @@ pub fn ruleset(options: RouterOptions, mapping_timeout_secs: u64) -> String {
     nat
 }
 
-/// Turns IPv6 off in `ns` before it gets interfaces (new ones inherit
-/// `default`), so the lab carries IPv4 only.
-fn ipv4_only(ns: Netns) -> Result<Netns> {
-    for key in [
-        "net.ipv6.conf.default.disable_ipv6",
-        "net.ipv6.conf.all.disable_ipv6",
-    ] {
-        // A kernel without IPv6 has no such file and needs nothing.
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        if std::path::Path::new(&path).exists() {
-            ns.sysctl(key, "1")?;
-        }
-    }
-    Ok(ns)
-}
-
-/// `IPCTNL_MSG_CT_DELETE` (linux/netfilter/nfnetlink_conntrack.h): with no
-/// tuple attribute, ctnetlink flushes the table of the message's family.
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-
-/// Flushes the calling thread's namespace's IPv4 conntrack table through
-/// ctnetlink and waits for the kernel's acknowledgement.
-fn flush_ipv4_conntrack() -> std::io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // struct nlmsghdr (16 bytes) + struct nfgenmsg (4 bytes).
-    let msg_type = ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | IPCTNL_MSG_CT_DELETE;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    let mut msg = Vec::with_capacity(20);
-    msg.extend_from_slice(&20u32.to_ne_bytes());
-    msg.extend_from_slice(&msg_type.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns
-    msg.push(libc::AF_INET as u8);
-    msg.push(libc::NFNETLINK_V0 as u8);
-    msg.extend_from_slice(&0u16.to_be_bytes()); // res_id
-
-    // SAFETY: sockaddr_nl is plain old data; all zeroes is valid.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `msg` and `kernel` outlive the call, and the lengths passed
-    // are theirs.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The kernel handles the request inside sendto, so its answer is
-    // already queued: no waiting.
-    let mut buf = [0u8; 512];
-    // SAFETY: `buf` is writable for its whole length.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let reply = &buf[..n as usize];
-    // struct nlmsgerr: the header, then `int error` (0 = acknowledged).
-    if reply.len() < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
-        return Err(std::io::Error::other(format!(
-            "unexpected ctnetlink answer ({} bytes)",
-            reply.len()
-        )));
-    }
-    let error = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-    if error != 0 {
-        return Err(std::io::Error::from_raw_os_error(-error));
-    }
-    Ok(())
-}
-
 /// The reflector's four sockets: the relay host's two addresses, each on
 /// two ports (RFC 5780 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1047,4 +951,101 @@ fn reflect(sockets: &[UdpSocket], stop: &AtomicBool, ignored: &AtomicU64) {
             }
         }
     }
+}
+
+/// Turns IPv6 off in `ns` before it gets interfaces (new ones inherit
+/// `default`), so the lab carries IPv4 only.
+fn ipv4_only(ns: Netns) -> Result<Netns> {
+    for key in [
+        "net.ipv6.conf.default.disable_ipv6",
+        "net.ipv6.conf.all.disable_ipv6",
+    ] {
+        // A kernel without IPv6 has no such file and needs nothing.
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        if std::path::Path::new(&path).exists() {
+            ns.sysctl(key, "1")?;
+        }
+    }
+    Ok(ns)
+}
+
+/// `IPCTNL_MSG_CT_DELETE` (linux/netfilter/nfnetlink_conntrack.h): with no
+/// tuple attribute, ctnetlink flushes the table of the message's family.
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+
+/// Flushes the calling thread's namespace's IPv4 conntrack table through
+/// ctnetlink and waits for the kernel's acknowledgement.
+fn flush_ipv4_conntrack() -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // struct nlmsghdr (16 bytes) + struct nfgenmsg (4 bytes).
+    let msg_type = ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | IPCTNL_MSG_CT_DELETE;
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    let mut msg = Vec::with_capacity(20);
+    msg.extend_from_slice(&20u32.to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns
+    msg.push(libc::AF_INET as u8);
+    msg.push(libc::NFNETLINK_V0 as u8);
+    msg.extend_from_slice(&0u16.to_be_bytes()); // res_id
+
+    // SAFETY: sockaddr_nl is plain old data; all zeroes is valid.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` and `kernel` outlive the call, and the lengths passed
+    // are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The kernel handles the request inside sendto, so its answer is
+    // already queued: no waiting.
+    let mut buf = [0u8; 512];
+    // SAFETY: `buf` is writable for its whole length.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let reply = &buf[..n as usize];
+    // struct nlmsgerr: the header, then `int error` (0 = acknowledged).
+    if reply.len() < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
+        return Err(std::io::Error::other(format!(
+            "unexpected ctnetlink answer ({} bytes)",
+            reply.len()
+        )));
+    }
+    let error = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+    if error != 0 {
+        return Err(std::io::Error::from_raw_os_error(-error));
+    }
+    Ok(())
 }

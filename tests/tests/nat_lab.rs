@@ -10,7 +10,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lanrage_test_support::privileged::or_skip;
 use lanrage_tests::natlab::{
     self, recv_within, Endpoint, Filtering, Mapping, NatKind, NatLab, Reflector, Side,
@@ -464,45 +464,86 @@ fn a_wan_address_change_moves_the_mapping_and_breaks_the_direct_path_until_repun
     Ok(())
 }
 
-/// A full-cone router forgets its learned mappings on a WAN change: a
-/// stranger reaches the PC on the new address only after the PC sent again.
+/// A full-cone router forgets its learned mappings on a WAN change, and no
+/// flow keeps the old address: a stranger reaches the PC on the new address
+/// only once the PC has sent again, and the PC's flow with a peer that had
+/// reached it through the full-cone mapping shows the new address.
 #[test]
-fn a_wan_address_change_clears_full_cone_mappings() -> Result<()> {
-    if !lab_or_skip("a_wan_address_change_clears_full_cone_mappings") {
+fn a_wan_address_change_clears_full_cone_mappings_and_flows() -> Result<()> {
+    if !lab_or_skip("a_wan_address_change_clears_full_cone_mappings_and_flows") {
         return Ok(());
     }
     let mut lab = NatLab::builder().nat(Side::A, NatKind::FullCone).build()?;
     let reflector = Reflector::start(lab.relay(), REFLECTOR_PORT)?;
     let pc = lab.pc(Side::A).udp_socket(40000)?;
-    // A stranger: a relay-host socket the PC never sent to.
-    let stranger = lab.relay().udp_socket(lab.relay().alternate, 5000)?;
+    // Strangers: relay-host sockets the PC never sent to.
+    let relay = lab.relay();
+    let (peer, other) = (
+        relay.udp_socket(relay.alternate, 5000)?,
+        relay.udp_socket(relay.primary, 5001)?,
+    );
+    let peer_addr = SocketAddr::from((relay.alternate, 5000));
+    let other_addr = SocketAddr::from((relay.primary, 5001));
     let mapped = reflector.mapped_address(&pc, Endpoint::Primary)?;
     let mut buf = [0u8; 64];
-    stranger.send_to(b"stranger", mapped)?;
-    let (n, _) =
-        recv_within(&pc, ARRIVAL_WAIT, &mut buf)?.context("full cone lets the stranger in")?;
-    assert_eq!(&buf[..n], b"stranger");
+    peer.send_to(b"hello", mapped)?;
+    let got = recv_within(&pc, ARRIVAL_WAIT, &mut buf)?;
+    assert_eq!(got, Some((5, peer_addr)), "full cone lets a stranger in");
+    // The PC answers through that inbound (DNAT'd) flow.
+    pc.send_to(b"answer", peer_addr)?;
+    let got = recv_within(&peer, ARRIVAL_WAIT, &mut buf)?;
+    assert_eq!(got, Some((6, mapped)));
 
     let new = lab.change_wan_address(Side::A)?;
-    let drops = lab.router(Side::A).unsolicited_drops()?;
     let moved = SocketAddr::from((new, mapped.port()));
-    stranger.send_to(b"stranger", moved)?;
+    let drops = lab.router(Side::A).unsolicited_drops()?;
+    peer.send_to(b"hello", moved)?;
     assert_eq!(
         recv_within(&pc, FILTERED_WAIT, &mut buf)?,
         None,
-        "no mapping on the new address yet"
+        "no mapping on the new address before the PC sends"
     );
     assert_eq!(lab.router(Side::A).unsolicited_drops()? - drops, 1);
 
-    let remapped = reflector.mapped_address(&pc, Endpoint::Primary)?;
-    assert_eq!(
-        remapped, moved,
-        "masquerade keeps the free port on the new address"
-    );
-    stranger.send_to(b"stranger", remapped)?;
-    let (n, _) = recv_within(&pc, ARRIVAL_WAIT, &mut buf)?
-        .context("full cone again once the PC has sent")?;
-    assert_eq!(&buf[..n], b"stranger");
+    // The PC talks to the peer again: from the new address, on its own
+    // port. (A conntrack entry left from before the change would still
+    // translate this flow to the old address.)
+    pc.send_to(b"answer", peer_addr)?;
+    let got = recv_within(&peer, ARRIVAL_WAIT, &mut buf)?;
+    assert_eq!(got, Some((6, moved)), "the PC's flow after the change");
+    // And the new mapping is full cone again.
+    other.send_to(b"hello", moved)?;
+    let got = recv_within(&pc, ARRIVAL_WAIT, &mut buf)?;
+    assert_eq!(got, Some((5, other_addr)));
+    Ok(())
+}
+
+/// `udp_timeout` shortens the routers' conntrack timeouts and the learned
+/// mappings alike: a full-cone mapping that let a stranger in is gone once
+/// the PC has been quiet for longer.
+#[test]
+fn a_short_udp_timeout_expires_mappings() -> Result<()> {
+    if !lab_or_skip("a_short_udp_timeout_expires_mappings") {
+        return Ok(());
+    }
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::FullCone)
+        .udp_timeout(Duration::from_secs(1))
+        .build()?;
+    let reflector = Reflector::start(lab.relay(), REFLECTOR_PORT)?;
+    let pc = lab.pc(Side::A).udp_socket(40000)?;
+    let stranger = lab.relay().udp_socket(lab.relay().alternate, 5000)?;
+    let mapped = reflector.mapped_address(&pc, Endpoint::Primary)?;
+    let mut buf = [0u8; 64];
+    stranger.send_to(b"hello", mapped)?;
+    assert!(recv_within(&pc, ARRIVAL_WAIT, &mut buf)?.is_some());
+
+    // Well past the 1 s timeout, with nothing sent by the PC.
+    std::thread::sleep(Duration::from_millis(2500));
+    let drops = lab.router(Side::A).unsolicited_drops()?;
+    stranger.send_to(b"hello", mapped)?;
+    assert_eq!(recv_within(&pc, FILTERED_WAIT, &mut buf)?, None);
+    assert_eq!(lab.router(Side::A).unsolicited_drops()? - drops, 1);
     Ok(())
 }
 
