@@ -79,3 +79,25 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The replies of a `ping` run `interval` apart, and the longest run
+/// without one (replies a jittery path reorders count as no gap).
+pub fn pinged(pinger: Child, interval: Duration) -> Result<(Vec<u32>, Duration)> {
+    let output = pinger.wait_with_output()?;
+    let seqs = ping_replies(&String::from_utf8_lossy(&output.stdout));
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(u32::MAX);
+    Ok((seqs, interval * gap))
+}
+
+/// The icmp_seq of every reply in `ping`'s output.
+pub fn ping_replies(output: &str) -> Vec<u32> {
+    output
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}

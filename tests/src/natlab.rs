@@ -31,10 +31,9 @@
 //!
 //! Needs root, iproute2's `ip` and nftables' `nft` ([`available`]).
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -352,30 +351,9 @@ impl HomeRouter {
 
     fn load_ruleset(&self) -> Result<()> {
         let rules = ruleset(self.options, self.mapping_timeout_secs);
-        let mut child = self
-            .ns
-            .command("nft")?
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft (apt-get install nftables)")?;
-        child
-            .stdin
-            .take()
-            .context("nft's stdin")?
-            .write_all(rules.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "loading the {:?} ruleset in {} failed: {}\n{rules}",
-                self.options.nat,
-                self.ns.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        self.ns
+            .nft(&rules)
+            .with_context(|| format!("loading the {:?} ruleset", self.options.nat))
     }
 }
 

@@ -139,6 +139,33 @@ impl Netns {
         Ok(())
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) inside this namespace.
+    pub fn nft(&self, rules: &str) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = self
+            .command("nft")?
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft (apt-get install nftables)")?;
+        child
+            .stdin
+            .take()
+            .context("nft's stdin")?
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft in netns {} failed: {}\n{rules}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     fn open(&self) -> Result<File> {
         let path = format!("/run/netns/{}", self.name);
         File::open(&path).with_context(|| format!("opening {path}"))

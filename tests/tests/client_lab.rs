@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, relay_keygen, Running,
+    client_binary, client_keygen, eventually, ping_replies, pinged, relay_keygen, Running,
 };
 use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
@@ -21,6 +21,8 @@ use lanrage_tests::relay_process::{relay_binary, ScratchDir};
 /// The port clients send to; a relay behind a delaying forwarder listens
 /// one above it.
 const RELAY_PORT: u16 = 51820;
+/// [`Lab::pinger`]'s spacing: 50 pings a second.
+const PING_INTERVAL: Duration = Duration::from_millis(20);
 
 struct Lab {
     lab: Switched,
@@ -214,7 +216,7 @@ impl Lab {
             .arg(format!("10.66.0.{}", to + 1))
             .output()
             .context("running ping (iputils-ping)")?;
-        Ok(replies(&String::from_utf8_lossy(&out.stdout)))
+        Ok(ping_replies(&String::from_utf8_lossy(&out.stdout)))
     }
 
     fn log(&self, name: &str) -> String {
@@ -270,28 +272,6 @@ impl Lab {
     }
 }
 
-/// The replies of a [`Lab::pinger`], and the longest run without one (at 50/s;
-/// replies a jittery path reorders count as no gap).
-fn pinged(pinger: Child) -> Result<(Vec<u32>, Duration)> {
-    let output = pinger.wait_with_output()?;
-    let seqs = replies(&String::from_utf8_lossy(&output.stdout));
-    let gap = seqs
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or(u32::MAX);
-    Ok((seqs, Duration::from_millis(20 * u64::from(gap))))
-}
-
-/// The icmp_seq of every reply in `ping`'s output.
-fn replies(output: &str) -> Vec<u32> {
-    output
-        .lines()
-        .filter_map(|l| l.split("icmp_seq=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
 /// One lab at a time: each runs four processes that time real packets, and
 /// two at once on a 2-core machine would measure each other.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -315,27 +295,6 @@ fn lab_for(
     Ok(Some((guard, Lab::with_forwarders(forwarded)?)))
 }
 
-/// Loads an nftables ruleset (`nft -f -`) in `ns`.
-fn nft(ns: &lanrage_tests::netns::Netns, rules: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = ns
-        .command("nft")?
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(rules.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
 
 fn lab_or_skip(test: &str) -> bool {
     if let Err(why) = lab_available() {
@@ -429,7 +388,7 @@ fn two_clients_ping_through_a_relay_and_survive_its_death() -> Result<()> {
     let pinger = lab.pinger(300)?;
     std::thread::sleep(Duration::from_secs(1));
     relays[victim] = None; // dropped: SIGTERM, the relay is gone
-    let (seqs, gap) = pinged(pinger)?;
+    let (seqs, gap) = pinged(pinger, PING_INTERVAL)?;
     println!("failover gap {gap:?} ({} of 300 replies)", seqs.len());
     assert!(seqs.len() > 200, "{} replies", seqs.len());
     assert!(gap <= Duration::from_millis(2000), "failover gap {gap:?}");
@@ -513,14 +472,13 @@ fn clients_punch_a_direct_path_and_fall_back_to_the_relay() -> Result<()> {
     // (the relays are elsewhere), while pinging at 50/s.
     let pinger = lab.pinger(250)?;
     std::thread::sleep(Duration::from_secs(1));
-    nft(
-        &lab.lab.host("alice").ns,
+    lab.lab.host("alice").ns.nft(
         &format!(
             "add table inet cut\nadd chain inet cut out {{ type filter hook output priority 0; }}\n\
              add rule inet cut out ip daddr {bob_addr} drop\n"
         ),
     )?;
-    let (seqs, gap) = pinged(pinger)?;
+    let (seqs, gap) = pinged(pinger, PING_INTERVAL)?;
     println!(
         "direct path cut: longest gap {gap:?}, {} of 250 answered",
         seqs.len()
@@ -609,7 +567,7 @@ fn both_clients_move_together_when_their_relay_slows_down() -> Result<()> {
         })
     });
     let took = slowed.elapsed();
-    let (seqs, _) = pinged(pinger)?;
+    let (seqs, _) = pinged(pinger, PING_INTERVAL)?;
     assert!(
         moved,
         "both clients moved to {fast}\nalice:\n{}",
@@ -652,7 +610,7 @@ fn a_relay_restart_costs_under_a_second() -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     drop(relay); // SIGTERM: the relay's state is gone
     let _restarted = lab.start_relay("relay1")?;
-    let (seqs, gap) = pinged(pinger)?;
+    let (seqs, gap) = pinged(pinger, PING_INTERVAL)?;
     println!("relay restart gap {gap:?} ({} of 250 replies)", seqs.len());
     assert!(gap <= Duration::from_millis(1500), "restart gap {gap:?}");
     Ok(())
@@ -768,7 +726,7 @@ fn no_flap_in_ten_minutes_of_jitter() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30_000);
-    let (seqs, _) = pinged(lab.pinger(pings)?)?;
+    let (seqs, _) = pinged(lab.pinger(pings)?, PING_INTERVAL)?;
     println!(
         "{:?} of pings at 50/s through a jittery relay: {} of {pings} answered",
         start.elapsed(),

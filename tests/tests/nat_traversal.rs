@@ -8,19 +8,21 @@
 //! Skips without root; fails under `LANRAGE_REQUIRE_PRIVILEGED=1`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, relay_keygen, Running,
+    client_binary, client_keygen, eventually, pinged, relay_keygen, Running,
 };
 use lanrage_tests::natlab::{self, NatKind, NatLab, Side, RELAY_PRIMARY};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
 
 const RELAY_PORT: u16 = 51820;
+/// Pings in the stream from the clients' start.
+const STREAM: u32 = 150;
 /// The clients' port, fixed so that logs and tables read alike.
 const CLIENT_PORT: u16 = 41641;
 
@@ -172,6 +174,19 @@ impl Traversal {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// `count` pings from alice at 50/s, running until waited for.
+    fn pinger(&self, count: u32) -> Result<Child> {
+        Ok(self
+            .lab
+            .pc(Side::A)
+            .ns
+            .command("ping")?
+            .args(["-n", "-c", &count.to_string(), "-i", "0.02", "-W", "1", "10.66.0.2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
     /// Waits until both clients' paths start with `prefix`, for at most
     /// `limit`; how long after the start that was.
     fn settle(&self, prefix: &str, limit: Duration) -> Option<Duration> {
@@ -188,7 +203,13 @@ struct Outcome {
     direct: bool,
     /// From starting both clients to both on a direct path.
     to_direct: Option<Duration>,
+    /// Of 50 pings once settled, how many were answered.
     answered: usize,
+    /// Of the pings at 50/s from the clients' start, when the first was
+    /// answered (after the start), and how many after it went unanswered:
+    /// the relay→direct upgrade happens during this stream.
+    first_reply: Option<Duration>,
+    lost_after_first: usize,
 }
 
 fn lab_or_skip(test: &str) -> bool {
@@ -208,7 +229,14 @@ fn lab_or_skip(test: &str) -> bool {
 /// pings between the virtual IPs.
 fn run_case(lab: NatLab, expect_direct: bool) -> Result<(Traversal, Outcome)> {
     let t = Traversal::start(lab)?;
+    // Pings from the first moment, across the upgrade (150 at 50/s).
+    let early = t.pinger(STREAM)?;
     let to_direct = t.settle("direct ", Duration::from_secs(4));
+    let (seqs, _) = pinged(early, Duration::from_millis(20))?;
+    let first = seqs.first().copied();
+    let lost_after_first = first.map_or(0, |f| {
+        (f..=STREAM).filter(|s| !seqs.contains(s)).count()
+    });
     if !eventually(Duration::from_secs(10), || t.ping(1).unwrap_or(0) == 1) {
         bail!(
             "no ping reply at all\nalice:\n{}\nbob:\n{}",
@@ -221,6 +249,8 @@ fn run_case(lab: NatLab, expect_direct: bool) -> Result<(Traversal, Outcome)> {
         direct: to_direct.is_some(),
         to_direct,
         answered,
+        first_reply: first.map(|f| Duration::from_millis(20 * u64::from(f))),
+        lost_after_first,
     };
     if outcome.direct != expect_direct {
         bail!(
@@ -265,15 +295,25 @@ fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
             match run_case(lab, expect) {
                 Ok((_, outcome)) => {
                     println!(
-                        "{:<22} x {:<22} {:<7} to direct {:>8} answered {}/50",
+                        "{:<22} x {:<22} {:<7} to direct {:>8}  first reply {:>7}  lost after it {}  answered {}/50",
                         kind_name(a),
                         kind_name(b),
                         if outcome.direct { "direct" } else { "relay" },
                         outcome
                             .to_direct
                             .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis())),
+                        outcome
+                            .first_reply
+                            .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis())),
+                        outcome.lost_after_first,
                         outcome.answered
                     );
+                    if outcome.lost_after_first > 0 {
+                        failures.push(format!(
+                            "{a:?} x {b:?}: {} pings lost after the first reply",
+                            outcome.lost_after_first
+                        ));
+                    }
                     if let Some(d) = outcome.to_direct {
                         times.push(d);
                     }
@@ -351,6 +391,8 @@ fn a_wan_address_change_mid_session() -> Result<()> {
         .nat(Side::B, NatKind::PortRestrictedCone)
         .build()?;
     let (mut t, _) = run_case(lab, true)?;
+    let pinger = t.pinger(250)?;
+    std::thread::sleep(Duration::from_secs(1));
     let changed = Instant::now();
     let new_addr = t.lab.change_wan_address(Side::A)?;
     let back = eventually(Duration::from_secs(10), || {
@@ -358,9 +400,12 @@ fn a_wan_address_change_mid_session() -> Result<()> {
             && t.path("bob").contains(&new_addr.to_string())
     });
     let took = changed.elapsed();
+    let (seqs, gap) = pinged(pinger, Duration::from_millis(20))?;
     let answered = t.ping(50)?;
     println!(
-        "WAN address changed to {new_addr}: direct again after {took:?}; {answered}/50 answered"
+        "WAN address changed to {new_addr}: direct again after {took:?}; while it changed, \
+         longest gap {gap:?} ({} of 250 answered); then {answered}/50 answered",
+        seqs.len()
     );
     assert!(
         back,
@@ -373,3 +418,33 @@ fn a_wan_address_change_mid_session() -> Result<()> {
     assert!(answered >= 48, "{answered} of 50");
     Ok(())
 }
+
+/// A direct path that dies (the internet drops everything between the two
+/// home routers) is left for the relay within 1.5 s, while pinging at 50/s.
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay() -> Result<()> {
+    if !lab_or_skip("a_dead_direct_path_falls_back_to_the_relay") {
+        return Ok(());
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::PortRestrictedCone)
+        .nat(Side::B, NatKind::PortRestrictedCone)
+        .build()?;
+    let (wan_a, wan_b) = (lab.router(Side::A).wan_addr(), lab.router(Side::B).wan_addr());
+    let (t, _) = run_case(lab, true)?;
+    let pinger = t.pinger(250)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rules = format!(
+        "add table inet cut\nadd chain inet cut through {{ type filter hook forward priority 0; }}\n\
+         add rule inet cut through ip saddr {wan_a} ip daddr {wan_b} drop\n\
+         add rule inet cut through ip saddr {wan_b} ip daddr {wan_a} drop\n"
+    );
+    t.lab.internet().nft(&rules)?;
+    let (seqs, gap) = pinged(pinger, Duration::from_millis(20))?;
+    println!("direct path cut: longest gap {gap:?}, {} of 250 answered", seqs.len());
+    assert!(gap <= Duration::from_millis(1500), "back on the relay after {gap:?}");
+    assert!(NAMES.iter().all(|n| t.path(n).starts_with("relay ")));
+    Ok(())
+}
+

@@ -973,12 +973,23 @@ impl Engine {
         else {
             return;
         };
+        // Ours changed since the peer last heard (a new mapping, a new
+        // network): both sides must punch again, since the peer's filter
+        // only opens for an address once it has sent there, and ours only
+        // for the peer's once we have. So we punch, and ask it to.
+        let moved = self.peers[peer]
+            .sent_candidates
+            .as_ref()
+            .is_some_and(|(sent, _)| *sent != mine);
         let payload = Payload::Candidates {
-            want_reply: !self.peers[peer].direct_path.has_candidates(),
+            want_reply: moved || !self.peers[peer].direct_path.has_candidates(),
             addrs: mine.clone(),
         };
         if self.send_signal(now, peer, relay, &payload) {
             self.peers[peer].sent_candidates = Some((mine, now));
+            if moved {
+                self.punch_afresh(now, peer);
+            }
         }
     }
 
@@ -988,14 +999,34 @@ impl Engine {
         if self.peers[peer].pinned || !self.direct_paths {
             return;
         }
+        let had = self.peers[peer].direct_path.has_candidates();
         let changed = self.peers[peer].direct_path.set_candidates(addrs);
         if want_reply {
             self.send_candidates_if_changed(now, peer, true);
         }
-        if changed || want_reply {
+        if changed && had {
+            // The peer moved: the path we have to it is stale.
+            self.punch_afresh(now, peer);
+        } else if changed || want_reply {
             self.peers[peer].direct_path.start_punch(now);
             self.direct_timers_of(now, peer);
         }
+    }
+
+    /// One side's addresses moved (a new mapping, a new network): a
+    /// punched path to the old ones is stale, so traffic goes back to the
+    /// relay now rather than after the path's death is noticed, and a new
+    /// punch starts.
+    fn punch_afresh(&mut self, now: Instant, peer: usize) {
+        if self.peers[peer].pinned {
+            return;
+        }
+        self.peers[peer].direct_path.reset();
+        if let Some(addr) = self.peers[peer].direct {
+            self.fall_back(now, peer, addr);
+        }
+        self.peers[peer].direct_path.start_punch(now);
+        self.direct_timers_of(now, peer);
     }
 
     /// Seals and queues a path probe to `peer` at `dst`.
