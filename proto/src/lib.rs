@@ -2,7 +2,8 @@
 //! classifying WireGuard messages without decrypting them, the mac1/mac2/cookie
 //! machinery a relay needs to route and protect handshakes, and the LANrage
 //! control messages (registration, acknowledgement, unknown-session hint), and
-//! the inner IPv4/UDP packet tests and load generators tunnel (`inner`).
+//! the inner IPv4/UDP packet tests and load generators tunnel (`inner`), and
+//! the STUN Binding subset (RFC 8489, RFC 5780) relay and client share (`stun`).
 //!
 //! It must not do IO: no sockets, no clock, no async, no OS randomness. Callers
 //! pass time, bytes and random values in. Every parser is total: any byte string
@@ -16,6 +17,7 @@ pub mod inner;
 pub mod key;
 pub mod mac;
 pub mod signal;
+pub mod stun;
 pub mod wireguard;
 
 pub use control::{ControlError, ControlMessage};

@@ -10,6 +10,8 @@ mod control_message;
 mod demux_classify;
 #[path = "../fuzz/checks/registration_verify.rs"]
 mod registration_verify;
+#[path = "../fuzz/checks/stun_message.rs"]
+mod stun_message;
 #[path = "../fuzz/checks/wireguard_message.rs"]
 mod wireguard_message;
 
@@ -103,6 +105,23 @@ fn registration_verify_inputs() {
         if let Ok(input) = registration_verify::Input::arbitrary_take_rest(Unstructured::new(bytes))
         {
             registration_verify::check(input);
+        }
+    });
+}
+
+#[test]
+fn stun_message_inputs() {
+    replay("stun_message", |bytes| {
+        stun_message::check(bytes);
+        // Random bytes rarely carry the magic cookie: steer a copy into STUN.
+        if bytes.len() >= 20 {
+            let mut steered = bytes.to_vec();
+            steered[0] &= 0x01;
+            steered[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+            let body = ((steered.len() - 20) & !3) as u16;
+            steered[2..4].copy_from_slice(&body.to_be_bytes());
+            steered.truncate(20 + usize::from(body));
+            stun_message::check(&steered);
         }
     });
 }
