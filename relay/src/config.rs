@@ -134,7 +134,7 @@ pub struct Config {
 }
 
 /// The `stun` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     default,
     deny_unknown_fields,
@@ -176,16 +176,6 @@ pub struct StunRateLimit {
     /// Bucket size. 1..=1000000. Default 100.
     #[serde(deserialize_with = "field::rate")]
     pub burst: u32,
-}
-
-impl Default for StunSettings {
-    fn default() -> Self {
-        Self {
-            alternate_port: None,
-            alternate_address: None,
-            rate_limit: StunRateLimit::default(),
-        }
-    }
 }
 
 impl Default for StunRateLimit {
