@@ -22,6 +22,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, ConfigError};
 use crate::data_plane::{self, DataPlane, StopAll};
 use crate::http;
+use crate::stun::{StunService, StunSide};
 use crate::worker::{RouteCopy, SharedCopy};
 use lanrage_keyfile::{self as keys, KeyOrigin};
 use lanrage_relay_core::router::Router;
@@ -196,6 +197,12 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         None => None,
     };
     let listen = data_plane.local_addr();
+    let stun = StunSide::bind(
+        &config.stun,
+        &config.socket,
+        listen,
+        data_plane.primary_socket()?,
+    )?;
     // Before readiness too: a relay asked for XDP doesn't start without it.
     let xdp = start_xdp(&config, listen)?;
     // Signals first: a SIGTERM right after READY=1 must already stop cleanly.
@@ -210,7 +217,9 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let router_config = config.router_config();
+    let mut router_config = config.router_config();
+    router_config.stun.sockets = stun.addresses();
+    let stun_sockets = stun.addresses();
     let route_copy = xdp
         .as_ref()
         .map(|x| SharedCopy::new(Arc::clone(&x.routes), router_config.route_idle_timeout));
@@ -220,6 +229,20 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     router.metrics().add_source(data_plane.socket_stats());
     if let Some(xdp) = xdp {
         router.metrics().add_source(xdp.metrics);
+    }
+    let stun_service = stun
+        .spawn(router.worker(), data_plane.workers())
+        .context("cannot start the STUN thread")?;
+    if let Some(port) = stun_sockets.alternate_port {
+        // The tests and operators read these addresses here.
+        let alternate_address = stun_sockets
+            .alternate_ip
+            .map_or_else(|| "none".to_owned(), |ip| ip.to_string());
+        tracing::info!(
+            alternate_port = port,
+            %alternate_address,
+            "STUN behaviour discovery (RFC 5780)"
+        );
     }
 
     let metrics = match metrics_listener {
@@ -243,8 +266,12 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     // Operators and the end-to-end tests read this exact line; keep its shape.
     tracing::info!(%listen, %metrics, %public_key, "relay ready");
     notify(&[sd_notify::NotifyState::Ready]);
-    let result = data_plane.run(router, route_copy);
+    let handoff = stun_service.as_ref().map(StunService::handoff);
+    let result = data_plane.run(router, route_copy, handoff);
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(service) = stun_service {
+        service.stop();
+    }
     result.context("the relay loop failed")?;
     if let Some(dir) = xdp_pinned {
         tracing::info!(

@@ -11,13 +11,13 @@
 //! `docs/configuration.md` and `systemd/relay.example.yaml` mirror this file;
 //! a test keeps the example equal to [`Config::default`].
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use lanrage_relay_core::router::{RateLimit, RouterConfig};
+use lanrage_relay_core::router::{RateLimit, RouterConfig, StunConfig, StunSockets};
 
 mod de;
 
@@ -126,6 +126,144 @@ pub struct Config {
     /// established sessions forwarded inside the kernel. Absent or `null`:
     /// off. Default `null`.
     pub xdp: Option<XdpConfig>,
+    /// STUN: Binding requests on `listen` are always answered (RFC 8489);
+    /// RFC 5780 behaviour discovery needs an alternate port, and for its
+    /// change-address tests an alternate address too. `docs/protocol.md`
+    /// ("STUN") has the rules.
+    pub stun: StunSettings,
+}
+
+/// The `stun` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with alternate_port, alternate_address and rate_limit"
+)]
+pub struct StunSettings {
+    /// A second UDP port for RFC 5780 behaviour discovery: the relay
+    /// answers STUN there, names it in OTHER-ADDRESS, and answers
+    /// "change port" requests from it (coturn's `alt-listening-port`; open
+    /// it in the firewall too). Bound on `listen`'s address (and on
+    /// `alternate_address`). `null`: no behaviour discovery. 0 picks a
+    /// free port (logged at startup; for tests). 0..=65535, not `listen`'s
+    /// port. Default `null`.
+    #[serde(deserialize_with = "field::optional_port")]
+    pub alternate_port: Option<u16>,
+    /// A second IP address of this host, for RFC 5780's "change address"
+    /// tests (NAT mapping and filtering behaviour): the relay answers there
+    /// at `listen`'s port and at `alternate_port`. Needs `alternate_port`,
+    /// and `listen` naming one address (not `0.0.0.0` or `[::]`) of the
+    /// same family. `null`: none. Default `null`.
+    #[serde(deserialize_with = "field::optional_ip")]
+    pub alternate_address: Option<IpAddr>,
+    /// STUN answers per source IP address (token bucket).
+    /// Default `{ per_second: 20, burst: 100 }`.
+    pub rate_limit: StunRateLimit,
+}
+
+/// A per-source token bucket for STUN answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with per_second and burst"
+)]
+pub struct StunRateLimit {
+    /// Tokens added per second. 1..=1000000. Default 20.
+    #[serde(deserialize_with = "field::rate")]
+    pub per_second: u32,
+    /// Bucket size. 1..=1000000. Default 100.
+    #[serde(deserialize_with = "field::rate")]
+    pub burst: u32,
+}
+
+impl Default for StunRateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 20,
+            burst: 100,
+        }
+    }
+}
+
+impl StunSettings {
+    fn validate(&self, listen: SocketAddr) -> Result<(), InvalidField> {
+        let rate = field::RATE;
+        check(
+            "stun.rate_limit.per_second",
+            rate.check_number(self.rate_limit.per_second),
+        )?;
+        check(
+            "stun.rate_limit.burst",
+            rate.check_number(self.rate_limit.burst),
+        )?;
+        if let Some(port) = self.alternate_port {
+            if port != 0 && port == listen.port() {
+                return Err(InvalidField {
+                    field: "stun.alternate_port",
+                    reason: format!("must differ from the port of listen ({listen}), got {port}"),
+                });
+            }
+        }
+        let Some(ip) = self.alternate_address else {
+            return Ok(());
+        };
+        let invalid = |reason: String| InvalidField {
+            field: "stun.alternate_address",
+            reason,
+        };
+        if self.alternate_port.is_none() {
+            return Err(invalid(format!(
+                "needs stun.alternate_port too: RFC 5780 tests use the alternate address \
+                 at both ports (got {ip} without an alternate_port)"
+            )));
+        }
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid(format!(
+                "must be one IP address of this host, got {ip}"
+            )));
+        }
+        if listen.ip().is_unspecified() {
+            return Err(invalid(format!(
+                "needs listen to name one address, not {}: the relay answers change-address \
+                 requests from the other address, so it must know which one is primary",
+                listen.ip()
+            )));
+        }
+        if ip.is_ipv4() != canonical_ip(listen.ip()).is_ipv4() {
+            return Err(invalid(format!(
+                "must be of the same IP family as listen ({}), got {ip}",
+                listen.ip()
+            )));
+        }
+        if ip == canonical_ip(listen.ip()) {
+            return Err(invalid(format!(
+                "must differ from the address of listen, got {ip}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The responder's view, before the sockets are bound: the primary's
+    /// address and the real ports come from [`crate::stun`] after binding.
+    pub fn stun_config(&self) -> StunConfig {
+        StunConfig {
+            sockets: StunSockets::default(),
+            rate_limit: RateLimit {
+                per_second: self.rate_limit.per_second,
+                burst: self.rate_limit.burst,
+            },
+        }
+    }
+}
+
+/// An IPv4 address in its IPv4 form, also when written v4-mapped.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// The XDP fast path (`docs/xdp.md`).
@@ -353,6 +491,7 @@ impl Default for Config {
             hint_rate_limit: HintRateLimit::default(),
             under_load_handshakes_per_second: 5000,
             xdp: None,
+            stun: StunSettings::default(),
         }
     }
 }
@@ -525,6 +664,7 @@ impl Config {
         if let Some(xdp) = &self.xdp {
             xdp.validate(self.listen)?;
         }
+        self.stun.validate(self.listen)?;
         Ok(())
     }
 
@@ -549,6 +689,7 @@ impl Config {
             },
             // The XDP fast path keeps a copy of the routes in the kernel.
             route_commands: self.xdp.is_some(),
+            stun: self.stun.stun_config(),
         }
     }
 
@@ -625,6 +766,16 @@ mod field {
     }
     pub fn xdp_max_routes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         XDP_MAX_ROUTES.deserialize_optional(d)
+    }
+    /// `stun.alternate_port`.
+    pub const PORT: Whole = Whole::new(0, 65535);
+    pub fn optional_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+        PORT.deserialize_optional(d)
+    }
+    pub fn optional_ip<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::net::IpAddr>, D::Error> {
+        de::optional_ip(d)
     }
 
     pub fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<BackendChoice, D::Error> {
@@ -1140,6 +1291,84 @@ mod tests {
         );
         assert_eq!(r.under_load_handshakes_per_second, 5000);
         assert!(!r.route_commands, "no XDP, nobody to apply them");
+        assert_eq!(
+            r.stun.rate_limit,
+            RateLimit {
+                per_second: 20,
+                burst: 100
+            }
+        );
+        assert_eq!(
+            r.stun.sockets,
+            StunSockets::default(),
+            "known after binding"
+        );
+    }
+
+    #[test]
+    fn stun_section_parses() {
+        let config = parse(
+            "listen: \"192.0.2.1:3478\"\nstun:\n  alternate_port: 3479\n  alternate_address: 192.0.2.2\n  rate_limit: { per_second: 5 }\n",
+        )
+        .expect("parse");
+        assert_eq!(config.stun.alternate_port, Some(3479));
+        assert_eq!(
+            config.stun.alternate_address,
+            Some("192.0.2.2".parse().expect("ip"))
+        );
+        assert_eq!(config.stun.rate_limit.per_second, 5);
+        assert_eq!(config.stun.rate_limit.burst, 100);
+        let config = parse("stun: { alternate_port: 0 }").expect("port 0");
+        assert_eq!(config.stun.alternate_port, Some(0));
+    }
+
+    #[test]
+    fn stun_errors_name_the_field_in_words() {
+        let cases = [
+            ("stun: { alternate_port: 70000 }", "stun.alternate_port"),
+            ("stun: { alternate_port: http }", "stun.alternate_port"),
+            ("listen: \"0.0.0.0:4000\"\nstun: { alternate_port: 4000 }", "stun.alternate_port"),
+            ("stun: { alternate_address: nowhere }", "stun.alternate_address"),
+            ("stun: { alternate_address: \"192.0.2.2:1\" }", "stun.alternate_address"),
+            (
+                "listen: \"192.0.2.1:1\"\nstun: { alternate_address: 192.0.2.2 }",
+                "stun.alternate_address",
+            ),
+            (
+                "stun: { alternate_port: 2, alternate_address: 192.0.2.2 }",
+                "stun.alternate_address",
+            ),
+            (
+                "listen: \"192.0.2.1:1\"\nstun: { alternate_port: 2, alternate_address: \"2001:db8::2\" }",
+                "stun.alternate_address",
+            ),
+            (
+                "listen: \"192.0.2.1:1\"\nstun: { alternate_port: 2, alternate_address: 192.0.2.1 }",
+                "stun.alternate_address",
+            ),
+            ("stun: { rate_limit: { burst: 0 } }", "stun.rate_limit.burst"),
+            ("stun: { alternate_prot: 1 }", "stun.alternate_prot"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(invalid_field(text), field, "{text}");
+        }
+        let message = parse("stun: { alternate_port: 2, alternate_address: 192.0.2.2 }")
+            .expect_err("unspecified listen")
+            .to_string();
+        assert_eq!(
+            message,
+            "config file test.yaml: stun.alternate_address needs listen to name one address, \
+             not 0.0.0.0: the relay answers change-address requests from the other address, \
+             so it must know which one is primary"
+        );
+        let message = parse("stun: { alternate_address: nowhere }")
+            .expect_err("not an ip")
+            .to_string();
+        assert!(
+            message.contains("must be an IP address such as 203.0.113.2")
+                && message.contains("got \"nowhere\" at line 1"),
+            "{message}"
+        );
     }
 
     /// `private_key_file` spelled out as the default path is still an

@@ -7,7 +7,7 @@
 //! destination, because every socket has the same local address.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread;
 
@@ -19,6 +19,7 @@ use lanrage_relay_core::router::Router;
 use crate::backend::socket_stats::SocketStats;
 use crate::backend::{self, Backend, BackendMetrics, Options, StopHandle};
 use crate::config::{BackendChoice, Config};
+use crate::stun::StunHandoff;
 use crate::worker::{SharedCopy, Worker};
 
 /// Bound sockets and backends, ready to run.
@@ -27,6 +28,9 @@ pub struct DataPlane {
     listen: SocketAddr,
     socket_stats: Arc<SocketStats>,
     metrics: Arc<BackendMetrics>,
+    /// A clone of worker 0's socket, for STUN answers the alternate
+    /// sockets' thread sends from `listen` (`crate::stun`).
+    primary: UdpSocket,
 }
 
 impl DataPlane {
@@ -43,6 +47,10 @@ impl DataPlane {
             .local_addr()?;
         // Before the backends take the sockets over: worker `i` is socket `i`.
         let socket_stats = Arc::new(SocketStats::new(&sockets)?);
+        let primary = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no UDP socket bound"))?
+            .try_clone()?;
         let options = Options {
             batch_size: config.batch_size,
             gso: config.gso,
@@ -60,7 +68,14 @@ impl DataPlane {
             listen,
             socket_stats,
             metrics,
+            primary,
         })
+    }
+
+    /// Another handle on worker 0's socket (the same socket: what it sends
+    /// leaves from `listen`), for sending only.
+    pub fn primary_socket(&self) -> io::Result<UdpSocket> {
+        self.primary.try_clone()
     }
 
     /// The relay's UDP address (with the real port if `listen` asked for 0).
@@ -96,9 +111,15 @@ impl DataPlane {
 
     /// Runs every worker until stopped: worker 0 on the calling thread, the
     /// others on threads of their own. With `copy` (the XDP fast path), the
-    /// workers apply the router's route commands to it ([`Worker`]).
+    /// workers apply the router's route commands to it ([`Worker`]); with
+    /// `stun`, they hand it STUN answers for the alternate sockets.
     /// Returns the first worker error.
-    pub fn run(self, router: Router, copy: Option<SharedCopy>) -> io::Result<()> {
+    pub fn run(
+        self,
+        router: Router,
+        copy: Option<SharedCopy>,
+        stun: Option<StunHandoff>,
+    ) -> io::Result<()> {
         let mut backends = self.backends.into_iter();
         let Some(first) = backends.next() else {
             return Ok(());
@@ -107,7 +128,8 @@ impl DataPlane {
         let mut threads = Vec::new();
         for (i, backend) in backends.enumerate() {
             let index = i + 1;
-            let mut worker = Worker::new(index, router.worker(), copy.clone(), now);
+            let mut worker =
+                Worker::new(index, router.worker(), copy.clone(), now).with_stun(stun.clone());
             threads.push(
                 thread::Builder::new()
                     .name(format!("relay-worker-{index}"))
@@ -118,7 +140,7 @@ impl DataPlane {
             );
         }
         metrics::bind_thread_to_shard(0);
-        let mut worker = Worker::new(0, router, copy, now);
+        let mut worker = Worker::new(0, router, copy, now).with_stun(stun);
         let mut result = first.run(&mut worker);
         for thread in threads {
             let joined = thread

@@ -3,7 +3,8 @@
 //! without decrypting anything. This crate owns everything that does IO:
 //! the configuration, keys on disk, the metrics endpoint, the IO backends
 //! (io_uring and epoll) that feed datagrams to the core's router and
-//! execute its verdicts, and the XDP map updater that applies its commands.
+//! execute its verdicts, the alternate STUN sockets' thread (`stun`), and the
+//! XDP map updater that applies its commands.
 //!
 //! Decisions belong in the core. Backends own sockets, the clock and
 //! signals, and pass time and bytes in.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod data_plane;
 pub mod http;
+pub mod stun;
 pub mod worker;
 #[cfg(feature = "xdp")]
 pub mod xdp;

@@ -21,10 +21,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lanrage_relay_core::router::{Router, Verdict};
+use lanrage_relay_core::router::{Decision, LocalSocket, Router};
 use lanrage_relay_core::Command;
 
 use crate::backend::Handler;
+use crate::stun::StunHandoff;
 
 /// How often worker 0 reconciles the route copy with the router, at most.
 /// It walks the whole kernel map, so far less often than the router sweeps
@@ -70,6 +71,8 @@ impl SharedCopy {
 pub struct Worker {
     router: Router,
     copy: Option<SharedCopy>,
+    /// Where STUN answers for the alternate sockets go (`crate::stun`).
+    stun: Option<StunHandoff>,
     /// Worker 0's next reconcile; `None` on the others.
     next_reconcile: Option<Instant>,
 }
@@ -85,8 +88,15 @@ impl Worker {
         Self {
             router,
             copy,
+            stun: None,
             next_reconcile,
         }
+    }
+
+    /// Hands STUN answers for the alternate sockets to `handoff`.
+    pub fn with_stun(mut self, handoff: Option<StunHandoff>) -> Self {
+        self.stun = handoff;
+        self
     }
 
     pub fn router(&self) -> &Router {
@@ -114,10 +124,17 @@ fn reconcile_interval(idle_timeout: Duration) -> Duration {
 }
 
 impl Handler for Worker {
-    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
-        let verdict = self.router.handle(now, src, buf);
+    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Decision {
+        let decision = self.router.handle_at(now, LocalSocket::Primary, src, buf);
         self.apply_commands();
-        verdict
+        decision
+    }
+
+    fn reply_from(&mut self, socket: LocalSocket, dst: SocketAddr, bytes: &[u8]) {
+        match &self.stun {
+            Some(handoff) => handoff.send(socket, dst, bytes),
+            None => Handler::reply_from(&mut self.router, socket, dst, bytes),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {

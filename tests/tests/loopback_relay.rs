@@ -346,8 +346,17 @@ fn malformed_packets_are_dropped_counted_and_never_amplified(backend: Backend) -
             hint[..8].copy_from_slice(b"LRG!\x02\x03\x00\x00");
             hint
         }),
-        ("stun_unsupported", {
+        // A bare Binding request: even XOR-MAPPED-ADDRESS (32 bytes) would
+        // be larger than it.
+        ("stun_request_too_short", {
             let mut stun = vec![0u8; 20];
+            stun[1] = 1;
+            stun[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+            stun
+        }),
+        // Its header says 0 bytes follow; 4 do.
+        ("stun_malformed", {
+            let mut stun = vec![0u8; 24];
             stun[1] = 1;
             stun[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
             stun

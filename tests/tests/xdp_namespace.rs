@@ -376,6 +376,11 @@ fn relay_forwards_through_xdp(test: &str, mode: &str) -> Result<()> {
     establish_retrying(&mut pa, &mut pb, 5, Duration::from_secs(1))?;
     transfer(&mut pa, &mut pb, E2E_PACKETS, 0xA)?;
     transfer(&mut pb, &mut pa, E2E_PACKETS, 0xB)?;
+    stun_with_xdp_attached(&e2e)?;
+    assert_eq!(
+        relay.metric("lanrage_relay_stun_responses_total{kind=\"success\"}")?,
+        2
+    );
     let xdp_tx = relay.metric(contract::XDP_TX)?;
     let userspace = relay.metric(contract::USERSPACE_TRANSPORT)?;
     eprintln!("{test}: xdp tx {xdp_tx}, userspace transport {userspace}");
@@ -389,6 +394,59 @@ fn relay_forwards_through_xdp(test: &str, mode: &str) -> Result<()> {
         "userspace forwarded {userspace} transport packets; XDP should carry them"
     );
     relay.stop()?;
+    Ok(())
+}
+
+/// The relay's alternate STUN port in the XDP labs.
+const STUN_ALTERNATE_PORT: u16 = RELAY_PORT + 1;
+
+/// STUN while XDP is attached: the program passes it (it is not transport,
+/// and the alternate port is not the relay's), and the relay answers a
+/// padded Binding with host A's address, and a change-port request from
+/// the alternate port.
+fn stun_with_xdp_attached(e2e: &E2e) -> Result<()> {
+    use lanrage_proto::stun::{BindingResponse, ChangeRequest, RequestBuilder, MAX_RESPONSE_LEN};
+    let relay = e2e.lab.host("relay");
+    let listen = SocketAddr::from((relay.addr, RELAY_PORT));
+    let alternate = SocketAddr::from((relay.addr, STUN_ALTERNATE_PORT));
+    let socket = e2e.lab.host("a").udp_socket(PEER_PORT + 1)?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let me = socket.local_addr()?;
+    let change_port = Some(ChangeRequest {
+        change_ip: false,
+        change_port: true,
+    });
+    for (txid, change, from) in [(1u8, None, listen), (2, change_port, alternate)] {
+        let request = RequestBuilder {
+            change,
+            pad_to: MAX_RESPONSE_LEN,
+            ..RequestBuilder::new([txid; 12])
+        };
+        let mut buf = [0u8; 256];
+        let len = request.encode(&mut buf)?;
+        let mut answer = [0u8; 512];
+        // Three tries, as a STUN client retransmits.
+        let mut got = None;
+        for _ in 0..3 {
+            socket.send_to(&buf[..len], listen)?;
+            if let Ok(received) = socket.recv_from(&mut answer) {
+                got = Some(received);
+                break;
+            }
+        }
+        let (n, came_from) = got.context("no STUN answer with XDP attached")?;
+        assert_eq!(came_from, from, "request {txid}");
+        assert!(n <= len, "a {n}-byte answer to {len} bytes");
+        let BindingResponse::Success(s) = BindingResponse::parse(&answer[..n])? else {
+            bail!("STUN error response with XDP attached");
+        };
+        assert_eq!(s.transaction_id, [txid; 12]);
+        assert_eq!(
+            s.xor_mapped,
+            Some(me),
+            "XOR-MAPPED-ADDRESS with XDP attached"
+        );
+    }
     Ok(())
 }
 
@@ -510,7 +568,8 @@ impl E2e {
         std::fs::write(
             &config,
             format!(
-                "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: \"{METRICS}\"\nprivate_key_file: \"{}\"\n{}",
+                "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: \"{METRICS}\"\nprivate_key_file: \"{}\"\n\
+                 stun:\n  alternate_port: {STUN_ALTERNATE_PORT}\n{}",
                 relay.addr,
                 key_path.display(),
                 contract::xdp_yaml(&relay.iface, mode, &bpffs.path.join("lanrage")),

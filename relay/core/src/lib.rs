@@ -1,6 +1,6 @@
 //! `lanrage-relay-core` decides everything the relay does with a datagram and
 //! does none of it. It owns the router (`router`: registrations, handshakes,
-//! routes, replies), the route table the data plane reads lock-free
+//! routes, replies), the STUN responder (`stun`), the route table the data plane reads lock-free
 //! (`route_table`), the per-source rate limits (`rate_limit`) and the relay's
 //! counters (`metrics`).
 //!
@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod route_table;
 pub mod router;
+pub mod stun;
 
 pub use command::Command;

@@ -34,8 +34,22 @@ pub enum DropReason {
     UnknownControlType,
     /// A control message only a relay sends (ack, hint) arrived at the relay.
     UnexpectedControl,
-    /// STUN is recognised but not answered by this build.
-    StunUnsupported,
+    /// STUN that is not a well-formed message (length, attribute framing,
+    /// FINGERPRINT).
+    StunMalformed,
+    /// STUN other than a Binding request (responses, indications, other
+    /// methods): nothing to answer.
+    StunNotBindingRequest,
+    /// A Binding request too short for even the smallest answer: the relay
+    /// never sends an unproven source more than it sent (clients pad).
+    StunRequestTooShort,
+    /// STUN answers per source IP (`stun.rate_limit`) or in total exceeded.
+    StunRateLimited,
+    /// A STUN answer for an alternate socket found the hand-off queue to
+    /// that socket's thread full.
+    StunHandoffFull,
+    /// A STUN answer for an alternate socket, from a driver without one.
+    StunNoAlternateSocket,
     /// Handshake or transport from a source that is not a registered endpoint.
     Unregistered,
     /// Transport message whose `(source, receiver_index)` has no route.
@@ -77,14 +91,19 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 29] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
         Self::UnsupportedVersion,
         Self::UnknownControlType,
         Self::UnexpectedControl,
-        Self::StunUnsupported,
+        Self::StunMalformed,
+        Self::StunNotBindingRequest,
+        Self::StunRequestTooShort,
+        Self::StunRateLimited,
+        Self::StunHandoffFull,
+        Self::StunNoAlternateSocket,
         Self::Unregistered,
         Self::NoRoute,
         Self::NoConsentingResponder,
@@ -113,7 +132,12 @@ impl DropReason {
             Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownControlType => "unknown_control_type",
             Self::UnexpectedControl => "unexpected_control",
-            Self::StunUnsupported => "stun_unsupported",
+            Self::StunMalformed => "stun_malformed",
+            Self::StunNotBindingRequest => "stun_not_binding_request",
+            Self::StunRequestTooShort => "stun_request_too_short",
+            Self::StunRateLimited => "stun_rate_limited",
+            Self::StunHandoffFull => "stun_handoff_full",
+            Self::StunNoAlternateSocket => "stun_no_alternate_socket",
             Self::Unregistered => "unregistered",
             Self::NoRoute => "no_route",
             Self::NoConsentingResponder => "no_consenting_responder",
@@ -167,9 +191,15 @@ pub enum Event {
     SessionReplaced,
     /// A signal forwarded between two consenting peers.
     SignalForwarded,
+    /// A STUN Binding success response sent.
+    StunSuccessSent,
+    /// A STUN Binding error response (420) sent.
+    StunErrorSent,
+    /// A STUN answer that left from an alternate socket (CHANGE-REQUEST).
+    StunSentFromAlternate,
 }
 
-const EVENTS: [(Event, &str, &str); 16] = [
+const EVENTS: [(Event, &str, &str); 19] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -250,6 +280,21 @@ const EVENTS: [(Event, &str, &str); 16] = [
         "lanrage_relay_signals_forwarded_total",
         "Signals forwarded between two registered, mutually consenting peers.",
     ),
+    (
+        Event::StunSuccessSent,
+        "lanrage_relay_stun_responses_total{kind=\"success\"}",
+        "STUN Binding responses sent, by kind (error: 420 Unknown Attribute).",
+    ),
+    (
+        Event::StunErrorSent,
+        "lanrage_relay_stun_responses_total{kind=\"error\"}",
+        "",
+    ),
+    (
+        Event::StunSentFromAlternate,
+        "lanrage_relay_stun_alternate_responses_total",
+        "STUN responses sent from an alternate socket (RFC 5780 CHANGE-REQUEST).",
+    ),
 ];
 
 /// The most worker threads that get a counter shard of their own; more share.
@@ -327,6 +372,7 @@ pub struct Metrics {
     pending_handshakes: AtomicU64,
     handshake_limiter_evictions: AtomicU64,
     hint_limiter_evictions: AtomicU64,
+    stun_limiter_evictions: AtomicU64,
     sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
 }
 
@@ -345,6 +391,7 @@ impl Default for Metrics {
             pending_handshakes: AtomicU64::new(0),
             handshake_limiter_evictions: AtomicU64::new(0),
             hint_limiter_evictions: AtomicU64::new(0),
+            stun_limiter_evictions: AtomicU64::new(0),
             sources: RwLock::new(Vec::new()),
         }
     }
@@ -382,6 +429,11 @@ impl Metrics {
     /// The same for the unknown-session hint limiter.
     pub fn set_hint_limiter_evictions(&self, total: u64) {
         self.hint_limiter_evictions.store(total, Ordering::Relaxed);
+    }
+
+    /// The same for the STUN limiter.
+    pub fn set_stun_limiter_evictions(&self, total: u64) {
+        self.stun_limiter_evictions.store(total, Ordering::Relaxed);
     }
 
     /// Adds metrics rendered after the relay's own on every scrape.
@@ -462,6 +514,7 @@ impl Metrics {
         for (limiter, value) in [
             ("handshake", &self.handshake_limiter_evictions),
             ("hint", &self.hint_limiter_evictions),
+            ("stun", &self.stun_limiter_evictions),
         ] {
             let _ = writeln!(
                 out,

@@ -55,6 +55,8 @@ pub use crate::rate_limit::RateLimit;
 use crate::rate_limit::{Bucket, RateLimiter};
 pub use crate::route_table::RouteKey;
 use crate::route_table::{Route, RouteTable};
+pub use crate::stun::{LocalSocket, StunConfig, StunSockets};
+use crate::stun::{StunReply, StunResponder};
 
 /// What to do with a datagram after [`Router::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,20 @@ pub enum Verdict {
     Reply(usize),
     /// Send nothing; the reason was counted.
     Drop(DropReason),
+}
+
+/// What [`Router::handle_at`] decided: a [`Verdict`] for the socket the
+/// datagram arrived on, or a STUN answer that must leave from another of
+/// the relay's sockets (an RFC 5780 CHANGE-REQUEST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Verdict(Verdict),
+    /// Send `buf[..len]` to the datagram's source from `socket`. Written
+    /// into the received buffer, so never larger than the request.
+    ReplyFrom {
+        socket: LocalSocket,
+        len: usize,
+    },
 }
 
 /// Limits and timeouts of the router. `Default` holds the documented defaults
@@ -99,6 +115,10 @@ pub struct RouterConfig {
     /// a copy of the routes (the XDP fast path). Off by default: nothing
     /// is queued that nobody would drain.
     pub route_commands: bool,
+    /// The STUN responder: where the relay's STUN sockets are, and its
+    /// per-source rate limit. The default knows only the primary socket,
+    /// at an unknown address.
+    pub stun: StunConfig,
 }
 
 impl Default for RouterConfig {
@@ -121,6 +141,7 @@ impl Default for RouterConfig {
                 burst: 4,
             },
             route_commands: false,
+            stun: StunConfig::default(),
         }
     }
 }
@@ -427,6 +448,8 @@ pub struct Router {
     /// Set under the core lock when a command is queued, cleared when they
     /// are taken: lets a driver check for commands without the lock.
     commands_queued: Arc<AtomicBool>,
+    /// Shares its rate limiter with every worker's.
+    stun: StunResponder,
 }
 
 /// The slow path's state: registrations, pending handshakes, rate limits,
@@ -474,6 +497,12 @@ impl Router {
         let replay = ReplayMemory::new(config.max_registrations);
         let commands = CommandQueue::new(config.route_commands);
         let commands_queued = commands.signal();
+        let stun = StunResponder::new(
+            config.stun,
+            config.max_rate_limited_sources,
+            Arc::clone(&metrics),
+            now,
+        );
         let core = Core {
             config,
             epoch,
@@ -505,6 +534,7 @@ impl Router {
             epoch,
             public,
             commands_queued,
+            stun,
         }
     }
 
@@ -524,6 +554,7 @@ impl Router {
             epoch: self.epoch,
             public: self.public,
             commands_queued: Arc::clone(&self.commands_queued),
+            stun: self.stun.clone(),
         }
     }
 
@@ -544,10 +575,44 @@ impl Router {
         &self.metrics
     }
 
-    /// Decides what to do with one datagram. `buf` is exactly the datagram;
-    /// the router may rewrite it (zeroing mac2) or overwrite its head with a reply.
+    /// Decides what to do with one datagram that arrived on the primary
+    /// socket. `buf` is exactly the datagram; the router may rewrite it
+    /// (zeroing mac2) or overwrite its head with a reply.
+    ///
+    /// For a driver with no alternate STUN sockets: a STUN answer that
+    /// should leave from one (configured in [`RouterConfig::stun`]) is a
+    /// counted drop here; drivers with them call [`Router::handle_at`].
     pub fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
-        let outcome = match classify(buf) {
+        match self.handle_at(now, LocalSocket::Primary, src, buf) {
+            Decision::Verdict(verdict) => verdict,
+            Decision::ReplyFrom { .. } => self.drop(src, DropReason::StunNoAlternateSocket),
+        }
+    }
+
+    /// Decides what to do with one datagram that arrived on `socket`. The
+    /// alternate sockets carry STUN only; anything else on them is
+    /// `unknown_protocol`.
+    pub fn handle_at(
+        &mut self,
+        now: Instant,
+        socket: LocalSocket,
+        src: SocketAddr,
+        buf: &mut [u8],
+    ) -> Decision {
+        let kind = classify(buf);
+        if kind == DatagramKind::Stun {
+            return match self.stun.handle(now, socket, src, buf) {
+                Ok(StunReply { from, len }) if from == socket => {
+                    Decision::Verdict(Verdict::Reply(len))
+                }
+                Ok(StunReply { from, len }) => Decision::ReplyFrom { socket: from, len },
+                Err(reason) => Decision::Verdict(self.drop(src, reason)),
+            };
+        }
+        if socket != LocalSocket::Primary {
+            return Decision::Verdict(self.drop(src, DropReason::UnknownProtocol));
+        }
+        let outcome = match kind {
             DatagramKind::WireGuard => match WgMessage::parse(buf) {
                 // The per-packet path: one lock-free lookup, no rewrite.
                 Ok(WgMessage::Transport(t)) => self.route_transport(now, src, t),
@@ -555,10 +620,9 @@ impl Router {
                 Err(_) => Err(DropReason::MalformedWireGuard),
             },
             DatagramKind::Control => self.handle_control(now, src, buf),
-            DatagramKind::Stun => Err(DropReason::StunUnsupported),
-            DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
+            DatagramKind::Stun | DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
-        match outcome {
+        Decision::Verdict(match outcome {
             Ok(Outcome::Forward(dst)) => Verdict::Forward(dst),
             Ok(Outcome::ForwardZeroingMac2(dst)) => {
                 // The responder can't verify the relay's cookie; a zero mac2
@@ -575,7 +639,7 @@ impl Router {
             }
             Ok(Outcome::Reply(_)) => self.drop(src, DropReason::ReplyLargerThanRequest),
             Err(reason) => self.drop(src, reason),
-        }
+        })
     }
 
     fn drop(&self, src: SocketAddr, reason: DropReason) -> Verdict {
@@ -777,6 +841,8 @@ impl Router {
             let evictions = hints.per_ip.evictions();
             drop(hints);
             self.metrics.set_hint_limiter_evictions(evictions);
+            let evictions = self.stun.handle_timeout(now);
+            self.metrics.set_stun_limiter_evictions(evictions);
         }
     }
 

@@ -255,8 +255,8 @@ impl Batch {
                 continue;
             };
             let len = (self.recv_hdrs[i].msg_len as usize).min(MAX_DATAGRAM);
-            let verdict = handler.handle(now, src, &mut self.bufs[i][..len]);
-            if let Some(out) = transmit::outgoing(verdict, src, i, len) {
+            let verdict = super::dispatch(handler, now, src, &mut self.bufs[i][..len]);
+            if let Some(out) = verdict.and_then(|v| transmit::outgoing(v, src, i, len)) {
                 self.outgoing.push(out);
             }
         }

@@ -31,23 +31,34 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{BackendChoice, SocketConfig};
-use lanrage_relay_core::router::{Router, Verdict};
+use lanrage_relay_core::metrics::DropReason;
+use lanrage_relay_core::router::{Decision, LocalSocket, Router, Verdict};
 pub use metrics::BackendMetrics;
 
 /// What a backend drives: the sans-IO router, or a test double.
 pub trait Handler {
     /// One received datagram; `buf` is exactly its bytes and may be rewritten
-    /// in place for a [`Verdict::Reply`].
-    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict;
+    /// in place for a [`Verdict::Reply`] or a [`Decision::ReplyFrom`].
+    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Decision;
+    /// A STUN answer `bytes` for `dst` that must leave from another of the
+    /// relay's sockets ([`Decision::ReplyFrom`]): the handler hands it to
+    /// whoever owns that socket (`crate::stun`); the backend sends nothing.
+    fn reply_from(&mut self, socket: LocalSocket, dst: SocketAddr, bytes: &[u8]);
     /// Called once `poll_timeout` has passed.
     fn handle_timeout(&mut self, now: Instant);
     /// The next instant `handle_timeout` wants to run, if any.
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
+/// A bare router has no alternate sockets: a hand-off is a counted drop
+/// (it only happens if its config names alternates anyway).
 impl Handler for Router {
-    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
-        Router::handle(self, now, src, buf)
+    fn handle(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8]) -> Decision {
+        Router::handle_at(self, now, LocalSocket::Primary, src, buf)
+    }
+    fn reply_from(&mut self, _socket: LocalSocket, _dst: SocketAddr, _bytes: &[u8]) {
+        self.metrics()
+            .record_drop(DropReason::StunNoAlternateSocket);
     }
     fn handle_timeout(&mut self, now: Instant) {
         Router::handle_timeout(self, now)
@@ -171,6 +182,26 @@ pub fn resolve(choice: BackendChoice) -> BackendChoice {
 /// Whether the io_uring backend can run here, or why not (see [`uring::probe`]).
 pub fn io_uring_available() -> Result<(), String> {
     uring::probe()
+}
+
+/// Runs `handler` on one datagram, handing a STUN answer for another socket
+/// back to it ([`Handler::reply_from`]). Returns the verdict this backend
+/// executes, `None` when it has nothing to send. Both backends call it, so
+/// the hand-off is one piece of code.
+pub(crate) fn dispatch<H: Handler>(
+    handler: &mut H,
+    now: Instant,
+    src: SocketAddr,
+    buf: &mut [u8],
+) -> Option<Verdict> {
+    match handler.handle(now, src, buf) {
+        Decision::Verdict(verdict) => Some(verdict),
+        Decision::ReplyFrom { socket, len } => {
+            let len = len.min(buf.len());
+            handler.reply_from(socket, src, &buf[..len]);
+            None
+        }
+    }
 }
 
 /// How long to wait when a handler's deadline is still in the past right

@@ -12,7 +12,7 @@ use super::metrics::{BackendMetrics, Counter};
 use super::{bind_udp, epoll, uring, Backend, Handler, Inner, Options, StopHandle};
 use crate::config::SocketConfig;
 use lanrage_relay_core::metrics::DropReason;
-use lanrage_relay_core::router::Verdict;
+use lanrage_relay_core::router::{Decision, LocalSocket, Verdict};
 use lanrage_test_support::privileged::skip_or_fail;
 
 /// Which backend a shared test runs on.
@@ -205,6 +205,9 @@ pub struct Fake {
     pub sink: SocketAddr,
     pub sink2: SocketAddr,
     pub seen: Vec<(SocketAddr, Vec<u8>)>,
+    /// What `reply_from` was given: `alt…` datagrams, answered `ok` from
+    /// the alternate port.
+    pub handed_off: Vec<(LocalSocket, SocketAddr, Vec<u8>)>,
     pub deadline: Option<Instant>,
     pub timeouts_fired: usize,
 }
@@ -215,6 +218,7 @@ impl Fake {
             sink,
             sink2,
             seen: Vec::new(),
+            handed_off: Vec::new(),
             deadline: Some(Instant::now()),
             timeouts_fired: 0,
         }
@@ -222,9 +226,16 @@ impl Fake {
 }
 
 impl Handler for Fake {
-    fn handle(&mut self, _now: Instant, src: SocketAddr, buf: &mut [u8]) -> Verdict {
+    fn handle(&mut self, _now: Instant, src: SocketAddr, buf: &mut [u8]) -> Decision {
         self.seen.push((src, buf.to_vec()));
-        if buf.starts_with(b"fwd") {
+        if buf.starts_with(b"alt") {
+            buf[..2].copy_from_slice(b"ok");
+            return Decision::ReplyFrom {
+                socket: LocalSocket::AltPort,
+                len: 2,
+            };
+        }
+        Decision::Verdict(if buf.starts_with(b"fwd") {
             Verdict::Forward(self.sink)
         } else if buf.starts_with(b"fw2") {
             Verdict::Forward(self.sink2)
@@ -233,7 +244,10 @@ impl Handler for Fake {
             Verdict::Reply(2)
         } else {
             Verdict::Drop(DropReason::UnknownProtocol)
-        }
+        })
+    }
+    fn reply_from(&mut self, socket: LocalSocket, dst: SocketAddr, bytes: &[u8]) {
+        self.handed_off.push((socket, dst, bytes.to_vec()));
     }
     fn handle_timeout(&mut self, _now: Instant) {
         self.timeouts_fired += 1;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::test_support::{client, datagram, recv, refuse_gso, start, Fake, Kind, Setup};
 use super::{bind_udp, epoll::MAX_DATAGRAM};
 use crate::config::SocketConfig;
+use lanrage_relay_core::router::LocalSocket;
 
 /// Generates `epoll::$test` and `io_uring::$test` for each shared test.
 macro_rules! over_both_backends {
@@ -44,6 +45,8 @@ over_both_backends!(
     equal_sized_burst_goes_out_with_gso_and_arrives_as_datagrams,
     mixed_burst_keeps_every_datagram_and_its_order,
     refused_gso_resends_every_datagram,
+    an_answer_for_another_socket_goes_to_the_handler_not_the_wire,
+    stun_binding_and_change_requests_over_real_sockets,
 );
 
 fn forwards_replies_drops_and_stops(kind: Kind) {
@@ -315,4 +318,138 @@ fn refused_gso_resends_every_datagram(kind: Kind) {
     let done = running.finish();
     assert!(done.gso_refused() >= 1);
     assert_eq!(done.send_errors(), 0);
+}
+
+/// A [`Decision::ReplyFrom`] is the handler's to send (`reply_from`): the
+/// backend sends nothing for it and carries on.
+fn an_answer_for_another_socket_goes_to_the_handler_not_the_wire(kind: Kind) {
+    let peer = client("127.0.0.1:0");
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let running = start(
+        kind,
+        Setup::default(),
+        Fake::new(nowhere, nowhere),
+        |_, _| {},
+    )
+    .expect("start");
+    peer.send_to(b"alt-me", running.relay).expect("send");
+    peer.send_to(b"reply-me", running.relay).expect("send");
+    // Had the backend sent the hand-off's `ok` itself, it would come first.
+    assert_eq!(recv(&peer), (b"ok".to_vec(), running.relay));
+    let done = running.finish();
+    let peer_addr = peer.local_addr().expect("addr");
+    assert_eq!(
+        done.fake.handed_off,
+        vec![(LocalSocket::AltPort, peer_addr, b"ok".to_vec())]
+    );
+    assert_eq!(done.fake.seen.len(), 2);
+}
+
+/// The real router and the alternate sockets' thread behind a backend, on
+/// loopback: a padded Binding is answered with the client's address; a
+/// "change port" request on `listen` is answered from the alternate port
+/// (handed off by the worker), and one on the alternate port from
+/// `listen`; a bare 20-byte request gets nothing, counted.
+fn stun_binding_and_change_requests_over_real_sockets(kind: Kind) {
+    use crate::config::StunSettings;
+    use crate::stun::StunSide;
+    use crate::worker::Worker;
+    use lanrage_proto::stun::{BindingResponse, ChangeRequest, RequestBuilder, MAX_RESPONSE_LEN};
+    use lanrage_relay_core::metrics::DropReason;
+    use lanrage_relay_core::router::{Router, RouterConfig};
+    use std::time::Instant;
+
+    let socket = bind_udp(
+        "127.0.0.1:0".parse().expect("addr"),
+        &SocketConfig::default(),
+    )
+    .expect("bind");
+    let listen = socket.local_addr().expect("addr");
+    let settings = StunSettings {
+        alternate_port: Some(0),
+        ..StunSettings::default()
+    };
+    let side = StunSide::bind(
+        &settings,
+        &SocketConfig::default(),
+        listen,
+        socket.try_clone().expect("clone"),
+    )
+    .expect("alternate port");
+    let sockets = side.addresses();
+    let alternate = SocketAddr::new(listen.ip(), sockets.alternate_port.expect("bound"));
+    let mut config = RouterConfig::default();
+    config.stun.sockets = sockets;
+    let secret = lanrage_proto::x25519::StaticSecret::from([7u8; 32]);
+    let router = Router::new(config, secret, 1, [3; 32], Instant::now());
+    let metrics = std::sync::Arc::clone(router.metrics());
+    let service = side
+        .spawn(router.worker(), 1)
+        .expect("spawn")
+        .expect("alternates to serve");
+    let mut worker =
+        Worker::new(0, router, None, Instant::now()).with_stun(Some(service.handoff()));
+    let options = super::Options {
+        batch_size: 8,
+        gso: true,
+    };
+    let backend =
+        super::test_support::backend(kind, socket, options, 64, std::sync::Arc::default())
+            .expect("backend");
+    let stop = backend.stop_handle();
+    let thread = std::thread::spawn(move || backend.run(&mut worker).expect("run"));
+
+    let peer = client("127.0.0.1:0");
+    let me = peer.local_addr().expect("addr");
+    let ask = |to: SocketAddr, change: Option<ChangeRequest>, txid: u8| {
+        let request = RequestBuilder {
+            change,
+            pad_to: MAX_RESPONSE_LEN,
+            ..RequestBuilder::new([txid; 12])
+        };
+        let mut buf = [0u8; 256];
+        let len = request.encode(&mut buf).expect("encode");
+        peer.send_to(&buf[..len], to).expect("send");
+        let (answer, from) = recv(&peer);
+        assert!(answer.len() <= len, "answer larger than the request");
+        let BindingResponse::Success(s) = BindingResponse::parse(&answer).expect("a STUN response")
+        else {
+            panic!("an error response");
+        };
+        assert_eq!(s.transaction_id, [txid; 12]);
+        (s, from)
+    };
+    let (s, from) = ask(listen, None, 1);
+    assert_eq!((s.xor_mapped, from), (Some(me), listen));
+    assert_eq!(s.other, Some(alternate));
+    assert_eq!(s.origin, Some(listen));
+    let port = Some(ChangeRequest {
+        change_ip: false,
+        change_port: true,
+    });
+    let (s, from) = ask(listen, port, 2);
+    assert_eq!(
+        (s.xor_mapped, from, s.origin),
+        (Some(me), alternate, Some(alternate))
+    );
+    let (s, from) = ask(alternate, port, 3);
+    assert_eq!(
+        (s.xor_mapped, from, s.other),
+        (Some(me), listen, Some(listen))
+    );
+    // A bare header: nothing fits. The next answer proves it was handled.
+    let mut bare = [0u8; 20];
+    let len = RequestBuilder {
+        fingerprint: false,
+        ..RequestBuilder::new([4; 12])
+    }
+    .encode(&mut bare)
+    .expect("encode");
+    peer.send_to(&bare[..len], listen).expect("send");
+    let (s, _) = ask(listen, None, 5);
+    assert_eq!(s.transaction_id, [5; 12]);
+    assert_eq!(metrics.dropped(DropReason::StunRequestTooShort), 1);
+    stop.stop();
+    thread.join().expect("backend thread");
+    service.stop();
 }

@@ -242,6 +242,25 @@ fn parse_address(value: &Value) -> Result<SocketAddr, String> {
     }
 }
 
+/// What an IP address field allows.
+const IP: &str = "an IP address such as 203.0.113.2 or \"2001:db8::2\" (no port; \
+    host names are not resolved)";
+
+/// An IP address field (no port) where `null` means "not set".
+pub fn optional_ip<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::net::IpAddr>, D::Error> {
+    checked(deserializer, |value| match &value {
+        Value::Null => Ok(None),
+        Value::Str(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| reason(IP, &value)),
+        other => Err(reason(IP, other)),
+    })
+}
+
 /// A `true`/`false` field.
 pub fn boolean<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     checked(deserializer, |value| match value {

@@ -409,8 +409,9 @@ impl UringBackend {
                 // reference to it exists. `offset + payload_len <= len <=
                 // BUF_SIZE` was checked by `parse`.
                 let payload = unsafe { self.bufs.slice_mut(bid, offset, payload_len) };
-                let verdict = handler.handle(now, src, payload);
-                match transmit::outgoing(verdict, src, Held { bid, offset }, payload_len) {
+                let verdict = super::dispatch(handler, now, src, payload);
+                let held = Held { bid, offset };
+                match verdict.and_then(|v| transmit::outgoing(v, src, held, payload_len)) {
                     Some(out) => self.outgoing.push(out),
                     None => self.bufs.recycle(bid),
                 }
