@@ -295,7 +295,6 @@ fn lab_for(
     Ok(Some((guard, Lab::with_forwarders(forwarded)?)))
 }
 
-
 fn lab_or_skip(test: &str) -> bool {
     if let Err(why) = lab_available() {
         skip_or_fail(test, &why);
@@ -472,12 +471,10 @@ fn clients_punch_a_direct_path_and_fall_back_to_the_relay() -> Result<()> {
     // (the relays are elsewhere), while pinging at 50/s.
     let pinger = lab.pinger(250)?;
     std::thread::sleep(Duration::from_secs(1));
-    lab.lab.host("alice").ns.nft(
-        &format!(
-            "add table inet cut\nadd chain inet cut out {{ type filter hook output priority 0; }}\n\
+    lab.lab.host("alice").ns.nft(&format!(
+        "add table inet cut\nadd chain inet cut out {{ type filter hook output priority 0; }}\n\
              add rule inet cut out ip daddr {bob_addr} drop\n"
-        ),
-    )?;
+    ))?;
     let (seqs, gap) = pinged(pinger, PING_INTERVAL)?;
     println!(
         "direct path cut: longest gap {gap:?}, {} of 250 answered",

@@ -236,6 +236,23 @@ impl DirectPath {
         }
     }
 
+    /// The peer's session reached us straight from `from` before any pong
+    /// of ours did: that address works both ways (the peer sent from it, so
+    /// its NAT lets our answers in), as WireGuard's roaming assumes. It
+    /// becomes the confirmed path if there is none; whether it did.
+    pub fn adopt(&mut self, now: Instant, from: SocketAddr) -> bool {
+        if self.confirmed.is_some() {
+            return false;
+        }
+        self.confirmed = Some(Confirmed {
+            addr: from,
+            last_heard: now,
+            next_heartbeat: now,
+        });
+        self.punch = None;
+        true
+    }
+
     /// An authenticated WireGuard datagram from `from`: the path lives.
     pub fn heard_from(&mut self, now: Instant, from: SocketAddr) {
         if let Some(c) = &mut self.confirmed {

@@ -1322,20 +1322,30 @@ impl Engine {
             packet,
             Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
         );
+        // Whether the peer's session reached us straight from an address
+        // of its that we weren't sending to: see below.
+        let mut adopted = false;
         let result = self.peers[peer]
             .tunn
             .decapsulate(None, bytes, &mut self.scratch);
         if !matches!(result, TunnResult::Err(_)) {
             let was_active = self.peers[peer].is_active(now);
             match via {
-                Via::Relay(relay) if !was_active => {
-                    // Traffic again after a quiet spell: the relay it came
-                    // through is probed fast again (a receiving side must
-                    // notice a dead relay within about a second too).
-                    self.relays[relay].set_in_use(now, true);
+                Via::Relay(relay) => {
+                    self.relays[relay].forwarded(now);
+                    if !was_active {
+                        // Traffic again after a quiet spell: the relay it
+                        // came through is probed fast again (a receiving
+                        // side must notice a dead relay within about a
+                        // second too).
+                        self.relays[relay].set_in_use(now, true);
+                    }
                 }
-                Via::Relay(_) => {}
-                Via::Direct { from, .. } => self.peers[peer].direct_path.heard_from(now, from),
+                Via::Direct { from, .. } => {
+                    self.peers[peer].direct_path.heard_from(now, from);
+                    let p = &mut self.peers[peer];
+                    adopted = !p.pinned && p.direct.is_none() && p.direct_path.adopt(now, from);
+                }
             }
             if !was_active {
                 self.peers[peer].direct_path.wake(now);
@@ -1367,6 +1377,14 @@ impl Engine {
             TunnResult::WriteToTunnelV6(..) => {
                 self.count(DropReason::SpoofedInnerSource);
                 return;
+            }
+        }
+        if adopted {
+            // Its session came straight to us: answer the same way (the
+            // relay may never have seen this session, so it couldn't carry
+            // our answers), even before our own pong arrives.
+            if let Via::Direct { from, .. } = via {
+                self.upgrade(peer, from);
             }
         }
         if handshake {

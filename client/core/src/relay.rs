@@ -30,6 +30,9 @@ pub const PROBE_IN_USE: Duration = Duration::from_millis(300);
 pub const PROBE_IDLE: Duration = Duration::from_secs(5);
 /// Unanswered probes in a row that make a relay unreachable (§2.8).
 pub const DEAD_AFTER: usize = 3;
+/// A relay that forwarded a peer's datagram to us this recently is not
+/// dead, whatever its probes say.
+pub const FORWARDED_IS_ALIVE: Duration = Duration::from_millis(500);
 /// Probes remembered for matching acks.
 const PROBES_IN_FLIGHT: usize = 32;
 
@@ -71,6 +74,9 @@ pub struct Relay {
     pub epoch: Option<u64>,
     pub reflexive: Option<SocketAddr>,
     pub estimator: Estimator,
+    /// The last authenticated datagram it forwarded to us (a peer's
+    /// WireGuard or signal): proof of life besides probe acks.
+    last_forwarded: Option<Instant>,
     probes: VecDeque<(u64, Instant)>,
     next_probe: Instant,
     reachable: bool,
@@ -103,6 +109,7 @@ impl Relay {
             rejoining: false,
             epoch: None,
             reflexive: None,
+            last_forwarded: None,
             estimator: Estimator::default(),
             probes: VecDeque::new(),
             next_probe: now + PROBE_IDLE,
@@ -202,7 +209,16 @@ impl Relay {
             .map_or(Duration::from_millis(250), |rtt| {
                 (rtt * 2).max(Duration::from_millis(100))
             });
-        if self.reachable && self.estimator.unanswered_in_a_row(now, grace) >= DEAD_AFTER {
+        // A relay that is forwarding our peers' datagrams to us is alive,
+        // whatever happened to a few probes: random loss must not fail a
+        // good path over (only silence does).
+        let forwarding = self
+            .last_forwarded
+            .is_some_and(|at| now.saturating_duration_since(at) < FORWARDED_IS_ALIVE);
+        if self.reachable
+            && !forwarding
+            && self.estimator.unanswered_in_a_row(now, grace) >= DEAD_AFTER
+        {
             self.reachable = false;
             tracing::info!(relay = %self.spec.name, "relay unreachable: {DEAD_AFTER} probes unanswered");
         }
@@ -305,6 +321,11 @@ impl Relay {
             }
             _ => RelayNews::Nothing,
         }
+    }
+
+    /// An authenticated datagram it forwarded to us from a peer.
+    pub fn forwarded(&mut self, now: Instant) {
+        self.last_forwarded = Some(now);
     }
 
     pub fn reachable(&self) -> bool {

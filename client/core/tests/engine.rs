@@ -184,10 +184,16 @@ fn jitter_on_the_relay_in_use_never_flaps_the_path() {
             .iter()
             .filter(|(_, e)| matches!(e, Event::PathChanged { .. }))
             .collect();
+        let others: Vec<_> = sim.clients[c]
+            .events
+            .iter()
+            .filter(|(_, e)| !matches!(e, Event::PathChanged { .. }))
+            .map(|(at, e)| (*at - sim.start, e))
+            .collect();
         assert_eq!(
             changes.len(),
             1,
-            "client {c}: one path, chosen once: {changes:?}"
+            "client {c}: one path, chosen once: {changes:?}\nother events: {others:?}"
         );
     }
     assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay2"));
