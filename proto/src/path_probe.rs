@@ -217,31 +217,34 @@ impl<'a> PathProbeView<'a> {
 /// candidates may arrive out of order, so this is a window, not "newer than
 /// the last": a timestamp is accepted once, and only within
 /// [`ReplayWindow::SPAN_NANOS`] of the newest seen.
+///
+/// `N` accepted timestamps are remembered: 256 by default (a sender probes
+/// at most a few hundred candidates per attempt, spread over time, so that
+/// covers a window's worth); a relay, which keeps one window per
+/// registered client for signals, keeps 8.
 #[derive(Debug, Clone)]
-pub struct ReplayWindow {
+pub struct ReplayWindow<const N: usize = 256> {
     newest: u64,
     /// The most recent accepted timestamps (a ring).
-    seen: [u64; Self::REMEMBERED],
+    seen: [u64; N],
     next: usize,
 }
 
-impl Default for ReplayWindow {
+impl<const N: usize> Default for ReplayWindow<N> {
     fn default() -> Self {
         Self {
             newest: 0,
-            seen: [0; Self::REMEMBERED],
+            seen: [0; N],
             next: 0,
         }
     }
 }
 
-impl ReplayWindow {
+impl<const N: usize> ReplayWindow<N> {
     /// Older than the newest by more than this: refused (2 s).
     pub const SPAN_NANOS: u64 = 2_000_000_000;
-    /// How many accepted timestamps are remembered. A sender probes at most
-    /// a few hundred candidates per attempt, spread over time, so 256
-    /// covers a window's worth.
-    pub const REMEMBERED: usize = 256;
+    /// How many accepted timestamps are remembered.
+    pub const REMEMBERED: usize = N;
 
     /// Whether `timestamp` would be accepted (nothing is recorded).
     pub fn check(&self, timestamp: u64) -> bool {
@@ -382,19 +385,19 @@ mod tests {
 
     #[test]
     fn the_replay_window_accepts_each_timestamp_once_and_only_recent_ones() {
-        let mut w = ReplayWindow::default();
+        let mut w = ReplayWindow::<256>::default();
         let t = 10_000_000_000;
         assert!(w.accept(t));
         assert!(!w.accept(t), "a replay");
         assert!(w.accept(t + 5), "newer");
         assert!(w.accept(t + 3), "reordered, within the window");
         assert!(!w.accept(t + 3));
-        assert!(w.accept(t + 3 * ReplayWindow::SPAN_NANOS));
+        assert!(w.accept(t + 3 * ReplayWindow::<256>::SPAN_NANOS));
         assert!(!w.accept(t + 1), "far older than the newest");
         assert!(!w.accept(0));
         // Once the ring has wrapped, what it forgot is refused.
-        let mut w = ReplayWindow::default();
-        for i in 0..ReplayWindow::REMEMBERED as u64 + 10 {
+        let mut w = ReplayWindow::<8>::default();
+        for i in 0..ReplayWindow::<8>::REMEMBERED as u64 + 10 {
             assert!(w.accept(t + 10 * i));
         }
         assert!(!w.accept(t + 15), "older than the oldest remembered");

@@ -87,29 +87,42 @@ fn replays_forgeries_and_strangers_are_dropped_and_never_answered() {
     let now = Instant::now();
     let mut router = router(now);
     let (a, b) = pair(&mut router, now);
-    let wire = signal(&a, &b, 50);
+    const S: u64 = 1_000_000_000; // a second of timestamp
+    let wire = signal(&a, &b, 50 * S);
     assert_eq!(
         verdict(&mut router, now, &a, &wire),
         Verdict::Forward(b.endpoint)
     );
-    // The same bytes again, and an older timestamp: replays.
+    // The same bytes again, and a timestamp far older than the newest:
+    // replays.
     assert_eq!(
         verdict(&mut router, now, &a, &wire),
         Verdict::Drop(DropReason::SignalReplay)
     );
     assert_eq!(
-        verdict(&mut router, now, &a, &signal(&a, &b, 49)),
+        verdict(&mut router, now, &a, &signal(&a, &b, 47 * S)),
+        Verdict::Drop(DropReason::SignalReplay)
+    );
+    // Slightly older but never seen (a jittery path reordered two signals
+    // sent close together): forwarded, once.
+    let reordered = signal(&a, &b, 50 * S - 5_000_000);
+    assert_eq!(
+        verdict(&mut router, now, &a, &reordered),
+        Verdict::Forward(b.endpoint)
+    );
+    assert_eq!(
+        verdict(&mut router, now, &a, &reordered),
         Verdict::Drop(DropReason::SignalReplay)
     );
     // A's signal from another address (spoofed, or A's old NAT mapping).
     let mut elsewhere = Peer::new(1, "192.0.2.66:6666");
     elsewhere.keys = a.keys.clone();
     assert_eq!(
-        verdict(&mut router, now, &elsewhere, &signal(&a, &b, 60)),
+        verdict(&mut router, now, &elsewhere, &signal(&a, &b, 60 * S)),
         Verdict::Drop(DropReason::Unregistered)
     );
     // B forges a signal in A's name from B's own address: not A's endpoint.
-    let mut forged = signal(&a, &b, 61);
+    let mut forged = signal(&a, &b, 61 * S);
     assert_eq!(
         verdict(&mut router, now, &b, &forged),
         Verdict::Drop(DropReason::Unregistered)
@@ -122,7 +135,7 @@ fn replays_forgeries_and_strangers_are_dropped_and_never_answered() {
         Verdict::Drop(DropReason::SignalBadMac)
     );
     // Never a reply: nothing goes back towards any source.
-    assert_eq!(router.metrics().dropped(DropReason::SignalReplay), 2);
+    assert_eq!(router.metrics().dropped(DropReason::SignalReplay), 3);
 }
 
 #[test]

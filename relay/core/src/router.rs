@@ -44,6 +44,7 @@ use lanrage_proto::control::{
     PROBE_ACK_LEN, REGISTER_ACK_LEN, UNKNOWN_SESSION_LEN,
 };
 use lanrage_proto::mac::{self, CookieKey, Mac1Key};
+use lanrage_proto::path_probe::ReplayWindow;
 use lanrage_proto::signal::SignalView;
 use lanrage_proto::wireguard::{CookieReply, Handshake, Transport, COOKIE_REPLY_LEN, MAC_LEN};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
@@ -168,6 +169,9 @@ const CLIENT_REGISTRATION_LIMIT: RateLimit = RateLimit {
 };
 /// A registered client's budget for signals it sends through the relay
 /// (latency vectors, candidates, pings: a few per second at most).
+/// Signal timestamps remembered per client for the replay window (80
+/// bytes a client): a client sends a few signals a second.
+const SIGNALS_REMEMBERED: usize = 8;
 const CLIENT_SIGNAL_LIMIT: RateLimit = RateLimit {
     per_second: 20,
     burst: 40,
@@ -272,9 +276,11 @@ struct Client {
     /// so junk sent in a client's name can't starve a neighbour behind the
     /// same IP; when it is empty, junk is dropped before any mac1 work.
     junk_budget: Bucket,
-    /// The timestamp of the last signal forwarded from this client: the
-    /// next must be above it (replay through the relay).
-    last_signal: u64,
+    /// Timestamps of signals forwarded from this client: each goes once,
+    /// and only within 2 s of the newest (replay through the relay). A
+    /// window, not "above the last": a jittery path reorders signals sent
+    /// close together.
+    signals_seen: ReplayWindow<SIGNALS_REMEMBERED>,
     /// Signals from this client ([`CLIENT_SIGNAL_LIMIT`]).
     signal_budget: Bucket,
 }
@@ -1326,7 +1332,7 @@ impl Core {
         }
         view.verify_relay_mac(&client.keys)
             .map_err(|_| DropReason::SignalBadMac)?;
-        if view.timestamp() <= client.last_signal {
+        if !client.signals_seen.check(view.timestamp()) {
             return Err(DropReason::SignalReplay);
         }
         if !client.signal_budget.take(CLIENT_SIGNAL_LIMIT, now) {
@@ -1335,7 +1341,7 @@ impl Core {
         let Some(target) = target.filter(|_| client.consents_to(&recipient)) else {
             return Err(DropReason::SignalNotForwardable);
         };
-        client.last_signal = view.timestamp();
+        client.signals_seen.accept(view.timestamp());
         self.metrics.record(Event::SignalForwarded);
         Ok(Outcome::Forward(target))
     }
@@ -1429,7 +1435,7 @@ impl Core {
                         pending: Vec::new(),
                         registration_budget,
                         junk_budget: Bucket::full(handshake_limit, now),
-                        last_signal: 0,
+                        signals_seen: ReplayWindow::default(),
                         signal_budget: Bucket::full(CLIENT_SIGNAL_LIMIT, now),
                     },
                 );
