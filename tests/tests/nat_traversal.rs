@@ -404,6 +404,30 @@ fn peers_on_one_lan_connect_by_their_host_addresses() -> Result<()> {
     let path = t.path("alice");
     assert!(path.starts_with(&format!("direct {bob_lan}:")), "{path}");
     println!("same LAN: {path}, to direct {:?}", outcome.to_direct);
+    // `lanrage netcheck`, like `tailscale netcheck`: behind router A, a
+    // port-restricted cone that doesn't hairpin.
+    let report = t.lanrage("alice", &["netcheck", "--json"])?;
+    let nat = &report["nat"];
+    let wan = t.lab.router(Side::A).wan_addr();
+    assert_eq!(nat["udp"], true, "{report:#}");
+    // Both PCs use one port behind one router: one of them gets another.
+    let reflexive = nat["reflexive"].as_str().unwrap_or_default();
+    assert!(reflexive.starts_with(&format!("{wan}:")), "{report:#}");
+    assert_eq!(nat["nat_type"], "port-restricted cone", "{report:#}");
+    assert_eq!(nat["mapping"], "endpoint-independent", "{report:#}");
+    assert_eq!(nat["filtering"], "address-and-port-dependent", "{report:#}");
+    assert_eq!(nat["hairpin"], false, "{report:#}");
+    assert!(
+        report["relays"][0]["rtt_ms"].as_f64().is_some(),
+        "{report:#}"
+    );
+    let text = Command::new(client_binary())
+        .arg("--config")
+        .arg(t.config("alice"))
+        .arg("netcheck")
+        .output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("NAT: port-restricted cone"), "{text}");
     Ok(())
 }
 

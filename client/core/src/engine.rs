@@ -838,9 +838,14 @@ impl Engine {
             self.relays[relay].spec.addr,
         );
         let rng = &mut self.rng;
-        let check = Netcheck::start(now, &name, addr, &self.local_addrs, &mut || {
-            random_txid(rng)
-        });
+        let check = Netcheck::start(
+            now,
+            &name,
+            addr,
+            &self.local_addrs,
+            self.nat.as_ref(),
+            &mut || random_txid(rng),
+        );
         self.netcheck = Some(check);
         self.netcheck_timers(now);
         true
@@ -914,23 +919,36 @@ impl Engine {
         let changed = !self.local_addrs.is_empty();
         self.local_addrs = next;
         if changed {
-            tracing::info!("local addresses changed: finding direct paths again");
-            self.nat = None;
-            self.netcheck = None;
-            for relay in &mut self.relays {
-                relay.register_soon(now);
-            }
-            for peer in 0..self.peers.len() {
-                if self.peers[peer].pinned {
-                    continue;
-                }
-                self.peers[peer].direct_path.reset();
-                if let Some(addr) = self.peers[peer].direct {
-                    self.fall_back(now, peer, addr);
-                }
-            }
+            tracing::info!("local addresses changed");
+            self.network_changed(now);
         }
         // Candidates go out at the next check, which is now.
+        self.next_vector_check = now;
+    }
+
+    /// The network changed under us (new addresses, or a new default
+    /// route: another uplink, the same addresses): what we know of our NAT
+    /// and our direct paths is stale. Punched paths go back to the relay at
+    /// once, the relays are registered with again (they may see us at a
+    /// new address), and NAT discovery and punching run again as soon as a
+    /// relay answers.
+    pub fn network_changed(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        tracing::info!("network changed: finding the NAT and direct paths again");
+        self.nat = None;
+        self.netcheck = None;
+        for relay in &mut self.relays {
+            relay.register_soon(now);
+        }
+        for peer in 0..self.peers.len() {
+            if self.peers[peer].pinned {
+                continue;
+            }
+            self.peers[peer].direct_path.reset();
+            if let Some(addr) = self.peers[peer].direct {
+                self.fall_back(now, peer, addr);
+            }
+        }
         self.next_vector_check = now;
     }
 

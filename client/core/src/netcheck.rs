@@ -145,6 +145,9 @@ struct Test {
 /// clock, and sends what [`Netcheck::poll`] asks for.
 #[derive(Debug)]
 pub struct Netcheck {
+    /// The previous run's findings on this network: its filtering verdict
+    /// stands if the mapping is the same (see [`Netcheck::start`]).
+    previous: Option<NatReport>,
     relay: String,
     server: SocketAddr,
     local: Vec<SocketAddr>,
@@ -157,12 +160,18 @@ pub struct Netcheck {
 impl Netcheck {
     /// Starts a run against `server` (a relay's address). `local`: our host
     /// addresses (to tell whether there is a NAT at all). `txid` gives
-    /// fresh random transaction ids.
+    /// fresh random transaction ids. `previous`: the last run on this
+    /// network, if any. A filtering test only means something before we
+    /// have sent to the relay's other address: once a run has, our NAT's
+    /// filter is open for it, and a second run would see a full cone. So
+    /// while the reflexive address is the one `previous` found, its
+    /// filtering verdict stands (a network change clears `previous`).
     pub fn start(
         now: Instant,
         relay: &str,
         server: SocketAddr,
         local: &[SocketAddr],
+        previous: Option<&NatReport>,
         txid: &mut dyn FnMut() -> TransactionId,
     ) -> Self {
         let both = ChangeRequest {
@@ -189,6 +198,7 @@ impl Netcheck {
         })
         .collect();
         Self {
+            previous: previous.filter(|p| p.relay == relay).cloned(),
             relay: relay.to_owned(),
             server,
             local: local.to_vec(),
@@ -336,7 +346,13 @@ impl Netcheck {
                 };
                 let other = self.report.other_address;
                 let has_other_ip = other.is_some_and(|o| o.ip() != server.ip());
-                self.report.filtering = if from_other_ip(self.answer(TestKind::FilterBoth)) {
+                let earlier = self
+                    .previous
+                    .as_ref()
+                    .filter(|p| p.reflexive == mapped && p.filtering.is_some());
+                self.report.filtering = if let Some(p) = earlier {
+                    p.filtering
+                } else if from_other_ip(self.answer(TestKind::FilterBoth)) {
                     Some(Filtering::EndpointIndependent)
                 } else if from_other_port(self.answer(TestKind::FilterPort)) {
                     // Another port of the same address got through, but not
@@ -433,6 +449,8 @@ mod tests {
         /// Destinations we sent to (what the NAT's filter remembers).
         contacted: Vec<SocketAddr>,
         destinations: Vec<SocketAddr>,
+        /// The last run's report, for the next.
+        previous: Option<NatReport>,
     }
 
     const PUBLIC: [u8; 4] = [203, 0, 113, 5];
@@ -447,6 +465,7 @@ mod tests {
                 other: "198.51.100.2:3479".parse().expect("addr"),
                 contacted: Vec::new(),
                 destinations: Vec::new(),
+                previous: None,
             }
         }
 
@@ -518,11 +537,20 @@ mod tests {
             [n; 12]
         };
         let local: SocketAddr = "192.168.1.10:40000".parse().expect("addr");
-        let mut check = Netcheck::start(t0, "relay1", world.primary, &[local], &mut txid);
+        let previous = world.previous.take();
+        let mut check = Netcheck::start(
+            t0,
+            "relay1",
+            world.primary,
+            &[local],
+            previous.as_ref(),
+            &mut txid,
+        );
         for ms in (0..5000).step_by(10) {
             let now = t0 + Duration::from_millis(ms);
             let mut out = Vec::new();
             if let Some(report) = check.poll(now, &mut txid, &mut out) {
+                world.previous = Some(report.clone());
                 return report;
             }
             for (dst, bytes) in out {
@@ -578,12 +606,32 @@ mod tests {
         }
     }
 
+    /// A second run on the same mapping: the first run's requests to the
+    /// other address opened the NAT's filter for it, so its own filtering
+    /// test would see a full cone; the first verdict stands instead.
+    #[test]
+    fn a_second_run_keeps_the_first_filtering_verdict() {
+        let mut world = World::new(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+            false,
+        );
+        let first = run(&mut world);
+        assert_eq!(first.nat_type(), "port-restricted cone");
+        let second = run(&mut world);
+        assert_eq!(second.nat_type(), "port-restricted cone");
+        // Without the first report, the opened filter fools the test:
+        // which is why the verdict is kept.
+        world.previous = None;
+        assert_eq!(run(&mut world).nat_type(), "full cone");
+    }
+
     #[test]
     fn no_answer_means_no_udp_and_a_report_anyway() {
         let t0 = Instant::now();
         let mut txid = || [7u8; 12];
         let server: SocketAddr = "198.51.100.1:3478".parse().expect("addr");
-        let mut check = Netcheck::start(t0, "relay1", server, &[], &mut txid);
+        let mut check = Netcheck::start(t0, "relay1", server, &[], None, &mut txid);
         let mut sent = 0;
         for ms in (0..2000).step_by(10) {
             let mut out = Vec::new();

@@ -572,3 +572,28 @@ fn without_a_direct_link_punching_gives_up_quietly() {
     // Idle on the relay: registration refreshes and relay probes only.
     assert!(probes < 40, "{probes} datagrams in an idle minute");
 }
+
+/// A network change (a new default route, say) drops the punched path at
+/// once, and the clients punch a new one as soon as the relay has them
+/// registered again; traffic carries on meanwhile.
+#[test]
+fn a_network_change_goes_back_to_the_relay_and_punches_again() {
+    let mut sim = Sim::punchable(
+        13,
+        2,
+        &[vec![Link::ms(5)], vec![Link::ms(5)]],
+        Link::ms(2),
+        true,
+    );
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    let direct = format!("direct {}", sim.client_addr(1));
+    assert_eq!(sim.path_of(0, 1), Some(direct.clone()));
+    let before = sim.received_with(1, PING).len();
+    let now = sim.now;
+    sim.clients[0].engine.network_changed(now);
+    assert_eq!(sim.path_of(0, 1).as_deref(), Some("relay relay1"));
+    let sent = ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(2));
+    assert_eq!(sim.path_of(0, 1), Some(direct));
+    let got = sim.received_with(1, PING).len() - before;
+    assert!(got + 2 >= sent, "{got} of {sent} across the change");
+}

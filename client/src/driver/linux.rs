@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use tun_rs::SyncDevice;
 
-use super::netwatch::{local_addresses, NetWatch};
+use super::netwatch::{default_route, local_addresses, NetWatch};
 use crate::control::{
     error_line, Answer, NatRow, NetcheckReply, PingReply, Request, Server, StatusReply,
     NETCHECK_TIMEOUT, PING_TIMEOUT,
@@ -108,10 +108,9 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         NETWATCH,
         Interest::READABLE,
     )?;
-    engine.set_local_addresses(
-        Instant::now(),
-        &local_addresses(local.port(), &setup.interface),
-    );
+    let mut host_addrs = local_addresses(local.port(), &setup.interface);
+    let mut route = default_route();
+    engine.set_local_addresses(Instant::now(), &host_addrs);
     tracing::info!(%local, public_key = %engine.public_key(), control = %setup.control_socket.display(), "lanrage up");
 
     let mut io = Io {
@@ -146,8 +145,15 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         let now = Instant::now();
         if events.iter().any(|e| e.token() == NETWATCH) && netwatch.drain() {
             let addrs = local_addresses(local.port(), &setup.interface);
-            tracing::debug!(?addrs, "network changed");
-            engine.set_local_addresses(now, &addrs);
+            let new_route = default_route();
+            if addrs != host_addrs {
+                tracing::debug!(?addrs, "addresses changed");
+                engine.set_local_addresses(now, &addrs);
+            } else if new_route != route {
+                tracing::debug!(?new_route, "default route changed");
+                engine.network_changed(now);
+            }
+            (host_addrs, route) = (addrs, new_route);
         }
         // Edge-triggered readiness: drain both every time (bounded).
         busy = io.receive(now, &mut engine);

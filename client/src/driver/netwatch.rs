@@ -45,6 +45,30 @@ pub fn local_addresses(port: u16, skip: &str) -> Vec<SocketAddr> {
     out
 }
 
+/// The IPv4 default route's interface and gateway, from /proc/net/route:
+/// a new one means another uplink even when our addresses stay the same.
+pub fn default_route() -> Option<(String, std::net::Ipv4Addr)> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    parse_default_route(&table)
+}
+
+/// `/proc/net/route`'s columns: Iface, Destination, Gateway (hex, in
+/// network byte order read as a little-endian number), Flags, ...
+fn parse_default_route(table: &str) -> Option<(String, std::net::Ipv4Addr)> {
+    table.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let iface = fields.next()?;
+        let destination = fields.next()?;
+        let gateway = u32::from_str_radix(fields.next()?, 16).ok()?;
+        (destination == "00000000").then(|| {
+            (
+                iface.to_owned(),
+                std::net::Ipv4Addr::from(gateway.to_le_bytes()),
+            )
+        })
+    })
+}
+
 /// A netlink socket that becomes readable when an address, route or link
 /// changes.
 pub struct NetWatch {
@@ -97,6 +121,18 @@ mod tests {
                 .all(|a| !a.ip().is_loopback() && a.port() == 51900),
             "{addrs:?}"
         );
+    }
+
+    #[test]
+    fn the_default_route_is_read_from_the_route_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n\
+                     eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n";
+        assert_eq!(
+            parse_default_route(table),
+            Some(("eth0".to_owned(), std::net::Ipv4Addr::new(192, 168, 1, 1)))
+        );
+        assert_eq!(parse_default_route("Iface\tDestination\n"), None);
     }
 
     #[test]
