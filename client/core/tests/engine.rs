@@ -597,3 +597,69 @@ fn a_network_change_goes_back_to_the_relay_and_punches_again() {
     let got = sim.received_with(1, PING).len() - before;
     assert!(got + 2 >= sent, "{got} of {sent} across the change");
 }
+
+/// Path probes and STUN are the two kinds of datagram the client takes
+/// from anywhere. A replayed or forged probe, one from a stranger's key,
+/// STUN nobody asked for: each is a counted drop, none is answered, and the
+/// direct path carries on.
+#[test]
+fn forged_replayed_and_stray_probes_and_stun_are_counted_and_never_answered() {
+    let mut sim = Sim::punchable(
+        14,
+        2,
+        &[vec![Link::ms(5)], vec![Link::ms(5)]],
+        Link::ms(2),
+        true,
+    );
+    ping_stream(&mut sim, Duration::from_millis(20), Duration::from_secs(1));
+    assert!(sim.path_of(1, 0).is_some_and(|p| p.starts_with("direct ")));
+    let (src, captured) = sim
+        .last_probe
+        .get(&1)
+        .cloned()
+        .expect("a probe reached client 1");
+    let stranger: std::net::SocketAddr = "192.0.2.99:4444".parse().expect("addr");
+    let now = sim.now;
+    let engine = &mut sim.clients[1].engine;
+    while engine.poll_transmit().is_some() {}
+    let drops = |e: &lanrage_client_core::Engine| {
+        // (A bit flip in the magic or the type makes it no probe at all:
+        // from a stranger, that is `unknown_source`.)
+        e.dropped(DropReason::BadControl)
+            + e.dropped(DropReason::Malformed)
+            + e.dropped(DropReason::Stun)
+            + e.dropped(DropReason::UnknownSource)
+    };
+    let before = drops(engine);
+    let mut sent = 0;
+    // The same probe again, from where it came and from a stranger.
+    engine.handle_udp(now, src, &captured);
+    engine.handle_udp(now, stranger, &captured);
+    sent += 2;
+    // Every single-bit change of it.
+    for i in 0..captured.len() {
+        let mut forged = captured.clone();
+        forged[i] ^= 0x01;
+        engine.handle_udp(now, stranger, &forged);
+        sent += 1;
+    }
+    // STUN: a Binding response for no request of ours, and junk with the
+    // magic cookie.
+    let mut stun = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend([7u8; 12]);
+    engine.handle_udp(now, stranger, &stun);
+    stun[3] = 200;
+    engine.handle_udp(now, stranger, &stun);
+    sent += 2;
+    assert_eq!(drops(engine) - before, sent, "every one a counted drop");
+    assert!(engine.poll_transmit().is_none(), "nothing answered");
+    // And the direct path still carries traffic.
+    let got = sim.received_with(1, PING).len();
+    ping_stream(
+        &mut sim,
+        Duration::from_millis(20),
+        Duration::from_millis(500),
+    );
+    assert!(sim.received_with(1, PING).len() >= got + 24);
+    assert!(sim.path_of(1, 0).is_some_and(|p| p.starts_with("direct ")));
+}

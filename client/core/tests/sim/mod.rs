@@ -101,6 +101,8 @@ pub struct Sim {
     /// The last signal each client received (source, bytes): what an
     /// attacker on the path could capture and replay.
     pub last_signal: HashMap<usize, (SocketAddr, Vec<u8>)>,
+    /// The last path probe each client received (source, bytes).
+    pub last_probe: HashMap<usize, (SocketAddr, Vec<u8>)>,
 }
 
 fn relay_addr(i: usize) -> SocketAddr {
@@ -245,6 +247,7 @@ impl Sim {
             delivered: 0,
             offline: vec![false; links.len()],
             last_signal: HashMap::new(),
+            last_probe: HashMap::new(),
         };
         sim.drain_all();
         sim
@@ -421,6 +424,10 @@ impl Sim {
             Some(Endpoint::Client(c)) => {
                 if datagram.bytes.starts_with(b"LRG!") && datagram.bytes.get(5) == Some(&7) {
                     self.last_signal
+                        .insert(c, (datagram.src, datagram.bytes.clone()));
+                }
+                if datagram.bytes.starts_with(b"LRG!") && datagram.bytes.get(5) == Some(&8) {
+                    self.last_probe
                         .insert(c, (datagram.src, datagram.bytes.clone()));
                 }
                 let now = self.now;
