@@ -18,9 +18,10 @@ use std::net::SocketAddr;
 use crate::control::{decode_addr, encode_addr, header, ControlError, ADDR_LEN, HEADER_LEN};
 use crate::control::{MAGIC, VERSION};
 use crate::key::PeerKey;
-use crate::mac::{hash, mac, mac_matches};
+use crate::mac::{mac, mac_matches};
+use crate::signal::{pair_key, Direction};
 use crate::wireguard::MAC_LEN;
-use crate::x25519::{PublicKey, StaticSecret};
+use crate::x25519::StaticSecret;
 
 pub const TYPE_PATH_PROBE: u8 = 8;
 /// Every probe, ping or pong, has this length.
@@ -52,32 +53,12 @@ impl std::fmt::Debug for PathKey {
 impl PathKey {
     /// The key for probes we send to `peer`.
     pub fn outgoing(secret: &StaticSecret, peer: &PeerKey) -> Result<Self, ControlError> {
-        let me = PeerKey::from(&PublicKey::from(secret));
-        Self::derive(secret, peer, &me, peer)
+        pair_key(LABEL_PATH_PROBE, secret, peer, Direction::ToPeer).map(Self)
     }
 
     /// The key for probes `peer` sends to us.
     pub fn incoming(secret: &StaticSecret, peer: &PeerKey) -> Result<Self, ControlError> {
-        let me = PeerKey::from(&PublicKey::from(secret));
-        Self::derive(secret, peer, peer, &me)
-    }
-
-    fn derive(
-        secret: &StaticSecret,
-        peer: &PeerKey,
-        sender: &PeerKey,
-        recipient: &PeerKey,
-    ) -> Result<Self, ControlError> {
-        let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-        if !shared.was_contributory() {
-            return Err(ControlError::WeakKey);
-        }
-        Ok(Self(hash(&[
-            LABEL_PATH_PROBE,
-            shared.as_bytes(),
-            sender.as_bytes(),
-            recipient.as_bytes(),
-        ])))
+        pair_key(LABEL_PATH_PROBE, secret, peer, Direction::FromPeer).map(Self)
     }
 }
 
@@ -287,6 +268,7 @@ fn be_u64(bytes: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::control::ControlMessage;
+    use crate::x25519::PublicKey;
     use proptest::prelude::*;
 
     fn secret(n: u8) -> StaticSecret {

@@ -51,33 +51,46 @@ impl std::fmt::Debug for SignalKey {
 impl SignalKey {
     /// The key for signals we send to `peer`.
     pub fn outgoing(secret: &StaticSecret, peer: &PeerKey) -> Result<Self, ControlError> {
-        let me = PeerKey::from(&PublicKey::from(secret));
-        Self::derive(secret, peer, &me, peer)
+        pair_key(LABEL_SIGNAL, secret, peer, Direction::ToPeer).map(Self)
     }
 
     /// The key for signals `peer` sends to us.
     pub fn incoming(secret: &StaticSecret, peer: &PeerKey) -> Result<Self, ControlError> {
-        let me = PeerKey::from(&PublicKey::from(secret));
-        Self::derive(secret, peer, peer, &me)
+        pair_key(LABEL_SIGNAL, secret, peer, Direction::FromPeer).map(Self)
     }
+}
 
-    fn derive(
-        secret: &StaticSecret,
-        peer: &PeerKey,
-        sender: &PeerKey,
-        recipient: &PeerKey,
-    ) -> Result<Self, ControlError> {
-        let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-        if !shared.was_contributory() {
-            return Err(ControlError::WeakKey);
-        }
-        Ok(Self(hash(&[
-            LABEL_SIGNAL,
-            shared.as_bytes(),
-            sender.as_bytes(),
-            recipient.as_bytes(),
-        ])))
+/// Which way a key between two peers works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    ToPeer,
+    FromPeer,
+}
+
+/// A key only we and `peer` can compute, one per direction:
+/// `HASH(label ‖ X25519(us, peer) ‖ sender ‖ recipient)`. Signals and path
+/// probes each use their own label.
+pub(crate) fn pair_key(
+    label: &[u8],
+    secret: &StaticSecret,
+    peer: &PeerKey,
+    direction: Direction,
+) -> Result<[u8; 32], ControlError> {
+    let me = PeerKey::from(&PublicKey::from(secret));
+    let (sender, recipient) = match direction {
+        Direction::ToPeer => (&me, peer),
+        Direction::FromPeer => (peer, &me),
+    };
+    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
+    if !shared.was_contributory() {
+        return Err(ControlError::WeakKey);
     }
+    Ok(hash(&[
+        label,
+        shared.as_bytes(),
+        sender.as_bytes(),
+        recipient.as_bytes(),
+    ]))
 }
 
 /// A signal as its sender builds it.

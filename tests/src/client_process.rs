@@ -101,3 +101,14 @@ pub fn ping_replies(output: &str) -> Vec<u32> {
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
 }
+
+/// `count` pings at 50/s from `ns` to `dst`, running until waited for
+/// with [`pinged`].
+pub fn pinger(ns: &crate::netns::Netns, count: u32, dst: &str) -> Result<Child> {
+    Ok(ns
+        .command("ping")?
+        .args(["-n", "-c", &count.to_string(), "-i", "0.02", "-W", "1", dst])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, ping_replies, pinged, relay_keygen, Running,
+    client_binary, client_keygen, eventually, ping_replies, pinged, pinger, relay_keygen, Running,
 };
 use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
@@ -252,23 +252,7 @@ impl Lab {
 
     /// `count` pings at 50/s from alice to bob, running until waited for.
     fn pinger(&self, count: u32) -> Result<Child> {
-        Ok(self
-            .lab
-            .host("alice")
-            .ns
-            .command("ping")?
-            .args([
-                "-n",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.02",
-                "-W",
-                "1",
-                "10.66.0.2",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()?)
+        pinger(&self.lab.host("alice").ns, count, "10.66.0.2")
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, pinged, relay_keygen, Running,
+    client_binary, client_keygen, eventually, pinged, pinger, relay_keygen, Running,
 };
 use lanrage_tests::natlab::{self, NatKind, NatLab, Side, RELAY_ALTERNATE, RELAY_PRIMARY};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
@@ -179,24 +179,7 @@ impl Traversal {
 
     /// `count` pings from alice at 50/s, running until waited for.
     fn pinger(&self, count: u32) -> Result<Child> {
-        Ok(self
-            .lab
-            .pc(Side::A)
-            .ns
-            .command("ping")?
-            .args([
-                "-n",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.02",
-                "-W",
-                "1",
-                "10.66.0.2",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?)
+        pinger(&self.lab.pc(Side::A).ns, count, "10.66.0.2")
     }
 
     /// Waits until both clients' paths start with `prefix`, for at most
@@ -222,6 +205,11 @@ struct Outcome {
     /// the relay→direct upgrade happens during this stream.
     first_reply: Option<Duration>,
     lost_after_first: usize,
+}
+
+/// The lab for `test`, one at a time (the guard), or `None` to skip.
+fn one_lab(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    lab_or_skip(test).then(|| ONE_LAB.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn lab_or_skip(test: &str) -> bool {
@@ -321,10 +309,9 @@ fn kind_name(kind: NatKind) -> &'static str {
 /// and pings answered either way.
 #[test]
 fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
-    if !lab_or_skip("every_nat_pair_takes_the_path_it_can") {
+    let Some(_one) = one_lab("every_nat_pair_takes_the_path_it_can") else {
         return Ok(());
-    }
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let mut failures = Vec::new();
     let mut times = Vec::new();
     for a in NatKind::ALL {
@@ -394,10 +381,9 @@ fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
 /// hairpinning through the router.
 #[test]
 fn peers_on_one_lan_connect_by_their_host_addresses() -> Result<()> {
-    if !lab_or_skip("peers_on_one_lan_connect_by_their_host_addresses") {
+    let Some(_one) = one_lab("peers_on_one_lan_connect_by_their_host_addresses") else {
         return Ok(());
-    }
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let lab = NatLab::builder().same_lan().build()?;
     let bob_lan = lab.pc(Side::B).addr;
     let (t, outcome) = run_case(lab, Some(true))?;
@@ -436,10 +422,9 @@ fn peers_on_one_lan_connect_by_their_host_addresses() -> Result<()> {
 /// the clients still settle on a working path, and say which.
 #[test]
 fn a_router_without_an_inbound_firewall() -> Result<()> {
-    if !lab_or_skip("a_router_without_an_inbound_firewall") {
+    let Some(_one) = one_lab("a_router_without_an_inbound_firewall") else {
         return Ok(());
-    }
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let lab = NatLab::builder()
         .nat(Side::A, NatKind::PortRestrictedCone)
         .inbound_firewall(Side::A, false)
@@ -457,10 +442,9 @@ fn a_router_without_an_inbound_firewall() -> Result<()> {
 /// (through the relay at once), and the clients are direct again soon after.
 #[test]
 fn a_wan_address_change_mid_session() -> Result<()> {
-    if !lab_or_skip("a_wan_address_change_mid_session") {
+    let Some(_one) = one_lab("a_wan_address_change_mid_session") else {
         return Ok(());
-    }
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let lab = NatLab::builder()
         .nat(Side::A, NatKind::PortRestrictedCone)
         .nat(Side::B, NatKind::PortRestrictedCone)
@@ -498,10 +482,9 @@ fn a_wan_address_change_mid_session() -> Result<()> {
 /// home routers) is left for the relay within 1.5 s, while pinging at 50/s.
 #[test]
 fn a_dead_direct_path_falls_back_to_the_relay() -> Result<()> {
-    if !lab_or_skip("a_dead_direct_path_falls_back_to_the_relay") {
+    let Some(_one) = one_lab("a_dead_direct_path_falls_back_to_the_relay") else {
         return Ok(());
-    }
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    };
     let lab = NatLab::builder()
         .nat(Side::A, NatKind::PortRestrictedCone)
         .nat(Side::B, NatKind::PortRestrictedCone)

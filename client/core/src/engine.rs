@@ -321,13 +321,15 @@ impl Engine {
     /// One datagram from the UDP socket.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.last_now = self.last_now.max(now);
-        // Path probes come from anywhere a peer may be (every candidate);
-        // their MAC, checked before anything is sent, says whose they are.
-        if classify(bytes) == DatagramKind::Stun {
+        let kind = classify(bytes);
+        // STUN answers come from the relay's other addresses too.
+        if kind == DatagramKind::Stun {
             self.handle_stun(from, bytes);
             return;
         }
-        if PathProbeView::is_path_probe(bytes) {
+        // Path probes come from anywhere a peer may be (every candidate);
+        // their MAC, checked before anything is sent, says whose they are.
+        if kind == DatagramKind::Control && PathProbeView::is_path_probe(bytes) {
             if self.by_relay_addr.contains_key(&from) {
                 self.count(DropReason::BadControl);
             } else {
@@ -336,20 +338,19 @@ impl Engine {
             return;
         }
         if let Some(&relay) = self.by_relay_addr.get(&from) {
-            match classify(bytes) {
+            match kind {
                 DatagramKind::Control => self.handle_control(now, relay, bytes),
                 DatagramKind::WireGuard => self.handle_wireguard(now, Via::Relay(relay), bytes),
-                DatagramKind::Stun => self.count(DropReason::Stun),
-                DatagramKind::Unknown => self.count(DropReason::Malformed),
+                DatagramKind::Stun | DatagramKind::Unknown => self.count(DropReason::Malformed),
             }
             return;
         }
-        // A peer's own endpoint carries only its WireGuard datagrams.
+        // A peer's own addresses carry only its WireGuard datagrams.
         let Some(&peer) = self.by_direct_addr.get(&from) else {
             self.count(DropReason::UnknownSource);
             return;
         };
-        match classify(bytes) {
+        match kind {
             DatagramKind::WireGuard => {
                 self.handle_wireguard(now, Via::Direct { peer, from }, bytes)
             }
@@ -704,11 +705,7 @@ impl Engine {
         if !stale {
             return;
         }
-        let Some(relay) = self.peers[peer]
-            .relay
-            .filter(|&r| self.relays[r].is_usable())
-            .or_else(|| self.best_relay())
-        else {
+        let Some(relay) = self.signaling_relay(peer) else {
             return;
         };
         if !self.send_signal(now, peer, relay, &Payload::Latency(vector.clone())) {
@@ -716,6 +713,15 @@ impl Engine {
         }
         self.peers[peer].sent_vector = Some((vector.clone(), now));
         self.evaluate_relay(now, peer);
+    }
+
+    /// The relay a signal to `peer` goes through: its session's while
+    /// usable, else the best usable one.
+    fn signaling_relay(&self, peer: usize) -> Option<usize> {
+        self.peers[peer]
+            .relay
+            .filter(|&r| self.relays[r].is_usable())
+            .or_else(|| self.best_relay())
     }
 
     /// Seals `payload` for `peer` and sends it through `relay`.
@@ -984,11 +990,7 @@ impl Engine {
         if mine.is_empty() || (!force && fresh) {
             return;
         }
-        let Some(relay) = self.peers[peer]
-            .relay
-            .filter(|&r| self.relays[r].is_usable())
-            .or_else(|| self.best_relay())
-        else {
+        let Some(relay) = self.signaling_relay(peer) else {
             return;
         };
         // Ours changed since the peer last heard (a new mapping, a new
