@@ -194,13 +194,38 @@ pub struct RouterOptions {
     /// masquerade picks another port (shared/LAB.md): "a router without an
     /// inbound firewall".
     pub inbound_firewall: bool,
+    /// How a [`NatKind::Symmetric`] router picks each new mapping's port.
+    /// Default: [`PortAllocation::Random`].
+    pub ports: PortAllocation,
 }
+
+/// How a symmetric router allocates external ports, one per new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortAllocation {
+    /// At random from 1024–65535 (`masquerade random`): nothing to
+    /// predict; birthday probing finds a pair about 70 % of the time.
+    Random,
+    /// At random from `lo..=hi` (`masquerade to :lo-hi random`), as some
+    /// carrier-grade NATs do with per-subscriber port blocks: a small
+    /// range makes birthday probing succeed every time, for tests.
+    RandomIn(u16, u16),
+    /// In sequence from 20000, wrapping after 1024 (`masquerade to :numgen
+    /// inc mod 1024 map { 0 : 20000, … }`: nftables evaluates a NAT rule
+    /// once per new flow, so each flow takes the next port): what port
+    /// prediction predicts.
+    Sequential,
+}
+
+/// The sequential allocator's first port and how many it cycles through.
+const SEQUENTIAL_BASE: u16 = 20000;
+const SEQUENTIAL_PORTS: u16 = 1024;
 
 impl Default for RouterOptions {
     fn default() -> Self {
         Self {
             nat: NatKind::PortRestrictedCone,
             inbound_firewall: true,
+            ports: PortAllocation::Random,
         }
     }
 }
@@ -217,6 +242,12 @@ impl NatLabBuilder {
     /// The NAT behaviour of `side`'s router.
     pub fn nat(mut self, side: Side, kind: NatKind) -> Self {
         self.routers[side.index()].nat = kind;
+        self
+    }
+
+    /// How `side`'s router, if symmetric, allocates ports.
+    pub fn ports(mut self, side: Side, ports: PortAllocation) -> Self {
+        self.routers[side.index()].ports = ports;
         self
     }
 
@@ -643,9 +674,26 @@ pub fn ruleset(options: RouterOptions, mapping_timeout_secs: u64) -> String {
         NatKind::PortRestrictedCone | NatKind::Symmetric => {}
     }
     nat.push_str("  }\n");
+    let masquerade = match (options.nat, options.ports) {
+        (NatKind::Symmetric, PortAllocation::Random) => "masquerade random".to_owned(),
+        (NatKind::Symmetric, PortAllocation::RandomIn(lo, hi)) => {
+            format!("meta l4proto udp masquerade to :{lo}-{hi} random")
+        }
+        (NatKind::Symmetric, PortAllocation::Sequential) => {
+            // Through a map: a bare `numgen` result lands in the port in
+            // host byte order (20000, 20001 become 8270, 8526).
+            let entries: Vec<String> = (0..SEQUENTIAL_PORTS)
+                .map(|i| format!("{i} : {}", SEQUENTIAL_BASE + i))
+                .collect();
+            format!(
+                "meta l4proto udp masquerade to :numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}",
+                entries.join(", ")
+            )
+        }
+        _ => "masquerade".to_owned(),
+    };
     nat.push_str(&format!(
-        "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{WAN_IFACE}\" masquerade{}\n  }}\n",
-        if options.nat == NatKind::Symmetric { " random" } else { "" }
+        "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{WAN_IFACE}\" {masquerade}\n  }}\n"
     ));
     if cone_map {
         // After masquerade (srcnat = 100): `udp sport` is the external port.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use lanrage_test_support::privileged::or_skip;
 use lanrage_tests::natlab::{
-    self, recv_within, Endpoint, Filtering, Mapping, NatKind, NatLab, Reflector, Side,
+    self, recv_within, Endpoint, Filtering, Mapping, NatKind, NatLab, PortAllocation, Reflector,
+    Side,
 };
 
 const REFLECTOR_PORT: u16 = 3478;
@@ -173,6 +174,46 @@ fn symmetric_maps_each_destination_to_its_own_port() -> Result<()> {
         return Ok(());
     }
     check_kind(NatKind::Symmetric)
+}
+
+/// The symmetric router's other port allocators: in sequence (each new
+/// flow the next port, what port prediction predicts), and at random
+/// within a block (what lets the birthday test succeed every time).
+#[test]
+fn symmetric_routers_allocate_in_sequence_or_within_a_block() -> Result<()> {
+    if !lab_or_skip("symmetric_routers_allocate_in_sequence_or_within_a_block") {
+        return Ok(());
+    }
+    for (ports, port) in [
+        (PortAllocation::Sequential, 40020),
+        (PortAllocation::RandomIn(20000, 20511), 40021),
+    ] {
+        let lab = NatLab::builder()
+            .nat(Side::A, NatKind::Symmetric)
+            .ports(Side::A, ports)
+            .build()?;
+        let reflector = Reflector::start(lab.relay(), REFLECTOR_PORT)?;
+        let socket = lab.pc(Side::A).udp_socket(port)?;
+        let seen = Endpoint::ALL
+            .iter()
+            .map(|&e| reflector.mapped_address(&socket, e).map(|a| a.port()))
+            .collect::<Result<Vec<u16>>>()?;
+        println!("{ports:?}: ports {seen:?}");
+        match ports {
+            PortAllocation::Sequential => {
+                let steps: Vec<i32> = seen
+                    .windows(2)
+                    .map(|w| i32::from(w[1]) - i32::from(w[0]))
+                    .collect();
+                assert_eq!(steps, [1, 1, 1], "one flow, the next port: {seen:?}");
+            }
+            PortAllocation::RandomIn(lo, hi) => {
+                assert!(seen.iter().all(|p| (lo..=hi).contains(p)), "{seen:?}");
+            }
+            PortAllocation::Random => {}
+        }
+    }
+    Ok(())
 }
 
 // ---- hole punching with plain UDP ----

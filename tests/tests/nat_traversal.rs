@@ -17,7 +17,9 @@ use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
     client_binary, client_keygen, eventually, pinged, pinger, relay_keygen, Running,
 };
-use lanrage_tests::natlab::{self, NatKind, NatLab, Side, RELAY_ALTERNATE, RELAY_PRIMARY};
+use lanrage_tests::natlab::{
+    self, NatKind, NatLab, PortAllocation, Side, RELAY_ALTERNATE, RELAY_PRIMARY,
+};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
 
 const RELAY_PORT: u16 = 51820;
@@ -304,9 +306,21 @@ fn kind_name(kind: NatKind) -> &'static str {
     }
 }
 
+/// The pairs that only birthday probing connects (a symmetric NAT that
+/// scatters its ports against a port-restricted cone): about 70 % of
+/// attempts find a pair, so either path is right, and the rate is
+/// measured by `birthday_success_rate`.
+fn birthday_pair(a: NatKind, b: NatKind) -> bool {
+    matches!(
+        (a, b),
+        (NatKind::Symmetric, NatKind::PortRestrictedCone)
+            | (NatKind::PortRestrictedCone, NatKind::Symmetric)
+    )
+}
+
 /// Every pair of NAT kinds (both orders), each router with its inbound
-/// firewall: direct wherever plain punching can work, the relay elsewhere,
-/// and pings answered either way.
+/// firewall: direct wherever plain punching can work, the relay where
+/// nothing can, either for the birthday pairs, and pings answered always.
 #[test]
 fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
     let Some(_one) = one_lab("every_nat_pair_takes_the_path_it_can") else {
@@ -316,9 +330,9 @@ fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
     let mut times = Vec::new();
     for a in NatKind::ALL {
         for b in NatKind::ALL {
-            let expect = NatKind::direct_possible(a, b);
+            let expect = (!birthday_pair(a, b)).then(|| NatKind::direct_possible(a, b));
             let lab = NatLab::builder().nat(Side::A, a).nat(Side::B, b).build()?;
-            match run_case(lab, Some(expect)) {
+            match run_case(lab, expect) {
                 Ok((t, outcome))
                     if nat_type(&t, "alice") != kind_name(a)
                         || nat_type(&t, "bob") != kind_name(b) =>
@@ -374,6 +388,111 @@ fn every_nat_pair_takes_the_path_it_can() -> Result<()> {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+/// A symmetric NAT against a port-restricted cone, by birthday probing
+/// (both orders). The symmetric router allocates from a block of 512
+/// ports, as carrier-grade NATs with per-subscriber blocks do, so the 256
+/// sprayed mappings cover half of it and 300 probes miss with probability
+/// 2^-300: every run must go direct. (Over the full port range it is a
+/// matter of chance; `birthday_success_rate` measures that.)
+#[test]
+fn a_symmetric_nat_meets_a_port_restricted_cone_by_birthday_probing() -> Result<()> {
+    let Some(_one) = one_lab("a_symmetric_nat_meets_a_port_restricted_cone_by_birthday_probing")
+    else {
+        return Ok(());
+    };
+    for (hard, easy) in [(Side::A, Side::B), (Side::B, Side::A)] {
+        let lab = NatLab::builder()
+            .nat(hard, NatKind::Symmetric)
+            .ports(hard, PortAllocation::RandomIn(20000, 20511))
+            .nat(easy, NatKind::PortRestrictedCone)
+            .build()?;
+        let (t, outcome) = run_case(lab, Some(true))?;
+        println!(
+            "birthday, symmetric on {hard:?}: {} / {} ({outcome:?})",
+            t.path("alice"),
+            t.path("bob")
+        );
+        assert!(outcome.answered >= 48, "{outcome:?}");
+        assert_eq!(outcome.lost_after_first, 0, "{outcome:?}");
+    }
+    Ok(())
+}
+
+/// A symmetric NAT that allocates ports in sequence, against a
+/// port-restricted cone: plain punching can't reach it, but its predicted
+/// ports (the next ones after what netcheck saw) can, so the pair goes
+/// direct without any birthday spray.
+#[test]
+fn a_sequential_symmetric_nat_is_reached_at_its_predicted_ports() -> Result<()> {
+    let Some(_one) = one_lab("a_sequential_symmetric_nat_is_reached_at_its_predicted_ports") else {
+        return Ok(());
+    };
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::Symmetric)
+        .ports(Side::A, PortAllocation::Sequential)
+        .nat(Side::B, NatKind::PortRestrictedCone)
+        .build()?;
+    let (t, outcome) = run_case(lab, Some(true))?;
+    println!(
+        "sequential: {} / {} ({outcome:?})",
+        t.path("alice"),
+        t.path("bob")
+    );
+    assert!(outcome.answered >= 48, "{outcome:?}");
+    assert!(
+        !t.log("alice").contains("birthday attempt"),
+        "predicted, not sprayed:\n{}",
+        t.log("alice")
+    );
+    Ok(())
+}
+
+/// How often birthday probing connects a symmetric NAT over the full port
+/// range (`masquerade random`) to a port-restricted cone: run by hand,
+/// `LANRAGE_BIRTHDAY_RUNS` times each way (default 5), and the figure goes
+/// to `docs/nat-traversal.md`. Not in CI: its outcome is a rate, not a
+/// claim one run can check.
+#[test]
+#[ignore = "a measurement: cargo test -p lanrage-tests --test nat_traversal -- --ignored birthday_success_rate"]
+fn birthday_success_rate() -> Result<()> {
+    let Some(_one) = one_lab("birthday_success_rate") else {
+        return Ok(());
+    };
+    let runs: usize = std::env::var("LANRAGE_BIRTHDAY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let (mut direct, mut total, mut times) = (0, 0, Vec::new());
+    for run in 0..runs {
+        for (hard, easy) in [(Side::A, Side::B), (Side::B, Side::A)] {
+            let lab = NatLab::builder()
+                .nat(hard, NatKind::Symmetric)
+                .nat(easy, NatKind::PortRestrictedCone)
+                .build()?;
+            let (_t, outcome) = run_case(lab, None)?;
+            total += 1;
+            if let Some(d) = outcome.to_direct {
+                direct += 1;
+                times.push(d);
+            }
+            println!(
+                "run {run} symmetric on {hard:?}: {} {:?}, answered {}/50",
+                if outcome.direct { "direct" } else { "relay" },
+                outcome.to_direct,
+                outcome.answered
+            );
+            assert!(outcome.answered >= 48, "{outcome:?}");
+        }
+    }
+    times.sort();
+    println!(
+        "BIRTHDAY {direct} of {total} direct; to direct median {:?}, worst {:?}",
+        times.get(times.len() / 2),
+        times.last()
+    );
     Ok(())
 }
 

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::birthday::{Attempt, SocketId};
+
 /// The most candidates kept from a peer (its signal carries at most this).
 pub const MAX_CANDIDATES: usize = 16;
 /// A punch pings every candidate at these offsets from its start, then
@@ -34,8 +36,9 @@ pub const DEAD_ACTIVE: Duration = Duration::from_millis(1000);
 pub const HEARTBEAT_IDLE: Duration = Duration::from_secs(20);
 /// Idle: dead after two heartbeats unanswered.
 pub const DEAD_IDLE: Duration = Duration::from_secs(45);
-/// Pings remembered for matching pongs.
-const MAX_IN_FLIGHT: usize = 128;
+/// Pings remembered for matching pongs: enough for a birthday attempt's
+/// (three spray rounds from 256 sockets, or 300 probes) and a punch's.
+const MAX_IN_FLIGHT: usize = 2048;
 /// A ping unanswered after this long is forgotten.
 const PING_LIFETIME: Duration = Duration::from_secs(5);
 
@@ -43,6 +46,8 @@ const PING_LIFETIME: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmed {
     pub addr: SocketAddr,
+    /// Our socket that reaches it (a spray socket, after birthday probing).
+    pub socket: SocketId,
     /// The last pong, or authenticated datagram, from it.
     last_heard: Instant,
     next_heartbeat: Instant,
@@ -53,8 +58,13 @@ pub struct Confirmed {
 pub enum PongOutcome {
     /// No ping of ours in flight has this id, or it went to another address.
     Unmatched,
-    /// The first confirmed pair: datagrams may go to `addr` from now on.
-    Confirmed { addr: SocketAddr, sent: Instant },
+    /// The first confirmed pair: datagrams may go to `addr` from `socket`
+    /// from now on.
+    Confirmed {
+        addr: SocketAddr,
+        socket: SocketId,
+        sent: Instant,
+    },
     /// A pong on a path already known (a heartbeat, or a later pair).
     Answered { sent: Instant },
 }
@@ -64,20 +74,45 @@ pub struct DirectPath {
     /// The peer's candidates, as it signaled them.
     signaled: Vec<SocketAddr>,
     /// Addresses a verified ping of the peer's came from that it didn't
-    /// signal (peer-reflexive: its NAT's mapping towards us).
-    reflexive: Vec<SocketAddr>,
-    /// Both of the above, signaled first: what a punch pings.
-    remote: Vec<SocketAddr>,
-    /// Pings in flight: (transaction id, destination, sent at).
-    in_flight: VecDeque<(u64, SocketAddr, Instant)>,
+    /// signal (peer-reflexive: its NAT's mapping towards us), with the
+    /// socket of ours it reached.
+    reflexive: Vec<(SocketAddr, SocketId)>,
+    /// Both of the above, signaled first: what a punch pings, and from
+    /// which socket (signaled ones from the main socket).
+    remote: Vec<(SocketAddr, SocketId)>,
+    /// Pings in flight: (transaction id, destination, from, sent at).
+    in_flight: VecDeque<(u64, SocketAddr, SocketId, Instant)>,
     /// The running punch: when it started and the next round.
     punch: Option<(Instant, usize)>,
+    /// The running birthday attempt, if this pair needs one.
+    attempt: Option<Attempt>,
     confirmed: Option<Confirmed>,
 }
 
 impl DirectPath {
     pub fn confirmed(&self) -> Option<SocketAddr> {
         self.confirmed.map(|c| c.addr)
+    }
+
+    /// The socket the confirmed path leaves from.
+    #[cfg(test)]
+    pub fn confirmed_socket(&self) -> Option<SocketId> {
+        self.confirmed.map(|c| c.socket)
+    }
+
+    /// Whether a birthday attempt's sockets still matter.
+    pub fn attempt_live(&self, now: Instant) -> bool {
+        self.attempt.as_ref().is_some_and(|a| a.is_live(now))
+    }
+
+    /// Starts a birthday attempt, unless one is running or a path is
+    /// confirmed.
+    pub fn start_attempt(&mut self, now: Instant, attempt: Attempt) -> bool {
+        if self.confirmed.is_some() || self.attempt_live(now) {
+            return false;
+        }
+        self.attempt = Some(attempt);
+        true
     }
 
     pub fn is_punching(&self) -> bool {
@@ -101,19 +136,20 @@ impl DirectPath {
         true
     }
 
-    /// An address a verified ping came from: a candidate too. Whether it
-    /// was new.
-    pub fn add_peer_reflexive(&mut self, addr: SocketAddr) -> bool {
-        if self.remote.contains(&addr) || self.reflexive.len() >= MAX_CANDIDATES {
+    /// An address a verified ping came from, on `socket` of ours: a
+    /// candidate too, pinged from that socket. Whether it was new.
+    pub fn add_peer_reflexive(&mut self, addr: SocketAddr, socket: SocketId) -> bool {
+        let pair = (addr, socket);
+        if self.remote.contains(&pair) || self.reflexive.len() >= MAX_CANDIDATES {
             return false;
         }
-        self.reflexive.push(addr);
+        self.reflexive.push(pair);
         self.rebuild();
         true
     }
 
     fn rebuild(&mut self) {
-        self.remote = self.signaled.clone();
+        self.remote = self.signaled.iter().map(|&a| (a, SocketId::MAIN)).collect();
         for &r in &self.reflexive {
             if self.remote.len() < 2 * MAX_CANDIDATES && !self.remote.contains(&r) {
                 self.remote.push(r);
@@ -141,28 +177,43 @@ impl DirectPath {
             let dead = c.last_heard + if active { DEAD_ACTIVE } else { DEAD_IDLE };
             c.next_heartbeat.min(dead)
         });
-        [punch, heartbeat].into_iter().flatten().min()
+        let attempt = self.attempt.as_ref().and_then(Attempt::next_deadline);
+        [punch, heartbeat, attempt].into_iter().flatten().min()
     }
 
-    /// The pings due now, as destinations: one per candidate for a punch
-    /// round, one to the confirmed path for a heartbeat. `txid` gives each a
-    /// fresh transaction id.
+    /// The pings due now, as (socket, destination, transaction id): one per
+    /// candidate for a punch round, a birthday attempt's, one to the
+    /// confirmed path for a heartbeat. `txid` gives each a fresh id.
     pub fn poll(
         &mut self,
         now: Instant,
         active: bool,
         txid: &mut dyn FnMut() -> u64,
-        out: &mut Vec<(SocketAddr, u64)>,
+        out: &mut Vec<(SocketId, SocketAddr, u64)>,
     ) {
         self.expire(now);
+        if let Some(attempt) = &mut self.attempt {
+            let mut due = Vec::new();
+            if self.confirmed.is_none() {
+                attempt.poll(now, &mut due);
+            }
+            if !attempt.is_live(now) {
+                self.attempt = None;
+            }
+            for (socket, addr) in due {
+                let id = txid();
+                self.remember(id, addr, socket, now);
+                out.push((socket, addr, id));
+            }
+        }
         if let Some((start, round)) = self.punch {
             if let Some(&offset) = PUNCH_SCHEDULE.get(round) {
                 if now >= start + offset {
                     for i in 0..self.remote.len() {
-                        let addr = self.remote[i];
+                        let (addr, socket) = self.remote[i];
                         let id = txid();
-                        self.remember(id, addr, now);
-                        out.push((addr, id));
+                        self.remember(id, addr, socket, now);
+                        out.push((socket, addr, id));
                     }
                     self.punch = (round + 1 < PUNCH_SCHEDULE.len()).then_some((start, round + 1));
                 }
@@ -178,9 +229,9 @@ impl DirectPath {
                     } else {
                         HEARTBEAT_IDLE
                     };
-                let (addr, id) = (c.addr, txid());
-                self.remember(id, addr, now);
-                out.push((addr, id));
+                let (addr, socket, id) = (c.addr, c.socket, txid());
+                self.remember(id, addr, socket, now);
+                out.push((socket, addr, id));
             }
         }
     }
@@ -196,12 +247,13 @@ impl DirectPath {
         }
     }
 
-    /// A verified pong from `from` answering `txid`. Without `may_confirm`
-    /// (a configured endpoint, which needs no confirming) a match is only
-    /// [`PongOutcome::Answered`].
+    /// A verified pong from `from`, on our `socket`, answering `txid`.
+    /// Without `may_confirm` (a configured endpoint, which needs no
+    /// confirming) a match is only [`PongOutcome::Answered`].
     pub fn on_pong(
         &mut self,
         now: Instant,
+        socket: SocketId,
         from: SocketAddr,
         txid: u64,
         may_confirm: bool,
@@ -209,17 +261,17 @@ impl DirectPath {
         let Some(i) = self
             .in_flight
             .iter()
-            .position(|&(id, addr, _)| id == txid && addr == from)
+            .position(|&(id, addr, s, _)| id == txid && addr == from && s == socket)
         else {
             return PongOutcome::Unmatched;
         };
-        let Some((_, _, sent)) = self.in_flight.remove(i) else {
+        let Some((_, _, _, sent)) = self.in_flight.remove(i) else {
             return PongOutcome::Unmatched;
         };
         match &mut self.confirmed {
             _ if !may_confirm => PongOutcome::Answered { sent },
             Some(c) => {
-                if c.addr == from {
+                if c.addr == from && c.socket == socket {
                     c.last_heard = now;
                 }
                 PongOutcome::Answered { sent }
@@ -227,11 +279,16 @@ impl DirectPath {
             None => {
                 self.confirmed = Some(Confirmed {
                     addr: from,
+                    socket,
                     last_heard: now,
                     next_heartbeat: now + HEARTBEAT_ACTIVE,
                 });
                 self.punch = None;
-                PongOutcome::Confirmed { addr: from, sent }
+                PongOutcome::Confirmed {
+                    addr: from,
+                    socket,
+                    sent,
+                }
             }
         }
     }
@@ -240,12 +297,13 @@ impl DirectPath {
     /// of ours did: that address works both ways (the peer sent from it, so
     /// its NAT lets our answers in), as WireGuard's roaming assumes. It
     /// becomes the confirmed path if there is none; whether it did.
-    pub fn adopt(&mut self, now: Instant, from: SocketAddr) -> bool {
+    pub fn adopt(&mut self, now: Instant, socket: SocketId, from: SocketAddr) -> bool {
         if self.confirmed.is_some() {
             return false;
         }
         self.confirmed = Some(Confirmed {
             addr: from,
+            socket,
             last_heard: now,
             next_heartbeat: now,
         });
@@ -279,25 +337,30 @@ impl DirectPath {
         self.confirmed = None;
         self.in_flight.clear();
         self.punch = None;
+        self.attempt = None;
+        // Mappings seen from our old network are gone with it.
+        self.reflexive.clear();
+        self.rebuild();
     }
 
-    /// A ping of the engine's own (`lanrage ping`, measuring) went to `addr`.
-    pub fn ping_sent(&mut self, id: u64, addr: SocketAddr, now: Instant) {
-        self.remember(id, addr, now);
+    /// A ping of the engine's own (`lanrage ping`, measuring) went to
+    /// `addr` from `socket`.
+    pub fn ping_sent(&mut self, id: u64, addr: SocketAddr, socket: SocketId, now: Instant) {
+        self.remember(id, addr, socket, now);
     }
 
-    fn remember(&mut self, id: u64, addr: SocketAddr, now: Instant) {
+    fn remember(&mut self, id: u64, addr: SocketAddr, socket: SocketId, now: Instant) {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             self.in_flight.pop_front();
         }
-        self.in_flight.push_back((id, addr, now));
+        self.in_flight.push_back((id, addr, socket, now));
     }
 
     fn expire(&mut self, now: Instant) {
         while self
             .in_flight
             .front()
-            .is_some_and(|&(_, _, at)| now.saturating_duration_since(at) > PING_LIFETIME)
+            .is_some_and(|&(_, _, _, at)| now.saturating_duration_since(at) > PING_LIFETIME)
         {
             self.in_flight.pop_front();
         }
@@ -307,6 +370,7 @@ impl DirectPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::birthday::ATTEMPT_LENGTH as ATTEMPT_LENGTH_FOR_TESTS;
 
     fn addr(n: u8) -> SocketAddr {
         SocketAddr::from(([198, 51, 100, n], 40000))
@@ -335,8 +399,8 @@ mod tests {
             d.poll(now, true, &mut ids, &mut out);
             if !out.is_empty() {
                 assert_eq!(
-                    out.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
-                    [addr(1), addr(2)]
+                    out.iter().map(|(s, a, _)| (*s, *a)).collect::<Vec<_>>(),
+                    [(SocketId::MAIN, addr(1)), (SocketId::MAIN, addr(2))]
                 );
                 rounds.push(ms);
             }
@@ -353,14 +417,29 @@ mod tests {
         d.start_punch(t0);
         let mut out = Vec::new();
         d.poll(t0, true, &mut ids(), &mut out);
-        let (to, id) = out[1];
-        // From another address than the ping went to: not a confirmation.
-        assert_eq!(d.on_pong(t0, addr(9), id, true), PongOutcome::Unmatched);
-        assert_eq!(d.on_pong(t0, to, id + 100, true), PongOutcome::Unmatched);
+        let (main, to, id) = out[1];
+        // From another address than the ping went to, or on another socket
+        // than it left from: not a confirmation.
+        assert_eq!(
+            d.on_pong(t0, main, addr(9), id, true),
+            PongOutcome::Unmatched
+        );
+        assert_eq!(
+            d.on_pong(t0, main, to, id + 100, true),
+            PongOutcome::Unmatched
+        );
+        assert_eq!(
+            d.on_pong(t0, SocketId(3), to, id, true),
+            PongOutcome::Unmatched
+        );
         let at = t0 + Duration::from_millis(20);
         assert_eq!(
-            d.on_pong(at, to, id, true),
-            PongOutcome::Confirmed { addr: to, sent: t0 }
+            d.on_pong(at, main, to, id, true),
+            PongOutcome::Confirmed {
+                addr: to,
+                socket: main,
+                sent: t0
+            }
         );
         assert_eq!(d.confirmed(), Some(addr(2)));
         assert!(!d.is_punching());
@@ -383,16 +462,16 @@ mod tests {
         let mut ids = ids();
         let mut out = Vec::new();
         d.poll(t0, true, &mut ids, &mut out);
-        d.on_pong(t0, addr(1), out[0].1, true);
+        d.on_pong(t0, SocketId::MAIN, addr(1), out[0].2, true);
         let beats = |d: &mut DirectPath, ids: &mut dyn FnMut() -> u64, active, secs: u64| {
             let mut n = 0;
             for ms in (0..secs * 1000).step_by(10) {
                 let mut out = Vec::new();
                 let now = t0 + Duration::from_millis(ms);
                 d.poll(now, active, ids, &mut out);
-                for (to, id) in out {
+                for (socket, to, id) in out {
                     n += 1;
-                    d.on_pong(now, to, id, true);
+                    d.on_pong(now, socket, to, id, true);
                 }
             }
             n
@@ -404,7 +483,7 @@ mod tests {
         idle.start_punch(t0);
         let mut out = Vec::new();
         idle.poll(t0, false, &mut ids, &mut out);
-        idle.on_pong(t0, addr(1), out[0].1, true);
+        idle.on_pong(t0, SocketId::MAIN, addr(1), out[0].2, true);
         let quiet = beats(&mut idle, &mut ids, false, 30);
         assert!(quiet <= 2, "{quiet} heartbeats in 30 s idle");
     }
@@ -413,11 +492,56 @@ mod tests {
     fn peer_reflexive_candidates_are_bounded() {
         let mut d = DirectPath::default();
         for n in 0..40 {
-            d.add_peer_reflexive(addr(n));
+            d.add_peer_reflexive(addr(n), SocketId::MAIN);
         }
         assert_eq!(d.remote.len(), MAX_CANDIDATES);
         assert!(d.set_candidates(&[addr(200)]));
         assert_eq!(d.remote.len(), MAX_CANDIDATES + 1);
-        assert!(!d.add_peer_reflexive(addr(1)));
+        assert!(!d.add_peer_reflexive(addr(1), SocketId::MAIN));
+    }
+
+    /// A birthday probe that hits: the pong comes back on the socket the
+    /// ping left from and confirms the pair with it; the path then keeps
+    /// that socket for its heartbeats. A peer's ping on a spray socket
+    /// makes its address a candidate pinged from that socket.
+    #[test]
+    fn a_spray_socket_carries_the_path_it_found() {
+        let t0 = Instant::now();
+        let mut d = DirectPath::default();
+        let peer: SocketAddr = "198.51.100.7:41000".parse().expect("addr");
+        d.set_candidates(&[peer]);
+        assert!(d.start_attempt(t0, Attempt::spray(t0, &[peer])));
+        assert!(
+            !d.start_attempt(t0, Attempt::spray(t0, &[peer])),
+            "one at a time"
+        );
+        let mut ids = ids();
+        let mut out = Vec::new();
+        d.poll(t0, true, &mut ids, &mut out);
+        assert_eq!(out.len(), 256, "one ping from each spray socket");
+        let (socket, to, id) = out[41];
+        assert_eq!(socket, SocketId(42));
+        assert!(
+            d.add_peer_reflexive(peer, socket),
+            "same address, other socket"
+        );
+        d.start_punch(t0);
+        let mut punch = Vec::new();
+        d.poll(t0, true, &mut ids, &mut punch);
+        assert!(punch.contains(&(socket, peer, punch[1].2)), "{punch:?}");
+        let at = t0 + Duration::from_millis(30);
+        assert!(matches!(
+            d.on_pong(at, socket, to, id, true),
+            PongOutcome::Confirmed { socket: s, .. } if s == socket
+        ));
+        assert_eq!(d.confirmed_socket(), Some(socket));
+        // Confirmed: the rest of the attempt is not sent.
+        let mut later = Vec::new();
+        d.poll(t0 + Duration::from_millis(400), true, &mut ids, &mut later);
+        assert!(
+            later.iter().all(|(s, a, _)| (*s, *a) == (socket, peer)),
+            "{later:?}"
+        );
+        assert!(!d.attempt_live(t0 + ATTEMPT_LENGTH_FOR_TESTS));
     }
 }

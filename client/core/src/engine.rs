@@ -11,11 +11,12 @@ use lanrage_proto::control::{ControlMessage, MAX_CONSENT};
 use lanrage_proto::path_probe::{PathProbe, PathProbeView, ProbeKind};
 use lanrage_proto::signal::{Signal, SignalView};
 
+use crate::birthday::{self, Attempt, Role, SocketId};
 use crate::choice::{self, LatencyVector};
 use crate::direct::{PongOutcome, MAX_CANDIDATES};
 use crate::estimator::Estimator;
 use crate::netcheck::{NatReport, Netcheck};
-use crate::payload::Payload;
+use crate::payload::{CandidateSet, NatHint, Payload};
 use lanrage_proto::stun::{BindingRequest, BindingResponse, TransactionId};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
@@ -51,11 +52,27 @@ pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Largest datagram the engine builds: a full TUN packet plus WireGuard's 32.
 const MAX_DATAGRAM: usize = TUN_MTU as usize + 32 + 64;
 
-/// A datagram for the driver to send from the engine's one UDP socket.
+/// Predicted candidates sent at most (a sequential NAT's next ports).
+pub const MAX_PREDICTED: usize = 12;
+
+/// A datagram for the driver to send, from `socket` (almost always the
+/// main one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub dst: SocketAddr,
     pub payload: Vec<u8>,
+    pub socket: SocketId,
+}
+
+impl Transmit {
+    /// From the main socket.
+    pub fn main(dst: SocketAddr, payload: Vec<u8>) -> Self {
+        Self {
+            dst,
+            payload,
+            socket: SocketId::MAIN,
+        }
+    }
 }
 
 /// Something the driver applies or reports.
@@ -87,6 +104,11 @@ pub enum Event {
     Netcheck {
         ids: Vec<u64>,
         report: NatReport,
+    },
+    /// A birthday attempt is over: the spray sockets other than `keep`
+    /// (those carrying a direct path) may be closed.
+    ReleaseSockets {
+        keep: Vec<SocketId>,
     },
     /// The answer to [`Engine::ping`], and the path it came back on.
     Pong {
@@ -206,6 +228,9 @@ pub struct Engine {
     events: VecDeque<Event>,
     drops: [u64; DropReason::ALL.len()],
     scratch: Vec<u8>,
+    /// Whether spray sockets may be open (an attempt used them and they
+    /// haven't been released since).
+    spray_pool_open: bool,
 }
 
 impl Engine {
@@ -268,6 +293,7 @@ impl Engine {
             events: VecDeque::new(),
             drops: [0; DropReason::ALL.len()],
             scratch: vec![0; MAX_DATAGRAM],
+            spray_pool_open: false,
         };
         engine.events.push_back(Event::ConfigureInterface {
             address: virtual_ip,
@@ -318,13 +344,29 @@ impl Engine {
 
     // ---- inputs
 
-    /// One datagram from the UDP socket.
+    /// One datagram from the main UDP socket.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.handle_udp_on(now, SocketId::MAIN, from, bytes);
+    }
+
+    /// One datagram from `socket`. A spray socket carries only path probes
+    /// and a punched path's WireGuard; anything else on it is dropped.
+    pub fn handle_udp_on(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.last_now = self.last_now.max(now);
         let kind = classify(bytes);
         // STUN answers come from the relay's other addresses too.
         if kind == DatagramKind::Stun {
-            self.handle_stun(from, bytes);
+            if socket.is_main() {
+                self.handle_stun(from, bytes);
+            } else {
+                self.count(DropReason::Stun);
+            }
             return;
         }
         // Path probes come from anywhere a peer may be (every candidate);
@@ -333,11 +375,16 @@ impl Engine {
             if self.by_relay_addr.contains_key(&from) {
                 self.count(DropReason::BadControl);
             } else {
-                self.handle_path_probe(now, from, bytes);
+                self.handle_path_probe(now, socket, from, bytes);
             }
             return;
         }
-        if let Some(&relay) = self.by_relay_addr.get(&from) {
+        let relay = self
+            .by_relay_addr
+            .get(&from)
+            .copied()
+            .filter(|_| socket.is_main());
+        if let Some(relay) = relay {
             match kind {
                 DatagramKind::Control => self.handle_control(now, relay, bytes),
                 DatagramKind::WireGuard => self.handle_wireguard(now, Via::Relay(relay), bytes),
@@ -352,7 +399,7 @@ impl Engine {
         };
         match kind {
             DatagramKind::WireGuard => {
-                self.handle_wireguard(now, Via::Direct { peer, from }, bytes)
+                self.handle_wireguard(now, Via::Direct { peer, from, socket }, bytes)
             }
             _ => self.count(DropReason::Malformed),
         }
@@ -418,7 +465,7 @@ impl Engine {
             );
             let dst = self.relays[i].spec.addr;
             for payload in out {
-                self.transmits.push_back(Transmit { dst, payload });
+                self.transmits.push_back(Transmit::main(dst, payload));
             }
             if was_reachable && !self.relays[i].reachable() {
                 self.events.push_back(Event::RelayUnreachable {
@@ -579,7 +626,7 @@ impl Engine {
                 match reply {
                     Some(payload) => {
                         let dst = self.relays[relay].spec.addr;
-                        self.transmits.push_back(Transmit { dst, payload });
+                        self.transmits.push_back(Transmit::main(dst, payload));
                     }
                     None => self.count(DropReason::BadControl),
                 }
@@ -657,8 +704,8 @@ impl Engine {
                 }
                 return;
             }
-            Some(Payload::Candidates { want_reply, addrs }) => {
-                self.on_candidates(now, peer, want_reply, &addrs);
+            Some(Payload::Candidates { want_reply, set }) => {
+                self.on_candidates(now, peer, want_reply, &set);
                 return;
             }
             None => {
@@ -739,10 +786,7 @@ impl Engine {
             return false;
         };
         let dst = self.relays[relay].spec.addr;
-        self.transmits.push_back(Transmit {
-            dst,
-            payload: bytes,
-        });
+        self.transmits.push_back(Transmit::main(dst, bytes));
         true
     }
 
@@ -759,10 +803,13 @@ impl Engine {
     fn ping_peer(&mut self, now: Instant, peer: usize, kind: PingKind) -> Option<u64> {
         let id = self.next_txid();
         if let Some(addr) = self.peers[peer].direct {
-            if !self.send_path_probe(now, peer, addr, id, ProbeKind::Ping) {
+            let socket = self.peers[peer].direct_socket;
+            if !self.send_path_probe(now, peer, socket, addr, id, ProbeKind::Ping) {
                 return None;
             }
-            self.peers[peer].direct_path.ping_sent(id, addr, now);
+            self.peers[peer]
+                .direct_path
+                .ping_sent(id, addr, socket, now);
         } else {
             let relay = self.peers[peer]
                 .relay
@@ -868,7 +915,7 @@ impl Engine {
         let rng = &mut self.rng;
         let done = check.poll(now, &mut || random_txid(rng), &mut out);
         for (dst, payload) in out {
-            self.transmits.push_back(Transmit { dst, payload });
+            self.transmits.push_back(Transmit::main(dst, payload));
         }
         if let Some(report) = done {
             tracing::info!(
@@ -876,6 +923,7 @@ impl Engine {
                 nat = report.nat_type(),
                 reflexive = ?report.reflexive,
                 hairpin = ?report.hairpin,
+                sequential = ?report.sequential.as_ref().map(|s| s.step),
                 "netcheck"
             );
             self.netcheck = None;
@@ -884,6 +932,12 @@ impl Engine {
                 ids: std::mem::take(&mut self.netcheck_waiters),
                 report,
             });
+            // Peers learn what we found (and our predicted ports); a pair
+            // that needs birthday probing can start it now.
+            for peer in 0..self.peers.len() {
+                self.send_candidates_if_changed(now, peer, false);
+                self.maybe_birthday(now, peer);
+            }
         }
     }
 
@@ -958,17 +1012,36 @@ impl Engine {
         self.next_vector_check = now;
     }
 
-    /// Ours: host addresses, then what each relay sees (server-reflexive).
-    fn local_candidates(&self) -> Vec<SocketAddr> {
-        let mut out = self.local_addrs.clone();
+    /// Ours: host addresses, then what each relay sees (server-reflexive),
+    /// then, behind a NAT that allocates in sequence, its next ports
+    /// (predicted), with what we know of our NAT. Also how many are not
+    /// predicted: predictions shift with every netcheck, and that is no
+    /// move of ours.
+    fn local_candidates(&self) -> (CandidateSet, usize) {
+        let mut addrs = self.local_addrs.clone();
+        let hosts = addrs.len();
         for r in &self.relays {
             if let Some(addr) = r.reflexive.filter(|_| r.is_usable()) {
-                if out.len() < MAX_CANDIDATES && !out.contains(&addr) {
-                    out.push(addr);
+                if addrs.len() < MAX_CANDIDATES && !addrs.contains(&addr) {
+                    addrs.push(addr);
                 }
             }
         }
-        out
+        let base = addrs.len();
+        let sequential = self.nat.as_ref().and_then(|n| n.sequential.as_ref());
+        if let Some(seq) = sequential {
+            for addr in seq.predict(MAX_PREDICTED) {
+                if addrs.len() < MAX_CANDIDATES && !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        let nat = self.nat.as_ref().map(|n| NatHint {
+            mapping: n.mapping,
+            filtering: n.filtering,
+            sequential: sequential.is_some(),
+        });
+        (CandidateSet { addrs, hosts, nat }, base)
     }
 
     /// Sends our candidates to `peer` when they differ from what it has
@@ -981,13 +1054,13 @@ impl Engine {
         if p.pinned || !self.direct_paths {
             return;
         }
-        let mine = self.local_candidates();
-        let fresh = p.sent_candidates.as_ref().is_some_and(|(sent, at)| {
+        let (mine, base) = self.local_candidates();
+        let fresh = p.sent_candidates.as_ref().is_some_and(|(sent, _, at)| {
             *sent == mine
                 && (p.direct_path.has_candidates()
                     || now.saturating_duration_since(*at) < VECTOR_REFRESH)
         });
-        if mine.is_empty() || (!force && fresh) {
+        if mine.addrs.is_empty() || (!force && fresh) {
             return;
         }
         let Some(relay) = self.signaling_relay(peer) else {
@@ -997,16 +1070,18 @@ impl Engine {
         // network): both sides must punch again, since the peer's filter
         // only opens for an address once it has sent there, and ours only
         // for the peer's once we have. So we punch, and ask it to.
+        // (Only the host and server-reflexive ones: a NAT report or new
+        // predictions alone are news, not a move.)
         let moved = self.peers[peer]
             .sent_candidates
             .as_ref()
-            .is_some_and(|(sent, _)| *sent != mine);
+            .is_some_and(|(sent, sent_base, _)| sent.addrs[..*sent_base] != mine.addrs[..base]);
         let payload = Payload::Candidates {
             want_reply: moved || !self.peers[peer].direct_path.has_candidates(),
-            addrs: mine.clone(),
+            set: mine.clone(),
         };
         if self.send_signal(now, peer, relay, &payload) {
-            self.peers[peer].sent_candidates = Some((mine, now));
+            self.peers[peer].sent_candidates = Some((mine, base, now));
             if moved {
                 self.punch_afresh(now, peer);
             }
@@ -1015,22 +1090,75 @@ impl Engine {
 
     /// A peer's candidates: kept, ours sent back if it asked, and a punch
     /// started if they are new (or it asked: it is punching now too).
-    fn on_candidates(&mut self, now: Instant, peer: usize, want_reply: bool, addrs: &[SocketAddr]) {
+    fn on_candidates(&mut self, now: Instant, peer: usize, want_reply: bool, set: &CandidateSet) {
         if self.peers[peer].pinned || !self.direct_paths {
             return;
         }
         let had = self.peers[peer].direct_path.has_candidates();
-        let changed = self.peers[peer].direct_path.set_candidates(addrs);
+        let changed = self.peers[peer].direct_path.set_candidates(&set.addrs);
+        let p = &mut self.peers[peer];
+        p.remote_nat = set.nat;
+        p.remote_public = set.public().to_vec();
         if want_reply {
             self.send_candidates_if_changed(now, peer, true);
         }
-        if changed && had {
-            // The peer moved: the path we have to it is stale.
+        if changed && had && want_reply {
+            // The peer moved (it asks for ours again when it has): the
+            // path we have to it is stale.
             self.punch_afresh(now, peer);
         } else if changed || want_reply {
             self.peers[peer].direct_path.start_punch(now);
             self.direct_timers_of(now, peer);
         }
+        self.maybe_birthday(now, peer);
+    }
+
+    /// Starts a birthday attempt with `peer` if our NATs need one
+    /// ([`birthday::role`]) and none is running: spraying its public
+    /// addresses from the spray sockets, or probing random ports of its
+    /// public IPs.
+    fn maybe_birthday(&mut self, now: Instant, peer: usize) {
+        let p = &self.peers[peer];
+        if p.pinned || !self.direct_paths || p.direct.is_some() || p.remote_public.is_empty() {
+            return;
+        }
+        let attempt = match birthday::role(self.nat.as_ref(), p.remote_nat) {
+            None => return,
+            Some(Role::Spray) => Attempt::spray(now, &p.remote_public),
+            Some(Role::Probe) => {
+                let mut ips: Vec<std::net::IpAddr> = Vec::new();
+                for a in &p.remote_public {
+                    if !ips.contains(&a.ip()) {
+                        ips.push(a.ip());
+                    }
+                }
+                let near: Vec<u16> = p.remote_public.iter().map(|a| a.port()).collect();
+                let ports = random_ports(&mut self.rng, birthday::PROBE_PORTS, &near);
+                Attempt::probe(now, &ips, ports)
+            }
+        };
+        let role = attempt.role();
+        if self.peers[peer].direct_path.start_attempt(now, attempt) {
+            tracing::debug!(peer = %self.peers[peer].spec.name, ?role, "birthday attempt");
+            self.spray_pool_open |= role == Role::Spray;
+            self.direct_timers_of(now, peer);
+        }
+    }
+
+    /// Releases the spray sockets once no attempt needs them, keeping the
+    /// ones that carry a direct path.
+    fn release_spray_pool(&mut self, now: Instant) {
+        if !self.spray_pool_open || self.peers.iter().any(|p| p.direct_path.attempt_live(now)) {
+            return;
+        }
+        self.spray_pool_open = false;
+        let keep = self
+            .peers
+            .iter()
+            .filter(|p| p.direct.is_some() && !p.direct_socket.is_main())
+            .map(|p| p.direct_socket)
+            .collect();
+        self.events.push_back(Event::ReleaseSockets { keep });
     }
 
     /// One side's addresses moved (a new mapping, a new network): a
@@ -1049,11 +1177,12 @@ impl Engine {
         self.direct_timers_of(now, peer);
     }
 
-    /// Seals and queues a path probe to `peer` at `dst`.
+    /// Seals and queues a path probe to `peer` at `dst`, from `socket`.
     fn send_path_probe(
         &mut self,
         now: Instant,
         peer: usize,
+        socket: SocketId,
         dst: SocketAddr,
         txid: u64,
         kind: ProbeKind,
@@ -1069,13 +1198,24 @@ impl Engine {
             kind,
         };
         let payload = probe.encode(key).to_vec();
-        self.transmits.push_back(Transmit { dst, payload });
+        self.transmits.push_back(Transmit {
+            dst,
+            payload,
+            socket,
+        });
         true
     }
 
-    /// A path probe from `from`: verified, then a ping is answered in kind
-    /// (same size, to where it came from) and a pong may confirm a path.
-    fn handle_path_probe(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    /// A path probe from `from`, on our `socket`: verified, then a ping is
+    /// answered in kind (same size, to where it came from, from the socket
+    /// it reached) and a pong may confirm a path.
+    fn handle_path_probe(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         let Ok(view) = PathProbeView::parse(bytes) else {
             self.count(DropReason::Malformed);
             return;
@@ -1106,11 +1246,12 @@ impl Engine {
         match probe.kind {
             ProbeKind::Ping => {
                 let pong = ProbeKind::Pong { observed: from };
-                self.send_path_probe(now, peer, from, probe.txid, pong);
+                self.send_path_probe(now, peer, socket, from, probe.txid, pong);
                 let p = &mut self.peers[peer];
                 if !p.pinned
                     && p.direct.is_none()
-                    && (p.direct_path.add_peer_reflexive(from) || !p.direct_path.is_punching())
+                    && (p.direct_path.add_peer_reflexive(from, socket)
+                        || !p.direct_path.is_punching())
                 {
                     // The peer is punching: punch back, now, including the
                     // address its ping came from (its NAT's mapping to us).
@@ -1120,14 +1261,17 @@ impl Engine {
             }
             ProbeKind::Pong { .. } => {
                 let may_confirm = !self.peers[peer].pinned;
-                let outcome =
-                    self.peers[peer]
-                        .direct_path
-                        .on_pong(now, from, probe.txid, may_confirm);
+                let outcome = self.peers[peer].direct_path.on_pong(
+                    now,
+                    socket,
+                    from,
+                    probe.txid,
+                    may_confirm,
+                );
                 match outcome {
                     PongOutcome::Unmatched => self.count(DropReason::BadControl),
-                    PongOutcome::Confirmed { addr, sent } => {
-                        self.upgrade(peer, addr);
+                    PongOutcome::Confirmed { addr, socket, sent } => {
+                        self.upgrade(peer, addr, socket);
                         self.peers[peer].path_quality.answered(sent, now);
                     }
                     PongOutcome::Answered { sent } => {
@@ -1157,6 +1301,7 @@ impl Engine {
         for peer in 0..self.peers.len() {
             self.direct_timers_of(now, peer);
         }
+        self.release_spray_pool(now);
     }
 
     fn direct_timers_of(&mut self, now: Instant, peer: usize) {
@@ -1181,22 +1326,23 @@ impl Engine {
         );
         self.next_ping_id = next;
         let confirmed = self.peers[peer].direct_path.confirmed();
-        for (dst, txid) in due {
+        for (socket, dst, txid) in due {
             if Some(dst) == confirmed {
                 self.peers[peer].path_quality.sent(now);
             }
-            self.send_path_probe(now, peer, dst, txid, ProbeKind::Ping);
+            self.send_path_probe(now, peer, socket, dst, txid, ProbeKind::Ping);
         }
     }
 
     /// The first confirmed pair: the session's datagrams go to `addr` from
     /// now on (the WireGuard session itself doesn't change, and datagrams
     /// still arriving through the relay are accepted, so nothing is lost).
-    fn upgrade(&mut self, peer: usize, addr: SocketAddr) {
+    fn upgrade(&mut self, peer: usize, addr: SocketAddr, socket: SocketId) {
         let p = &mut self.peers[peer];
         p.direct = Some(addr);
+        p.direct_socket = socket;
         p.path_quality = Estimator::default();
-        tracing::debug!(peer = %p.spec.name, %addr, "direct path");
+        tracing::debug!(peer = %p.spec.name, %addr, socket = socket.0, "direct path");
         self.events.push_back(Event::PathChanged {
             peer: p.spec.name.clone(),
             path: PeerPath::Direct(addr),
@@ -1211,6 +1357,7 @@ impl Engine {
             return;
         }
         self.peers[peer].direct = None;
+        self.peers[peer].direct_socket = SocketId::MAIN;
         self.peers[peer].path_quality = Estimator::default();
         let Some(relay) = self.path_for(now, peer) else {
             return;
@@ -1330,13 +1477,13 @@ impl Engine {
             return;
         };
         let dst = match via {
-            Via::Relay(relay) => self.relays[relay].spec.addr,
+            Via::Relay(relay) => Dest::main(self.relays[relay].spec.addr),
             // A peer's address speaks only for that peer.
             Via::Direct { peer: owner, .. } if owner != peer => {
                 self.count(DropReason::UnknownSource);
                 return;
             }
-            Via::Direct { from, .. } => from,
+            Via::Direct { from, socket, .. } => Dest { addr: from, socket },
         };
         let handshake = matches!(
             packet,
@@ -1361,10 +1508,11 @@ impl Engine {
                         self.relays[relay].set_in_use(now, true);
                     }
                 }
-                Via::Direct { from, .. } => {
+                Via::Direct { from, socket, .. } => {
                     self.peers[peer].direct_path.heard_from(now, from);
                     let p = &mut self.peers[peer];
-                    adopted = !p.pinned && p.direct.is_none() && p.direct_path.adopt(now, from);
+                    adopted =
+                        !p.pinned && p.direct.is_none() && p.direct_path.adopt(now, socket, from);
                 }
             }
             if !was_active {
@@ -1403,8 +1551,8 @@ impl Engine {
             // Its session came straight to us: answer the same way (the
             // relay may never have seen this session, so it couldn't carry
             // our answers), even before our own pong arrives.
-            if let Via::Direct { from, .. } = via {
-                self.upgrade(peer, from);
+            if let Via::Direct { from, socket, .. } = via {
+                self.upgrade(peer, from, socket);
             }
         }
         if handshake {
@@ -1418,7 +1566,7 @@ impl Engine {
         }
     }
 
-    fn flush_queued(&mut self, now: Instant, peer: usize, dst: SocketAddr) {
+    fn flush_queued(&mut self, now: Instant, peer: usize, dst: Dest) {
         // Bounded: boringtun's queue holds at most a few hundred packets.
         for _ in 0..1024 {
             match self.peers[peer]
@@ -1452,12 +1600,13 @@ impl Engine {
 
     /// Where a datagram for `peer` goes: its endpoint if it has one, else
     /// the relay [`Self::path_for`] picks.
-    fn destination(&mut self, now: Instant, peer: usize) -> Option<SocketAddr> {
+    fn destination(&mut self, now: Instant, peer: usize) -> Option<Dest> {
         if let Some(addr) = self.peers[peer].direct {
-            return Some(addr);
+            let socket = self.peers[peer].direct_socket;
+            return Some(Dest { addr, socket });
         }
         let relay = self.path_for(now, peer)?;
-        Some(self.relays[relay].spec.addr)
+        Some(Dest::main(self.relays[relay].spec.addr))
     }
 
     /// The way `peer`'s datagrams take now, for `status`.
@@ -1558,11 +1707,15 @@ impl Engine {
     /// the engine's own retry clock for it ([`HANDSHAKE_RETRY_FIRST`]): a
     /// relay drops an initiation for a peer that hasn't registered there
     /// yet, and boringtun alone would retry only after 5 s.
-    fn send_wireguard(&mut self, now: Instant, peer: usize, dst: SocketAddr, payload: Vec<u8>) {
+    fn send_wireguard(&mut self, now: Instant, peer: usize, dst: Dest, payload: Vec<u8>) {
         if payload.first() == Some(&1) && self.peers[peer].handshake_sent.is_none() {
             self.peers[peer].handshake_sent = Some((now, HANDSHAKE_RETRY_FIRST));
         }
-        self.transmits.push_back(Transmit { dst, payload });
+        self.transmits.push_back(Transmit {
+            dst: dst.addr,
+            payload,
+            socket: dst.socket,
+        });
     }
 
     /// Retries a handshake that got no answer, sooner than boringtun would:
@@ -1575,9 +1728,10 @@ impl Engine {
             return;
         }
         let next = Some((now, (wait * 2).min(HANDSHAKE_RETRY_MAX)));
-        if let Some(dst) = self.peers[peer].direct {
+        if let Some(addr) = self.peers[peer].direct {
             self.peers[peer].handshake_sent = next;
-            self.initiate(now, peer, dst);
+            let socket = self.peers[peer].direct_socket;
+            self.initiate(now, peer, Dest { addr, socket });
             return;
         }
         let Some(relay) = self.path_for(now, peer) else {
@@ -1601,12 +1755,12 @@ impl Engine {
         if !self.peers[peer].may_force_handshake(now) && urgency == Urgency::Prompted {
             return;
         }
-        let dst = self.relays[relay].spec.addr;
+        let dst = Dest::main(self.relays[relay].spec.addr);
         self.initiate(now, peer, dst);
     }
 
     /// A fresh handshake initiation of `peer`'s session, to `dst`.
-    fn initiate(&mut self, now: Instant, peer: usize, dst: SocketAddr) {
+    fn initiate(&mut self, now: Instant, peer: usize, dst: Dest) {
         let result = self.peers[peer]
             .tunn
             .format_handshake_initiation(&mut self.scratch, true);
@@ -1622,7 +1776,27 @@ impl Engine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Relay(usize),
-    Direct { peer: usize, from: SocketAddr },
+    Direct {
+        peer: usize,
+        from: SocketAddr,
+        socket: SocketId,
+    },
+}
+
+/// Where a datagram goes, and from which of our sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dest {
+    addr: SocketAddr,
+    socket: SocketId,
+}
+
+impl Dest {
+    fn main(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            socket: SocketId::MAIN,
+        }
+    }
 }
 
 /// Who sent a ping: `lanrage ping` (its pong is an event), or the engine
@@ -1660,6 +1834,39 @@ fn xorshift(state: &mut u64) -> u64 {
     x
 }
 
+/// `count` distinct random ports a NAT may hand out (1024–65535): every
+/// other one within [`birthday::NEAR`] of a port in `near` (the peer's
+/// known mappings), the rest from the whole range. Against a NAT that
+/// scatters uniformly, where the ports are drawn makes no difference to
+/// the odds; against one that allocates from a block around its first
+/// mapping (carrier-grade NATs' per-subscriber blocks), the near half
+/// lands in the block.
+fn random_ports(rng: &mut u64, count: usize, near: &[u16]) -> Vec<u16> {
+    let lowest = u64::from(birthday::LOWEST_NAT_PORT);
+    let span = u64::from(u16::MAX) - lowest + 1;
+    let mut ports: Vec<u16> = Vec::with_capacity(count);
+    // Bounded: with 300 of 64,512 taken, a draw repeats rarely.
+    for i in 0..count * 4 {
+        if ports.len() == count {
+            break;
+        }
+        let draw = xorshift(rng);
+        let port = if i % 2 == 0 && !near.is_empty() {
+            let center = u64::from(near[(i / 2) % near.len()]);
+            let offset = draw % (2 * u64::from(birthday::NEAR) + 1);
+            (center + offset)
+                .saturating_sub(u64::from(birthday::NEAR))
+                .clamp(lowest, u64::from(u16::MAX))
+        } else {
+            lowest + draw % span
+        } as u16;
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 /// A random duration in `[0, max]`.
 fn jitter(rng: &mut u64, max: Duration) -> Duration {
     let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
@@ -1667,4 +1874,34 @@ fn jitter(rng: &mut u64, max: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_nanos(xorshift(rng) % nanos.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_ports_are_distinct_nat_ports_half_of_them_near_the_known_ones() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15;
+        let ports = random_ports(&mut rng, birthday::PROBE_PORTS, &[20467]);
+        assert_eq!(ports.len(), birthday::PROBE_PORTS);
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ports.len(), "distinct");
+        assert!(ports.iter().all(|&p| p >= birthday::LOWEST_NAT_PORT));
+        let near = ports
+            .iter()
+            .filter(|&&p| p.abs_diff(20467) <= birthday::NEAR)
+            .count();
+        // Half by construction, plus the few uniform draws that land near.
+        assert!((150..=170).contains(&near), "{near} near");
+        // Near the top of the range, clamped into it; no known port: all
+        // uniform.
+        assert!(random_ports(&mut rng, 50, &[65500])
+            .iter()
+            .all(|&p| p >= 1024));
+        let far = random_ports(&mut rng, 300, &[]);
+        assert!(far.iter().filter(|&&p| p.abs_diff(20467) <= 1024).count() < 30);
+    }
 }

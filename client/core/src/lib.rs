@@ -7,11 +7,13 @@
 //! It opens no socket, reads no clock and has no platform code: the driver
 //! (`lanrage-client`) passes time and bytes in, and takes datagrams, TUN
 //! packets and events out. Verbs, in the order a driver runs them:
-//! 1. `handle_udp(now, from, bytes)` for each datagram from the socket, and
-//!    `handle_tun(now, packet)` for each packet read from the TUN;
+//! 1. `handle_udp(now, from, bytes)` for each datagram from the main
+//!    socket (`handle_udp_on(now, socket, from, bytes)` for one from a
+//!    spray socket, see `birthday`), and `handle_tun(now, packet)` for each
+//!    packet read from the TUN;
 //! 2. `handle_timeout(now)` once `poll_timeout()` has passed;
 //! 3. after any of those: drain `poll_transmit()` (send each to its
-//!    destination), `poll_tun()` (write each to the TUN) and `poll_event()`
+//!    destination from its socket, opening a spray socket on first use), `poll_tun()` (write each to the TUN) and `poll_event()`
 //!    (apply or log), then sleep until `poll_timeout()` or the next input.
 //!
 //! The one clock reader inside is boringtun: its handshake and session
@@ -20,6 +22,7 @@
 //! probes, relay choice, failover) runs on the `now` it is given, which the
 //! tests drive virtually.
 
+pub mod birthday;
 pub mod choice;
 pub mod config;
 mod direct;
@@ -32,6 +35,7 @@ mod relay;
 pub mod status;
 mod wall_clock;
 
+pub use birthday::SocketId;
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
 pub use engine::{ConfigError, DropReason, Engine, Event, Transmit};
 pub use netcheck::NatReport;

@@ -95,6 +95,84 @@ pub struct NatReport {
     pub hairpin: Option<bool>,
     /// The relay's other address (RFC 5780 OTHER-ADDRESS), if it has one.
     pub other_address: Option<SocketAddr>,
+    /// A mapping that depends on the destination but hands out ports in
+    /// sequence: the next ones can be predicted (`docs/nat-traversal.md`).
+    pub sequential: Option<Sequential>,
+}
+
+/// How a sequential NAT allocates: each new mapping's port is the last
+/// one's plus `step`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequential {
+    pub step: u16,
+    /// The newest mapping the discovery saw.
+    pub last: SocketAddr,
+    /// Ports handed out between the relay registration's mapping and the
+    /// discovery's: flows of ours made meanwhile (early punches to the
+    /// peer among them, whose mappings live on while we keep pinging).
+    pub between: Vec<SocketAddr>,
+}
+
+/// The most ports [`Sequential::between`] holds.
+const MAX_BETWEEN: u16 = 8;
+
+/// The largest step between consecutive mappings read as a sequence; a
+/// larger one is as good as random (and predicting it would scatter).
+pub const MAX_SEQUENTIAL_STEP: u16 = 16;
+
+impl Sequential {
+    /// Up to `count` ports our mapping towards a peer likely has: the ones
+    /// handed out before the discovery's (a flow to the peer that already
+    /// exists keeps its port), then the next ones after it, in order
+    /// (other flows through the NAT may take a few first).
+    pub fn predict(&self, count: usize) -> Vec<SocketAddr> {
+        let next = (1..=count as u32).filter_map(|k| {
+            let port = u32::from(self.last.port()) + k * u32::from(self.step);
+            let port = u16::try_from(port).ok().filter(|&p| p != 0)?;
+            Some(SocketAddr::new(self.last.ip(), port))
+        });
+        self.between
+            .iter()
+            .copied()
+            .chain(next)
+            .take(count)
+            .collect()
+    }
+
+    /// Reads two mappings made back to back (phase 2 sends its two
+    /// requests in one go, so no other flow of ours comes between) as a
+    /// sequence: one IP, the second port a small step above the first.
+    /// Phase 1's mapping is no sample: it is the relay registration's,
+    /// older than punches that may have taken ports since. A scattering
+    /// NAT lands within the step bound by chance once in ~4,000 runs, and
+    /// then only some predicted candidates are wasted.
+    /// `registered`: the relay registration's mapping, from which the
+    /// ports between are counted.
+    fn detect(
+        registered: Option<SocketAddr>,
+        first: SocketAddr,
+        second: SocketAddr,
+    ) -> Option<Self> {
+        let step = i32::from(second.port()) - i32::from(first.port());
+        if first.ip() != second.ip() || !(1..=i32::from(MAX_SEQUENTIAL_STEP)).contains(&step) {
+            return None;
+        }
+        let step = step as u16;
+        let between = registered
+            .filter(|r| r.ip() == first.ip() && r.port() < first.port())
+            .map(|r| {
+                let gap = (first.port() - r.port()) / step;
+                (1..gap.min(MAX_BETWEEN + 1))
+                    .map(|k| SocketAddr::new(r.ip(), r.port() + k * step))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            step,
+            last: second,
+            between,
+        })
+    }
 }
 
 impl NatReport {
@@ -214,6 +292,7 @@ impl Netcheck {
                 filtering: None,
                 hairpin: None,
                 other_address: None,
+                sequential: None,
             },
         }
     }
@@ -398,6 +477,15 @@ impl Netcheck {
                     (None, Some(_)) => Some(Mapping::AddressAndPortDependent),
                     _ => None,
                 };
+                if self
+                    .report
+                    .mapping
+                    .is_some_and(|m| m != Mapping::EndpointIndependent)
+                {
+                    if let (Some(Some(a)), Some(Some(b))) = (other_ip, other) {
+                        self.report.sequential = Sequential::detect(first, a, b);
+                    }
+                }
                 self.phase = 3;
                 self.phase_start = now;
                 self.tests.clear();
@@ -449,6 +537,8 @@ mod tests {
         /// Destinations we sent to (what the NAT's filter remembers).
         contacted: Vec<SocketAddr>,
         destinations: Vec<SocketAddr>,
+        /// The port step between new mappings; 0: scattered ports.
+        stride: u16,
         /// The last run's report, for the next.
         previous: Option<NatReport>,
     }
@@ -466,6 +556,7 @@ mod tests {
                 contacted: Vec::new(),
                 destinations: Vec::new(),
                 previous: None,
+                stride: 1,
             }
         }
 
@@ -485,7 +576,12 @@ mod tests {
                     }
                 },
             };
-            SocketAddr::from((PUBLIC, 40000 + index as u16))
+            let index = index as u16;
+            let port = match self.stride {
+                0 => 40000 + index.wrapping_mul(7919) % 20000,
+                stride => 40000 + index * stride,
+            };
+            SocketAddr::from((PUBLIC, port))
         }
 
         fn passes(&self, from: SocketAddr) -> bool {
@@ -624,6 +720,62 @@ mod tests {
         // which is why the verdict is kept.
         world.previous = None;
         assert_eq!(run(&mut world).nat_type(), "full cone");
+    }
+
+    /// A symmetric NAT that hands out ports in sequence is told from one
+    /// that scatters them, and the next ports are predicted from the last.
+    #[test]
+    fn sequential_port_allocation_is_detected_and_predicted() {
+        for (stride, expected) in [(1u16, Some(1u16)), (7, Some(7)), (0, None), (40, None)] {
+            let mut world = World::new(
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+                false,
+            );
+            world.stride = stride;
+            let report = run(&mut world);
+            assert_eq!(report.nat_type(), "symmetric");
+            assert_eq!(
+                report.sequential.as_ref().map(|s| s.step),
+                expected,
+                "stride {stride}"
+            );
+            if let Some(seq) = report.sequential.clone() {
+                assert_eq!(seq.last.port(), 40000 + 2 * stride);
+                assert!(seq.between.is_empty(), "no flow came between");
+                let next: Vec<u16> = seq.predict(3).iter().map(|a| a.port()).collect();
+                assert_eq!(
+                    next,
+                    [40000 + 3 * stride, 40000 + 4 * stride, 40000 + 5 * stride]
+                );
+                // The world's next new mapping is the first prediction.
+                let fresh = world.mapped_for("198.51.100.77:9".parse().expect("addr"));
+                assert_eq!(fresh, seq.predict(1)[0]);
+            }
+        }
+        // Cone NATs and address-dependent ones (two samples, one repeated)
+        // predict nothing.
+        for mapping in [Mapping::EndpointIndependent, Mapping::AddressDependent] {
+            let report = run(&mut World::new(
+                mapping,
+                Filtering::AddressAndPortDependent,
+                false,
+            ));
+            assert_eq!(report.sequential, None, "{mapping:?}");
+        }
+        // Predictions stop at the top of the port range.
+        let top = Sequential {
+            step: 1,
+            last: "203.0.113.5:65534".parse().expect("addr"),
+            between: Vec::new(),
+        };
+        assert_eq!(top.predict(3).len(), 1);
+        // Flows made between registration (40000) and the discovery's
+        // (40004, 40005) took 40001–40003: they come first.
+        let a = |p: u16| SocketAddr::from((PUBLIC, p));
+        let seq = Sequential::detect(Some(a(40000)), a(40004), a(40005)).expect("sequential");
+        let ports: Vec<u16> = seq.predict(6).iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [40001, 40002, 40003, 40006, 40007, 40008]);
     }
 
     #[test]

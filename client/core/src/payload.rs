@@ -9,6 +9,7 @@ use lanrage_proto::control::{decode_addr, encode_addr, ADDR_LEN};
 use lanrage_proto::PeerKey;
 
 use crate::direct::MAX_CANDIDATES;
+use crate::netcheck::{Filtering, Mapping};
 
 use crate::choice::LatencyVector;
 
@@ -18,6 +19,79 @@ pub const KIND_PONG: u8 = 3;
 pub const KIND_CANDIDATES: u8 = 4;
 /// Candidates flag: the sender has none of ours yet; answer with them.
 const FLAG_WANT_REPLY: u8 = 1;
+/// Candidates flag: a NAT block (host count, NAT byte) follows the addresses.
+const FLAG_NAT: u8 = 2;
+/// NAT byte: bits 0–1 mapping, bits 2–3 filtering, bit 4 sequential.
+const NAT_SEQUENTIAL: u8 = 1 << 4;
+
+/// What a peer found out about its NAT (its netcheck), as much as the
+/// other side needs to choose how to punch (`docs/nat-traversal.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NatHint {
+    pub mapping: Option<Mapping>,
+    pub filtering: Option<Filtering>,
+    /// Its mapping hands out ports in sequence; its candidates include the
+    /// predicted ones.
+    pub sequential: bool,
+}
+
+impl NatHint {
+    fn encode(self) -> u8 {
+        let mapping = match self.mapping {
+            None => 0,
+            Some(Mapping::EndpointIndependent) => 1,
+            Some(Mapping::AddressDependent) => 2,
+            Some(Mapping::AddressAndPortDependent) => 3,
+        };
+        let filtering = match self.filtering {
+            None => 0,
+            Some(Filtering::EndpointIndependent) => 1,
+            Some(Filtering::AddressDependent) => 2,
+            Some(Filtering::AddressAndPortDependent) => 3,
+        };
+        mapping | filtering << 2 | if self.sequential { NAT_SEQUENTIAL } else { 0 }
+    }
+
+    fn decode(byte: u8) -> Option<Self> {
+        if byte & !(NAT_SEQUENTIAL | 0x0f) != 0 {
+            return None;
+        }
+        let mapping = match byte & 3 {
+            0 => None,
+            1 => Some(Mapping::EndpointIndependent),
+            2 => Some(Mapping::AddressDependent),
+            _ => Some(Mapping::AddressAndPortDependent),
+        };
+        let filtering = match byte >> 2 & 3 {
+            0 => None,
+            1 => Some(Filtering::EndpointIndependent),
+            2 => Some(Filtering::AddressDependent),
+            _ => Some(Filtering::AddressAndPortDependent),
+        };
+        Some(Self {
+            mapping,
+            filtering,
+            sequential: byte & NAT_SEQUENTIAL != 0,
+        })
+    }
+}
+
+/// A sender's candidates: host addresses first (`hosts` of them), then
+/// server-reflexive and predicted ones; and what it knows of its NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CandidateSet {
+    pub addrs: Vec<SocketAddr>,
+    pub hosts: usize,
+    pub nat: Option<NatHint>,
+}
+
+impl CandidateSet {
+    /// The candidates that are not host addresses: what the peer's NAT
+    /// shows the world.
+    pub fn public(&self) -> &[SocketAddr] {
+        &self.addrs[self.hosts.min(self.addrs.len())..]
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -26,11 +100,12 @@ pub enum Payload {
     /// `lanrage ping`: answer with a pong carrying the same id.
     Ping(u64),
     Pong(u64),
-    /// The addresses the sender can be reached at directly (host and
-    /// server-reflexive), for punching; `want_reply`: send yours back.
+    /// The addresses the sender can be reached at directly (host,
+    /// server-reflexive, predicted), for punching; `want_reply`: send
+    /// yours back.
     Candidates {
         want_reply: bool,
-        addrs: Vec<SocketAddr>,
+        set: CandidateSet,
     },
 }
 
@@ -51,14 +126,22 @@ impl Payload {
                 }
                 out
             }
-            Payload::Candidates { want_reply, addrs } => {
-                let count = addrs.len().min(MAX_CANDIDATES);
-                let mut out = Vec::with_capacity(3 + count * ADDR_LEN);
+            Payload::Candidates { want_reply, set } => {
+                let count = set.addrs.len().min(MAX_CANDIDATES);
+                let mut out = Vec::with_capacity(5 + count * ADDR_LEN);
                 out.push(KIND_CANDIDATES);
-                out.push(if *want_reply { FLAG_WANT_REPLY } else { 0 });
+                let mut flags = if *want_reply { FLAG_WANT_REPLY } else { 0 };
+                if set.nat.is_some() {
+                    flags |= FLAG_NAT;
+                }
+                out.push(flags);
                 out.push(count as u8);
-                for addr in addrs.iter().take(count) {
+                for addr in set.addrs.iter().take(count) {
                     out.extend_from_slice(&encode_addr(Some(*addr)));
+                }
+                if let Some(nat) = set.nat {
+                    out.push(set.hosts.min(count) as u8);
+                    out.push(nat.encode());
                 }
                 out
             }
@@ -91,19 +174,28 @@ impl Payload {
                     return None;
                 };
                 let count = usize::from(*count);
-                if flags & !FLAG_WANT_REPLY != 0
+                let block = if flags & FLAG_NAT != 0 { 2 } else { 0 };
+                if flags & !(FLAG_WANT_REPLY | FLAG_NAT) != 0
                     || count > MAX_CANDIDATES
-                    || entries.len() != count * ADDR_LEN
+                    || entries.len() != count * ADDR_LEN + block
                 {
                     return None;
                 }
+                let (entries, nat_block) = entries.split_at(count * ADDR_LEN);
                 let addrs = entries
                     .chunks_exact(ADDR_LEN)
                     .map(|e| decode_addr(e.try_into().ok()?).ok().flatten())
                     .collect::<Option<Vec<_>>>()?;
+                let (hosts, nat) = match nat_block {
+                    [] => (addrs.len(), None),
+                    &[hosts, nat] if usize::from(hosts) <= count => {
+                        (usize::from(hosts), Some(NatHint::decode(nat)?))
+                    }
+                    _ => return None,
+                };
                 Some(Payload::Candidates {
                     want_reply: flags & FLAG_WANT_REPLY != 0,
-                    addrs,
+                    set: CandidateSet { addrs, hosts, nat },
                 })
             }
             KIND_PING | KIND_PONG => {
@@ -135,14 +227,37 @@ mod tests {
             Payload::Pong(u64::MAX),
             Payload::Candidates {
                 want_reply: true,
-                addrs: vec![
-                    "192.168.1.10:40000".parse().expect("addr"),
-                    "[2001:db8::7]:51900".parse().expect("addr"),
-                ],
+                set: CandidateSet {
+                    addrs: vec![
+                        "192.168.1.10:40000".parse().expect("addr"),
+                        "[2001:db8::7]:51900".parse().expect("addr"),
+                    ],
+                    hosts: 2,
+                    nat: None,
+                },
             },
             Payload::Candidates {
                 want_reply: false,
-                addrs: vec!["203.0.113.9:1".parse().expect("addr")],
+                set: CandidateSet {
+                    addrs: vec![
+                        "192.168.1.10:40000".parse().expect("addr"),
+                        "203.0.113.9:1".parse().expect("addr"),
+                    ],
+                    hosts: 1,
+                    nat: Some(NatHint {
+                        mapping: Some(Mapping::AddressAndPortDependent),
+                        filtering: Some(Filtering::AddressDependent),
+                        sequential: true,
+                    }),
+                },
+            },
+            Payload::Candidates {
+                want_reply: false,
+                set: CandidateSet {
+                    addrs: vec![],
+                    hosts: 0,
+                    nat: Some(NatHint::default()),
+                },
             },
         ] {
             assert_eq!(Payload::decode(&p.encode()), Some(p.clone()));
@@ -166,9 +281,22 @@ mod tests {
             Payload::decode(&[KIND_CANDIDATES, 0, 0]),
             Some(Payload::Candidates {
                 want_reply: false,
-                addrs: vec![]
+                set: CandidateSet::default(),
             })
         );
+        // The NAT block: more hosts than addresses, or reserved NAT bits.
+        assert_eq!(Payload::decode(&[KIND_CANDIDATES, FLAG_NAT, 0, 1, 0]), None);
+        assert_eq!(
+            Payload::decode(&[KIND_CANDIDATES, FLAG_NAT, 0, 0, 0x20]),
+            None
+        );
+        assert_eq!(Payload::decode(&[KIND_CANDIDATES, FLAG_NAT, 0, 0]), None);
+        // Every NAT byte that decodes encodes back to itself.
+        for byte in 0..=u8::MAX {
+            if let Some(hint) = NatHint::decode(byte) {
+                assert_eq!(hint.encode(), byte);
+            }
+        }
         assert_eq!(Payload::decode(&[]), None);
     }
 }

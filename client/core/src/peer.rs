@@ -10,9 +10,11 @@ use lanrage_proto::signal::{SignalKey, SignalView};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::PeerKey;
 
+use crate::birthday::SocketId;
 use crate::choice::LatencyVector;
 use crate::direct::{DirectPath, MAX_CANDIDATES};
 use crate::estimator::Estimator;
+use crate::payload::{CandidateSet, NatHint};
 
 use crate::config::PeerSpec;
 
@@ -38,6 +40,9 @@ pub struct Peer {
     /// or the confirmed punched path); when set, datagrams go there and not
     /// through `relay`.
     pub direct: Option<SocketAddr>,
+    /// Our socket that reaches `direct` (the main one, unless birthday
+    /// probing found the path from a spray socket).
+    pub direct_socket: SocketId,
     /// Whether `direct` is the configured endpoint (never punched, never
     /// given up).
     pub pinned: bool,
@@ -50,8 +55,12 @@ pub struct Peer {
     /// Addresses proven to be this peer's (a verified probe came from
     /// them): its WireGuard datagrams are accepted from them. Oldest first.
     pub known_addrs: Vec<SocketAddr>,
-    /// Our candidates as last sent to this peer, and when.
-    pub sent_candidates: Option<(Vec<SocketAddr>, Instant)>,
+    /// Our candidates as last sent to this peer, how many of them were not
+    /// predicted, and when.
+    pub sent_candidates: Option<(CandidateSet, usize, Instant)>,
+    /// What the peer said of its NAT, and its public (non-host) candidates.
+    pub remote_nat: Option<NatHint>,
+    pub remote_public: Vec<SocketAddr>,
     last_forced: Option<Instant>,
     /// End-to-end signal keys, both directions (none for a low-order key,
     /// which boringtun refuses too).
@@ -99,6 +108,9 @@ impl Peer {
             probe_replay: ReplayWindow::default(),
             known_addrs: spec.endpoint.into_iter().collect(),
             sent_candidates: None,
+            remote_nat: None,
+            remote_public: Vec::new(),
+            direct_socket: SocketId::MAIN,
             spec,
             tunn,
             relay: None,

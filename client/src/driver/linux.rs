@@ -1,5 +1,6 @@
 //! The Linux driver: one UDP socket (quinn-udp, with GRO where the kernel
-//! has it), one TUN device (tun-rs), the local control socket and the
+//! has it; plus the spray sockets birthday probing asks for, see
+//! `sockets.rs`), one TUN device (tun-rs), the local control socket and the
 //! signals, in one mio loop on one thread. It owns the clock; the engine
 //! gets `Instant::now()` once per wake-up.
 //!
@@ -8,20 +9,20 @@
 //! its outputs (datagrams, TUN packets, events) and answer the control
 //! socket; sleep until a source is readable or the engine's next deadline.
 
-use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lanrage_client_core::{Engine, Event};
+use lanrage_client_core::{Engine, Event, SocketId, Transmit};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use mio::{Events, Interest, Poll, Registry, Token};
 use tun_rs::SyncDevice;
 
 use super::netwatch::{default_route, local_addresses, NetWatch};
+use super::sockets::{Socket, SprayPool, MAX_READS_PER_WAKE, RECV_BATCH, RECV_BUF};
 use crate::control::{
     error_line, Answer, NatRow, NetcheckReply, PingReply, Request, Server, StatusReply,
     NETCHECK_TIMEOUT, PING_TIMEOUT,
@@ -33,13 +34,8 @@ const CONTROL: Token = Token(2);
 const SIGNAL: Token = Token(3);
 const NETWATCH: Token = Token(4);
 
-/// Datagrams per receive call, each buffer big enough for a GRO batch.
-const RECV_BATCH: usize = 8;
-const RECV_BUF: usize = 64 * 1024;
 /// The most bytes one GSO send carries (the kernel's limit is 64 KiB).
 const MAX_GSO_BYTES: usize = 60_000;
-/// Reads per source per wake-up, so neither side starves the other.
-const MAX_READS_PER_WAKE: usize = 256;
 /// While a control connection waits for its request, wake at least this often.
 const CONTROL_TICK: Duration = Duration::from_millis(50);
 
@@ -53,12 +49,9 @@ pub struct Setup {
 /// Runs `engine` until SIGINT or SIGTERM. The TUN device (and with it its
 /// address and route) is removed when this returns, on every path.
 pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
+    let main = Socket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
         .with_context(|| format!("listen_port: cannot bind UDP port {}", setup.listen_port))?;
-    socket.set_nonblocking(true)?;
-    let udp_state =
-        UdpSocketState::new((&socket).into()).context("cannot set up the UDP socket")?;
-    let local = socket.local_addr()?;
+    let local = main.socket.local_addr()?;
 
     // The engine's first event says how to configure the interface.
     let Some(Event::ConfigureInterface {
@@ -93,7 +86,11 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
 
     let mut poll = Poll::new()?;
     let registry = poll.registry();
-    registry.register(&mut SourceFd(&socket.as_raw_fd()), UDP, Interest::READABLE)?;
+    registry.register(
+        &mut SourceFd(&main.socket.as_raw_fd()),
+        UDP,
+        Interest::READABLE,
+    )?;
     registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
     registry.register(&mut control.listener, CONTROL, Interest::READABLE)?;
     registry.register(
@@ -114,14 +111,16 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
     tracing::info!(%local, public_key = %engine.public_key(), control = %setup.control_socket.display(), "lanrage up");
 
     let mut io = Io {
-        socket,
-        udp_state,
+        main,
+        spray: SprayPool::default(),
+        registry: registry.try_clone()?,
         tun,
         recv_bufs: vec![vec![0u8; RECV_BUF]; RECV_BATCH],
         tun_buf: vec![0u8; usize::from(mtu) + 64],
     };
     let mut events = Events::with_capacity(16);
     let mut busy = false;
+    let mut spray_busy: Vec<Token> = Vec::new();
     loop {
         let now = Instant::now();
         let mut timeout = engine
@@ -155,8 +154,18 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
             }
             (host_addrs, route) = (addrs, new_route);
         }
-        // Edge-triggered readiness: drain both every time (bounded).
+        // Edge-triggered readiness: drain every source every time (bounded).
         busy = io.receive(now, &mut engine);
+        // A spray socket stopped at the bound is read again without a new
+        // readiness event.
+        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+        let again = std::mem::take(&mut spray_busy);
+        for token in tokens.into_iter().chain(again) {
+            if io.receive_spray(token, now, &mut engine) && !spray_busy.contains(&token) {
+                spray_busy.push(token);
+            }
+        }
+        busy |= !spray_busy.is_empty();
         busy |= io.read_tun(now, &mut engine);
         if engine.poll_timeout().is_some_and(|t| t <= now) {
             engine.handle_timeout(now);
@@ -188,48 +197,40 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
 }
 
 struct Io {
-    socket: UdpSocket,
-    udp_state: UdpSocketState,
+    main: Socket,
+    spray: SprayPool,
+    registry: Registry,
     tun: SyncDevice,
     recv_bufs: Vec<Vec<u8>>,
     tun_buf: Vec<u8>,
 }
 
 impl Io {
-    /// Hands every waiting datagram to the engine. True if it stopped at
-    /// the per-wake bound with more possibly waiting.
+    /// Hands every datagram waiting on the main socket to the engine,
+    /// sending its answers after each batch. True if it stopped at the
+    /// per-wake bound with more possibly waiting.
     fn receive(&mut self, now: Instant, engine: &mut Engine) -> bool {
-        let mut meta = [RecvMeta::default(); RECV_BATCH];
-        for _ in 0..MAX_READS_PER_WAKE {
-            let mut slices: Vec<IoSliceMut<'_>> = self
-                .recv_bufs
-                .iter_mut()
-                .map(|b| IoSliceMut::new(b))
-                .collect();
-            let count = match self
-                .udp_state
-                .recv((&self.socket).into(), &mut slices, &mut meta)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors surface here (ECONNREFUSED from a dead
-                    // relay): nothing to do but read on.
-                    tracing::trace!(error = %e, "UDP receive error");
-                    continue;
-                }
-            };
-            drop(slices);
-            for (m, buf) in meta.iter().zip(&self.recv_bufs).take(count) {
-                let stride = m.stride.max(1);
-                for datagram in buf[..m.len].chunks(stride) {
-                    engine.handle_udp(now, m.addr, datagram);
-                }
-            }
-            self.flush_network(engine);
-        }
-        true
+        let Io {
+            main,
+            spray,
+            registry,
+            tun,
+            recv_bufs,
+            ..
+        } = self;
+        main.receive(SocketId::MAIN, now, engine, recv_bufs, &mut |engine| {
+            flush_network(main, spray, registry, tun, engine)
+        })
+    }
+
+    /// The same for the spray socket `token` stands for, if it is one.
+    fn receive_spray(&mut self, token: Token, now: Instant, engine: &mut Engine) -> bool {
+        let Some((id, socket)) = self.spray.by_token(token) else {
+            return false;
+        };
+        let busy = socket.receive(id, now, engine, &mut self.recv_bufs, &mut |_| {});
+        self.flush_network(engine);
+        busy
     }
 
     /// Hands every waiting TUN packet to the engine (bounded, as above).
@@ -269,6 +270,9 @@ impl Io {
                     control.complete(*id, &line);
                 }
             }
+            if let Event::ReleaseSockets { keep } = &event {
+                self.spray.release(keep, &self.registry);
+            }
             if let Event::Netcheck { ids, report } = &event {
                 let reply = NetcheckReply {
                     nat: NatRow::from(report),
@@ -284,54 +288,71 @@ impl Io {
         }
     }
 
-    /// Sends the engine's datagrams and writes its TUN packets.
-    /// Consecutive datagrams to one destination with one size (the last
-    /// may be shorter) leave as one UDP GSO send where the kernel has it
-    /// (quinn-udp's `max_gso_segments`; it falls back by itself when the
-    /// kernel refuses GSO): a bulk stream costs one send per batch, not one
-    /// per packet.
     fn flush_network(&mut self, engine: &mut Engine) {
-        let max_segments = self.udp_state.max_gso_segments().max(1);
-        let mut pending = engine.poll_transmit();
-        while let Some(first) = pending.take() {
-            let size = first.payload.len();
-            let mut batch = first.payload;
-            let mut segments = 1;
-            while segments < max_segments && batch.len() + size <= MAX_GSO_BYTES {
-                match engine.poll_transmit() {
-                    Some(next) if next.dst == first.dst && next.payload.len() <= size => {
-                        let last = next.payload.len() < size;
-                        batch.extend_from_slice(&next.payload);
-                        segments += 1;
-                        if last {
-                            break;
-                        }
-                    }
-                    other => {
-                        pending = other;
+        flush_network(
+            &self.main,
+            &mut self.spray,
+            &self.registry,
+            &self.tun,
+            engine,
+        );
+    }
+}
+
+/// Sends the engine's datagrams and writes its TUN packets.
+/// Consecutive datagrams from one socket to one destination with one size
+/// (the last may be shorter) leave as one UDP GSO send where the kernel
+/// has it (quinn-udp's `max_gso_segments`; it falls back by itself when
+/// the kernel refuses GSO): a bulk stream costs one send per batch, not
+/// one per packet.
+fn flush_network(
+    main: &Socket,
+    spray: &mut SprayPool,
+    registry: &Registry,
+    tun: &SyncDevice,
+    engine: &mut Engine,
+) {
+    let max_segments = main.state.max_gso_segments().max(1);
+    let mut pending: Option<Transmit> = engine.poll_transmit();
+    while let Some(first) = pending.take() {
+        let size = first.payload.len();
+        let mut batch = first.payload;
+        let mut segments = 1;
+        while segments < max_segments && batch.len() + size <= MAX_GSO_BYTES {
+            match engine.poll_transmit() {
+                Some(next)
+                    if next.dst == first.dst
+                        && next.socket == first.socket
+                        && next.payload.len() <= size =>
+                {
+                    let last = next.payload.len() < size;
+                    batch.extend_from_slice(&next.payload);
+                    segments += 1;
+                    if last {
                         break;
                     }
                 }
-            }
-            let transmit = UdpTransmit {
-                destination: first.dst,
-                ecn: None,
-                contents: &batch,
-                segment_size: (segments > 1).then_some(size),
-                src_ip: None,
-            };
-            if let Err(e) = self.udp_state.try_send((&self.socket).into(), &transmit) {
-                // WireGuard tolerates loss; never block the loop on a send.
-                tracing::trace!(error = %e, dst = %first.dst, segments, "UDP send failed");
-            }
-            if pending.is_none() {
-                pending = engine.poll_transmit();
+                other => {
+                    pending = other;
+                    break;
+                }
             }
         }
-        while let Some(packet) = engine.poll_tun() {
-            if let Err(e) = self.tun.send(&packet) {
-                tracing::trace!(error = %e, "TUN write failed");
-            }
+        let socket = if first.socket.is_main() {
+            Some(main)
+        } else {
+            spray.get_or_open(first.socket, registry)
+        };
+        if let Some(socket) = socket {
+            socket.send(first.dst, &batch, (segments > 1).then_some(size));
+        }
+        if pending.is_none() {
+            pending = engine.poll_transmit();
+        }
+    }
+    while let Some(packet) = engine.poll_tun() {
+        if let Err(e) = tun.send(&packet) {
+            tracing::trace!(error = %e, "TUN write failed");
         }
     }
 }
@@ -349,7 +370,8 @@ fn log_event(event: &Event) {
         } => {
             tracing::debug!(%peer, %path, rtt_ms = rtt.as_secs_f64() * 1000.0, "pong");
         }
-        Event::Netcheck { .. } => {} // the engine logged it
+        Event::Netcheck { .. } => {}       // the engine logged it
+        Event::ReleaseSockets { .. } => {} // the pool logged it
         Event::ConfigureInterface { .. } => {
             tracing::warn!("the engine asked for the interface again; ignored");
         }

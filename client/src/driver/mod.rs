@@ -8,4 +8,6 @@ mod linux;
 #[cfg(target_os = "linux")]
 mod netwatch;
 #[cfg(target_os = "linux")]
+mod sockets;
+#[cfg(target_os = "linux")]
 pub use linux::{run, Setup};
