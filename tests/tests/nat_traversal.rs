@@ -597,6 +597,59 @@ fn a_wan_address_change_mid_session() -> Result<()> {
     Ok(())
 }
 
+/// The default route changes mid-session (another gateway: a second
+/// uplink, the same addresses): the client notices through netlink, runs
+/// its NAT discovery again, and is direct again soon after, with traffic on
+/// the relay meanwhile.
+#[test]
+fn a_default_route_change_mid_session() -> Result<()> {
+    let Some(_one) = one_lab("a_default_route_change_mid_session") else {
+        return Ok(());
+    };
+    let lab = NatLab::builder()
+        .nat(Side::A, NatKind::PortRestrictedCone)
+        .nat(Side::B, NatKind::PortRestrictedCone)
+        .build()?;
+    let (t, _) = run_case(lab, Some(true))?;
+    let netchecks = |t: &Traversal| t.log("alice").matches(" netcheck ").count();
+    let before = netchecks(&t);
+    let pinger = t.pinger(150)?;
+    std::thread::sleep(Duration::from_millis(500));
+    // A second gateway on the same router, and alice's default route to it.
+    let [a, b, c, _] = t.lab.pc(Side::A).gateway.octets();
+    let second = std::net::Ipv4Addr::new(a, b, c, 254);
+    t.lab
+        .router(Side::A)
+        .ns
+        .ip(&format!("addr add {second}/24 dev {}", natlab::LAN_IFACE))?;
+    let changed = Instant::now();
+    t.lab
+        .pc(Side::A)
+        .ns
+        .ip(&format!("route replace default via {second}"))?;
+    let rechecked = eventually(Duration::from_secs(5), || netchecks(&t) > before);
+    let back = eventually(Duration::from_secs(10), || {
+        netchecks(&t) > before && NAMES.iter().all(|n| t.path(n).starts_with("direct "))
+    });
+    let took = changed.elapsed();
+    let (seqs, gap) = pinged(pinger, Duration::from_millis(20))?;
+    let answered = t.ping(50)?;
+    println!(
+        "default route changed: netcheck again {rechecked}, direct again after {took:?}; \
+         longest gap {gap:?} ({} of 150 answered); then {answered}/50 answered",
+        seqs.len()
+    );
+    assert!(
+        rechecked && back,
+        "after the route change: netcheck again {rechecked}, alice {:?}, bob {:?}\nalice:\n{}",
+        t.path("alice"),
+        t.path("bob"),
+        t.log("alice")
+    );
+    assert!(answered >= 48, "{answered} of 50");
+    Ok(())
+}
+
 /// A direct path that dies (the internet drops everything between the two
 /// home routers) is left for the relay within 1.5 s, while pinging at 50/s.
 #[test]

@@ -363,7 +363,7 @@ impl Engine {
         // STUN answers come from the relay's other addresses too.
         if kind == DatagramKind::Stun {
             if socket.is_main() {
-                self.handle_stun(from, bytes);
+                self.handle_stun(now, from, bytes);
             } else {
                 self.count(DropReason::Stun);
             }
@@ -944,13 +944,13 @@ impl Engine {
     /// STUN: answers to the discovery's requests (from the relay's primary
     /// or other address), or our own hairpin request coming back. Anything
     /// else is a counted drop: this client answers no one's STUN.
-    fn handle_stun(&mut self, from: SocketAddr, bytes: &[u8]) {
+    fn handle_stun(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let Some(check) = self.netcheck.as_mut() else {
             self.count(DropReason::Stun);
             return;
         };
         let ours = match BindingResponse::parse(bytes) {
-            Ok(response) => check.on_response(from, &response),
+            Ok(response) => check.on_response(now, from, &response),
             Err(_) => BindingRequest::parse(bytes).is_ok_and(|r| check.on_request(&r, from)),
         };
         if !ours {

@@ -33,8 +33,13 @@ const RETRANSMIT: [Duration; 3] = [
     Duration::from_millis(150),
     Duration::from_millis(400),
 ];
-/// A phase ends this long after it started, answered or not.
+/// A phase ends this long after it started, answered or not...
 const PHASE_LENGTH: Duration = Duration::from_millis(700);
+/// ...or, once the relay's RTT is known, this long after the last
+/// retransmission that can still be answered plus three RTTs: an answer
+/// that hasn't come by then isn't coming (the relay answers at once), and
+/// a port-restricted NAT's missing answers shouldn't hold up punching.
+const PHASE_GRACE: Duration = Duration::from_millis(100);
 
 /// How a NAT maps our socket (RFC 4787 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +236,8 @@ pub struct Netcheck {
     local: Vec<SocketAddr>,
     phase: u8,
     phase_start: Instant,
+    /// The relay's RTT, from the first answer to phase 1's plain Binding.
+    rtt: Option<Duration>,
     tests: Vec<Test>,
     report: NatReport,
 }
@@ -282,6 +289,7 @@ impl Netcheck {
             local: local.to_vec(),
             phase: 1,
             phase_start: now,
+            rtt: None,
             tests,
             report: NatReport {
                 relay: relay.to_owned(),
@@ -303,7 +311,7 @@ impl Netcheck {
 
     /// The next time [`Netcheck::poll`] has something to do.
     pub fn next_deadline(&self) -> Instant {
-        let end = self.phase_start + PHASE_LENGTH;
+        let end = self.phase_end();
         self.tests
             .iter()
             .filter(|t| t.answer.is_none())
@@ -322,8 +330,7 @@ impl Netcheck {
         txid: &mut dyn FnMut() -> TransactionId,
         out: &mut Vec<(SocketAddr, Vec<u8>)>,
     ) -> Option<NatReport> {
-        let phase_done =
-            now >= self.phase_start + PHASE_LENGTH || self.tests.iter().all(|t| t.answer.is_some());
+        let phase_done = now >= self.phase_end() || self.tests.iter().all(|t| t.answer.is_some());
         if phase_done {
             if let Some(report) = self.next_phase(now, txid) {
                 return Some(report);
@@ -352,8 +359,22 @@ impl Netcheck {
         None
     }
 
-    /// A Binding response from `from`: whether it was one of ours.
-    pub fn on_response(&mut self, from: SocketAddr, response: &BindingResponse) -> bool {
+    /// When the current phase ends (see [`PHASE_GRACE`]).
+    fn phase_end(&self) -> Instant {
+        let full = self.phase_start + PHASE_LENGTH;
+        match self.rtt {
+            Some(rtt) => full.min(self.phase_start + RETRANSMIT[1] + rtt * 3 + PHASE_GRACE),
+            None => full,
+        }
+    }
+
+    /// A Binding response from `from`, at `now`: whether it was one of ours.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        response: &BindingResponse,
+    ) -> bool {
         let BindingResponse::Success(success) = response else {
             // An error (or a relay that doesn't do RFC 5780) answers the
             // question "does UDP work", nothing more.
@@ -371,6 +392,11 @@ impl Netcheck {
         };
         if t.kind == TestKind::Binding {
             self.report.other_address = success.other;
+            // Sent at the phase's start; a retransmission's answer would
+            // read long, which only lengthens the phases.
+            if self.phase == 1 && self.rtt.is_none() {
+                self.rtt = Some(now.saturating_duration_since(self.phase_start));
+            }
         }
         t.answer = Some((success.reflexive(), from));
         true
@@ -539,6 +565,8 @@ mod tests {
         destinations: Vec<SocketAddr>,
         /// The port step between new mappings; 0: scattered ports.
         stride: u16,
+        /// When (virtual ms after its start) the last run reported.
+        took_ms: u64,
         /// The last run's report, for the next.
         previous: Option<NatReport>,
     }
@@ -557,6 +585,7 @@ mod tests {
                 destinations: Vec::new(),
                 previous: None,
                 stride: 1,
+                took_ms: 0,
             }
         }
 
@@ -647,6 +676,7 @@ mod tests {
             let mut out = Vec::new();
             if let Some(report) = check.poll(now, &mut txid, &mut out) {
                 world.previous = Some(report.clone());
+                world.took_ms = ms;
                 return report;
             }
             for (dst, bytes) in out {
@@ -656,7 +686,11 @@ mod tests {
                         check.on_request(&BindingRequest::parse(&reply).expect("request"), from);
                     }
                     Some((from, reply, false)) => {
-                        check.on_response(from, &BindingResponse::parse(&reply).expect("response"));
+                        check.on_response(
+                            now,
+                            from,
+                            &BindingResponse::parse(&reply).expect("response"),
+                        );
                     }
                     None => {}
                 }
@@ -700,6 +734,24 @@ mod tests {
                 assert_eq!(report.hairpin, Some(hairpin), "{name}");
             }
         }
+    }
+
+    /// Once the relay's RTT is known, a phase waits for missing answers
+    /// only as long as one could still come: a port-restricted NAT, whose
+    /// filtering answers never come and which doesn't hairpin, is known in
+    /// about half a second, not three times 700 ms.
+    #[test]
+    fn missing_answers_hold_a_phase_only_as_long_as_they_could_come() {
+        let mut world = World::new(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+            false,
+        );
+        let report = run(&mut world);
+        assert_eq!(report.nat_type(), "port-restricted cone");
+        // Phase 1 and 3: 150 ms (the last retransmission) + 3 × 0 + 100 ms
+        // each; phase 2, all answered, one tick.
+        assert!((500..=530).contains(&world.took_ms), "{} ms", world.took_ms);
     }
 
     /// A second run on the same mapping: the first run's requests to the
