@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use crate::key::PeerKey;
 use crate::mac::{hash, mac, mac_matches};
+use crate::party::{PartyMessageView, PartyRequestView, TYPE_PARTY_MESSAGE, TYPE_PARTY_REQUEST};
 use crate::signal::{SignalView, MAX_SIGNAL_PLAINTEXT, TYPE_SIGNAL};
 use crate::wireguard::MAC_LEN;
 use crate::x25519::{PublicKey, StaticSecret};
@@ -81,6 +82,8 @@ pub const HINT_FLAG_REGISTERED: u8 = 1;
 const LABEL_REGISTRATION: &[u8] = b"lanrage registration v1";
 const LABEL_CLIENT_TO_RELAY: &[u8] = b"client->relay";
 const LABEL_RELAY_TO_CLIENT: &[u8] = b"relay->client";
+const LABEL_PARTY_CLIENT_TO_RELAY: &[u8] = b"party client->relay";
+const LABEL_PARTY_RELAY_TO_CLIENT: &[u8] = b"party relay->client";
 
 /// Why a control message was refused. Each variant is a distinct drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -124,6 +127,8 @@ pub enum ControlMessage<'a> {
     Probe(ProbeView<'a>),
     ProbeAck(ProbeAckView<'a>),
     Signal(SignalView<'a>),
+    PartyRequest(PartyRequestView<'a>),
+    PartyMessage(PartyMessageView<'a>),
 }
 
 impl<'a> ControlMessage<'a> {
@@ -137,6 +142,8 @@ impl<'a> ControlMessage<'a> {
             TYPE_PROBE => ProbeView::parse(bytes).map(Self::Probe),
             TYPE_PROBE_ACK => ProbeAckView::parse(bytes).map(Self::ProbeAck),
             TYPE_SIGNAL => SignalView::parse(bytes).map(Self::Signal),
+            TYPE_PARTY_REQUEST => PartyRequestView::parse(bytes).map(Self::PartyRequest),
+            TYPE_PARTY_MESSAGE => PartyMessageView::parse(bytes).map(Self::PartyMessage),
             other => Err(ControlError::UnknownType(other)),
         }
     }
@@ -233,6 +240,9 @@ fn addr_at(bytes: &[u8], at: usize) -> Result<Option<SocketAddr>, ControlError> 
 pub struct SessionKeys {
     client_to_relay: [u8; 32],
     relay_to_client: [u8; 32],
+    /// The AEAD keys of party messages (§2.12), one per direction.
+    party_client_to_relay: [u8; 32],
+    party_relay_to_client: [u8; 32],
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -255,6 +265,14 @@ impl SessionKeys {
     /// The client's MAC key towards the relay (signals are MACed with it too).
     pub(crate) fn client_to_relay(&self) -> &[u8; 32] {
         &self.client_to_relay
+    }
+
+    pub(crate) fn party_client_to_relay(&self) -> &[u8; 32] {
+        &self.party_client_to_relay
+    }
+
+    pub(crate) fn party_relay_to_client(&self) -> &[u8; 32] {
+        &self.party_relay_to_client
     }
 
     /// What the relay computes: `X25519(relay_secret, client_public)`.
@@ -286,6 +304,8 @@ impl SessionKeys {
         Ok(Self {
             client_to_relay: hash(&[LABEL_CLIENT_TO_RELAY, &root]),
             relay_to_client: hash(&[LABEL_RELAY_TO_CLIENT, &root]),
+            party_client_to_relay: hash(&[LABEL_PARTY_CLIENT_TO_RELAY, &root]),
+            party_relay_to_client: hash(&[LABEL_PARTY_RELAY_TO_CLIENT, &root]),
         })
     }
 }
@@ -857,8 +877,8 @@ mod tests {
             Err(ControlError::UnsupportedVersion(1))
         );
         assert_eq!(
-            ControlMessage::parse(b"LRG!\x02\x09\0\0"),
-            Err(ControlError::UnknownType(9))
+            ControlMessage::parse(b"LRG!\x02\x0b\0\0"),
+            Err(ControlError::UnknownType(11))
         );
         assert_eq!(
             ControlMessage::parse(b"LRG!\x02\x01\0\x01"),

@@ -16,6 +16,7 @@ pub mod demux;
 pub mod inner;
 pub mod key;
 pub mod mac;
+pub mod party;
 pub mod path_probe;
 pub mod signal;
 pub mod stun;

@@ -292,6 +292,20 @@ fn exercise_control(bytes: &[u8]) -> Result<(), TestCaseError> {
             let _ = (view.sender(), view.recipient(), view.timestamp());
             let _ = view.verify_relay_mac(&fx.at_relay);
         }
+        ControlMessage::PartyRequest(view) => {
+            prop_assert!((lanrage_proto::party::REQUEST_MIN_LEN
+                ..=lanrage_proto::party::REQUEST_MAX_LEN)
+                .contains(&bytes.len()));
+            let _ = (view.client(), view.id());
+            prop_assert!(view.open(&fx.at_relay).is_err(), "random bytes opened");
+        }
+        ControlMessage::PartyMessage(view) => {
+            prop_assert!((lanrage_proto::party::MESSAGE_MIN_LEN
+                ..=lanrage_proto::party::MESSAGE_MAX_LEN)
+                .contains(&bytes.len()));
+            let _ = (view.kind(), view.id());
+            prop_assert!(view.open(&fx.at_client).is_err(), "random bytes opened");
+        }
     }
     Ok(())
 }

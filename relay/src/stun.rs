@@ -312,7 +312,7 @@ impl Server {
                     self.send(socket, src, &request[..n]);
                 }
                 // The router forwards nothing from an alternate socket.
-                Decision::Verdict(Verdict::Forward(_) | Verdict::Drop(_)) => {}
+                Decision::Verdict(Verdict::Forward(_) | Verdict::Drop(_) | Verdict::Consumed) => {}
             }
         }
         true

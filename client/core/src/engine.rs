@@ -668,7 +668,11 @@ impl Engine {
                 self.handle_signal(now, relay, view);
                 RelayNews::Nothing
             }
-            ControlMessage::Register(_) | ControlMessage::Probe(_) => {
+            // Party messages: the client's party support is next (issue 12).
+            ControlMessage::Register(_)
+            | ControlMessage::Probe(_)
+            | ControlMessage::PartyRequest(_)
+            | ControlMessage::PartyMessage(_) => {
                 self.count(DropReason::BadControl);
                 RelayNews::Nothing
             }

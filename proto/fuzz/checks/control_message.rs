@@ -2,7 +2,8 @@
 //! parsed, under fixed session keys: never panics; whatever verifies re-seals,
 //! and an accepted unknown-session hint, challenge or unauthenticated probe
 //! ack re-encodes, to the same bytes; a signal that passes both the relay's
-//! MAC and the end-to-end seal re-seals to the same bytes.
+//! MAC and the end-to-end seal re-seals to the same bytes, and so does a
+//! party request that opens and decodes.
 //!
 //! Shared by the cargo-fuzz target (`fuzz_targets/control_message.rs`) and the stable
 //! replay test `proto/tests/fuzz_replay.rs`.
@@ -10,6 +11,7 @@
 use std::sync::OnceLock;
 
 use lanrage_proto::control::{Probe, ProbeAck, SessionKeys, PROBE_ACK_LEN};
+use lanrage_proto::party::{seal_request, PartyOp};
 use lanrage_proto::signal::{Signal, SignalKey};
 use lanrage_proto::wireguard::MAC_LEN;
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
@@ -77,6 +79,20 @@ pub fn check(data: &[u8]) {
                     .expect("parsed length is capped");
                 assert_eq!(resealed, data);
             }
+        }
+        ControlMessage::PartyRequest(view) => {
+            // Whatever opens re-seals to the same bytes (the nonce is the id).
+            if let Ok(plaintext) = view.open(keys()) {
+                if let Ok(op) = PartyOp::decode(&plaintext) {
+                    let resealed = seal_request(keys(), view.client(), view.id(), &op)
+                        .expect("parsed length is capped");
+                    assert_eq!(resealed, data);
+                }
+            }
+        }
+        ControlMessage::PartyMessage(view) => {
+            // Opening decodes strictly, or fails: never panics.
+            let _ = (view.kind(), view.id(), view.open(keys()));
         }
     }
 }

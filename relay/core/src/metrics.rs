@@ -88,10 +88,19 @@ pub enum DropReason {
     /// A signal to a key that isn't registered or doesn't consent to the
     /// sender (or that the sender doesn't consent to).
     SignalNotForwardable,
+    /// A party request whose id is not above its sender's last (or its
+    /// registration's timestamp): a replay.
+    PartyReplay,
+    /// A party request that doesn't open under its sender's keys.
+    PartyBadSeal,
+    /// A party request to a relay that hosts no parties (`party:` off).
+    PartyUnavailable,
+    /// A party request that found the party service's queue full.
+    PartyQueueFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 33] = [
         Self::UnknownProtocol,
         Self::MalformedWireGuard,
         Self::MalformedControl,
@@ -121,6 +130,10 @@ impl DropReason {
         Self::SignalBadMac,
         Self::SignalReplay,
         Self::SignalNotForwardable,
+        Self::PartyReplay,
+        Self::PartyBadSeal,
+        Self::PartyUnavailable,
+        Self::PartyQueueFull,
     ];
 
     /// The label value used in metrics and logs.
@@ -155,6 +168,10 @@ impl DropReason {
             Self::SignalBadMac => "signal_bad_mac",
             Self::SignalReplay => "signal_replay",
             Self::SignalNotForwardable => "signal_not_forwardable",
+            Self::PartyReplay => "party_replay",
+            Self::PartyBadSeal => "party_bad_seal",
+            Self::PartyUnavailable => "party_unavailable",
+            Self::PartyQueueFull => "party_queue_full",
         }
     }
 
@@ -197,9 +214,11 @@ pub enum Event {
     StunErrorSent,
     /// A STUN answer that left from an alternate socket (CHANGE-REQUEST).
     StunSentFromAlternate,
+    /// A party request authenticated and handed to the party service.
+    PartyRequestAccepted,
 }
 
-const EVENTS: [(Event, &str, &str); 19] = [
+const EVENTS: [(Event, &str, &str); 20] = [
     (
         Event::ForwardedTransport,
         "lanrage_relay_forwarded_total{kind=\"transport\"}",
@@ -294,6 +313,11 @@ const EVENTS: [(Event, &str, &str); 19] = [
         Event::StunSentFromAlternate,
         "lanrage_relay_stun_alternate_responses_total",
         "STUN responses sent from an alternate socket (RFC 5780 CHANGE-REQUEST).",
+    ),
+    (
+        Event::PartyRequestAccepted,
+        "lanrage_relay_party_requests_total",
+        "Party requests authenticated and handed to the party service.",
     ),
 ];
 

@@ -57,6 +57,9 @@ use crate::rate_limit::{Bucket, RateLimiter};
 pub use crate::route_table::RouteKey;
 use crate::route_table::{Route, RouteTable};
 pub use crate::stun::{LocalSocket, StunConfig, StunSockets};
+pub use party::PartyInbound;
+
+mod party;
 use crate::stun::{StunReply, StunResponder};
 
 /// What to do with a datagram after [`Router::handle`].
@@ -69,6 +72,9 @@ pub enum Verdict {
     Reply(usize),
     /// Send nothing; the reason was counted.
     Drop(DropReason),
+    /// Send nothing now: the datagram went to a service that answers
+    /// later (a party request; counted as accepted).
+    Consumed,
 }
 
 /// What [`Router::handle_at`] decided: a [`Verdict`] for the socket the
@@ -198,6 +204,7 @@ enum Outcome {
     Forward(SocketAddr),
     ForwardZeroingMac2(SocketAddr),
     Reply(Reply),
+    Consumed,
 }
 
 impl Outcome {
@@ -283,6 +290,12 @@ struct Client {
     signals_seen: ReplayWindow<SIGNALS_REMEMBERED>,
     /// Signals from this client ([`CLIENT_SIGNAL_LIMIT`]).
     signal_budget: Bucket,
+    /// The id of the last party request accepted from this client, or the
+    /// timestamp of the registration that bound it: a request captured
+    /// before that is a replay.
+    party_last_id: u64,
+    /// Party requests from this client ([`party::CLIENT_PARTY_LIMIT`]).
+    party_budget: Bucket,
 }
 
 impl Client {
@@ -479,6 +492,8 @@ struct Core {
     metrics: Arc<Metrics>,
     /// Side effects for the driver (route changes for the XDP map).
     commands: CommandQueue,
+    /// The party service's queue, once attached.
+    party: Option<std::sync::mpsc::SyncSender<PartyInbound>>,
 }
 
 impl Router {
@@ -529,6 +544,7 @@ impl Router {
             next_sweep: now + SWEEP_INTERVAL,
             metrics: Arc::clone(&metrics),
             commands,
+            party: None,
         };
         Self {
             core: Arc::new(Mutex::new(core)),
@@ -644,6 +660,7 @@ impl Router {
                 Verdict::Reply(reply.len)
             }
             Ok(Outcome::Reply(_)) => self.drop(src, DropReason::ReplyLargerThanRequest),
+            Ok(Outcome::Consumed) => Verdict::Consumed,
             Err(reason) => self.drop(src, reason),
         })
     }
@@ -701,8 +718,10 @@ impl Router {
                 ControlMessage::RegisterAck(_)
                 | ControlMessage::UnknownSession(_)
                 | ControlMessage::Challenge(_)
-                | ControlMessage::ProbeAck(_),
+                | ControlMessage::ProbeAck(_)
+                | ControlMessage::PartyMessage(_),
             ) => Err(DropReason::UnexpectedControl),
+            Ok(ControlMessage::PartyRequest(view)) => self.core().party_request(now, src, &view),
             Err(ControlError::UnsupportedVersion(_)) => Err(DropReason::UnsupportedVersion),
             Err(ControlError::UnknownType(_)) => Err(DropReason::UnknownControlType),
             Err(_) => Err(DropReason::MalformedControl),
@@ -1411,6 +1430,7 @@ impl Core {
                 let old_endpoint = client.endpoint;
                 if old_endpoint != src {
                     self.move_client(&key, old_endpoint, src);
+                    self.party_bound(key);
                 }
                 if consent_changed {
                     self.drop_unconsented_routes(&key);
@@ -1437,9 +1457,12 @@ impl Core {
                         junk_budget: Bucket::full(handshake_limit, now),
                         signals_seen: ReplayWindow::default(),
                         signal_budget: Bucket::full(CLIENT_SIGNAL_LIMIT, now),
+                        party_last_id: registration.timestamp,
+                        party_budget: Bucket::full(party::CLIENT_PARTY_LIMIT, now),
                     },
                 );
                 self.by_endpoint.insert(src, key);
+                self.party_bound(key);
                 tracing::debug!(peer = %key, %src, "registered");
             }
         }

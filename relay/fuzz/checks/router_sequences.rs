@@ -1433,7 +1433,7 @@ impl Sim {
             Verdict::Drop(DropReason::ReplyLargerThanRequest) => self.fail(format!(
                 "a reply larger than the request from {src} was built"
             )),
-            Verdict::Drop(_) => Ok(None),
+            Verdict::Drop(_) | Verdict::Consumed => Ok(None),
         }
     }
 
@@ -1453,6 +1453,9 @@ impl Sim {
                 Ok(ControlMessage::ProbeAck(_)) => 8,
                 _ => 9,
             },
+            // No party service in the check: requests are dropped, never
+            // consumed; the class exists for completeness.
+            Verdict::Consumed => 9,
             Verdict::Drop(reason) => {
                 let i = DropReason::ALL
                     .iter()

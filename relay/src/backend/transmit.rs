@@ -67,7 +67,7 @@ pub(crate) fn outgoing<B>(
                 dst: src,
             })
         }
-        Verdict::Drop(_) => None,
+        Verdict::Drop(_) | Verdict::Consumed => None,
     }
 }
 

@@ -448,7 +448,7 @@ impl Sim {
                         buf.truncate(len);
                         self.send(datagram.dst, datagram.src, buf);
                     }
-                    Verdict::Drop(_) => {}
+                    Verdict::Drop(_) | Verdict::Consumed => {}
                 }
             }
             None => {}
