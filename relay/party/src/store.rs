@@ -107,7 +107,7 @@ pub enum OpenErrorKind {
 pub(crate) fn open(path: &Path) -> Result<Connection, OpenError> {
     let fail = |kind| OpenError {
         path: path.to_owned(),
-        kind,
+        kind: explain(path, kind),
     };
     precheck(path).map_err(fail)?;
     // No SQLITE_OPEN_URI: a configured path is a path, never `file:…?mode=`.
@@ -201,6 +201,8 @@ fn configure(conn: &Connection) -> Result<(), OpenErrorKind> {
         .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
         .map_err(sql)?;
     if verdict != "ok" {
+        // SQLite's report spans lines; an error message is one.
+        let verdict = verdict.split_whitespace().collect::<Vec<_>>().join(" ");
         return Err(OpenErrorKind::Corrupt(format!(
             "integrity check: {verdict}"
         )));
@@ -267,6 +269,30 @@ fn migrate(conn: &mut Connection) -> Result<(), OpenErrorKind> {
     tx.commit().map_err(sql)
 }
 
+/// The header every SQLite 3 database starts with.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Replaces SQLite's "file is not a database (file is not a database)" with
+/// what the file actually looks like.
+fn explain(path: &Path, kind: OpenErrorKind) -> OpenErrorKind {
+    let OpenErrorKind::NotADatabase(detail) = kind else {
+        return kind;
+    };
+    let mut head = Vec::with_capacity(16);
+    let read = std::fs::File::open(path)
+        .and_then(|f| io::Read::read_to_end(&mut io::Read::take(f, 16), &mut head));
+    match read {
+        Ok(_) if head.len() < SQLITE_HEADER.len() => OpenErrorKind::NotADatabase(format!(
+            "it is {} bytes long, too short for a database",
+            head.len()
+        )),
+        Ok(_) if head.as_slice() != SQLITE_HEADER => {
+            OpenErrorKind::NotADatabase("it does not start with the SQLite header".into())
+        }
+        _ => OpenErrorKind::NotADatabase(detail),
+    }
+}
+
 fn classify(e: &rusqlite::Error) -> OpenErrorKind {
     let text = e.to_string();
     let Some(code) = e.sqlite_error_code() else {
@@ -281,5 +307,30 @@ fn classify(e: &rusqlite::Error) -> OpenErrorKind {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => OpenErrorKind::Locked,
         ErrorCode::DiskFull => OpenErrorKind::DiskFull(text),
         _ => OpenErrorKind::Sqlite(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_durable_wal_exclusive_with_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("p.db")).unwrap();
+        let value = |pragma| -> String {
+            conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+        };
+        // synchronous: 2 is FULL (a commit waits for the WAL's fsync).
+        assert_eq!(value("synchronous"), "Integer(2)");
+        assert_eq!(value("journal_mode"), "Text(\"wal\")");
+        assert_eq!(value("locking_mode"), "Text(\"exclusive\")");
+        assert_eq!(value("foreign_keys"), "Integer(1)");
+        // No -shm file: the WAL index is in this process's memory.
+        assert!(!dir.path().join("p.db-shm").exists());
     }
 }
