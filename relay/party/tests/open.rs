@@ -276,7 +276,7 @@ fn open_unprivileged(path: &Path, as_root: bool) -> String {
             Err(e) => e.to_string(),
         };
     }
-    let out = Command::new(std::env::current_exe().unwrap())
+    let out = Command::new(std::env::current_exe().expect("the test binary's path"))
         .args([
             "--exact",
             "unwritable_child",
@@ -287,7 +287,7 @@ fn open_unprivileged(path: &Path, as_root: bool) -> String {
         .uid(65534)
         .gid(65534)
         .output()
-        .unwrap();
+        .expect("the test binary runs as a child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = stdout
         .lines()
