@@ -55,7 +55,10 @@ struct Model {
 
 impl Model {
     fn index(&self, party: PartyId) -> usize {
-        self.parties.iter().position(|&p| p == party).unwrap()
+        self.parties
+            .iter()
+            .position(|&p| p == party)
+            .expect("a roster of one of the two parties")
     }
 
     /// Checks a roster against the model and the address rules.
@@ -87,7 +90,7 @@ fn run(actions: &[Action], batch_sizes: &[usize]) {
     let mut rest = actions;
     let mut sizes = batch_sizes.iter().cycle();
     while !rest.is_empty() {
-        let n = (*sizes.next().unwrap()).min(rest.len());
+        let n = (*sizes.next().expect("cycle of a non-empty list")).min(rest.len());
         let (batch, tail) = rest.split_at(n);
         rest = tail;
         // The ops. A leave or kick names the party the key will be in when
@@ -177,7 +180,11 @@ fn run(actions: &[Action], batch_sizes: &[usize]) {
     }
     // The stored state is the model's.
     for (p, party) in model.parties.into_iter().enumerate() {
-        let r = f.svc.roster(party).unwrap().unwrap();
+        let r = f
+            .svc
+            .roster(party)
+            .expect("roster reads")
+            .expect("the owners keep both parties alive");
         model.check(&r);
         let mut stored: Vec<Key> = r
             .members
@@ -197,7 +204,7 @@ fn run(actions: &[Action], batch_sizes: &[usize]) {
     }
     for k in &keys {
         let expected = model.current.get(k).map(|&p| model.parties[p]);
-        assert_eq!(f.svc.party_of(k).unwrap(), expected);
+        assert_eq!(f.svc.party_of(k).expect("party_of reads"), expected);
     }
 }
 
