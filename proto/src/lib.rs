@@ -3,7 +3,8 @@
 //! machinery a relay needs to route and protect handshakes, and the LANrage
 //! control messages (registration, acknowledgement, unknown-session hint), and
 //! the inner IPv4/UDP packet tests and load generators tunnel (`inner`), and
-//! the STUN Binding subset (RFC 8489, RFC 5780) relay and client share (`stun`).
+//! the STUN Binding subset (RFC 8489, RFC 5780) relay and client share (`stun`),
+//! and the party join codes people type (`join_code`).
 //!
 //! It must not do IO: no sockets, no clock, no async, no OS randomness. Callers
 //! pass time, bytes and random values in. Every parser is total: any byte string
@@ -14,6 +15,7 @@
 pub mod control;
 pub mod demux;
 pub mod inner;
+pub mod join_code;
 pub mod key;
 pub mod mac;
 pub mod party;
