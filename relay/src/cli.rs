@@ -22,10 +22,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, ConfigError};
 use crate::data_plane::{self, DataPlane, StopAll};
 use crate::http;
+use crate::party::PartyThread;
 use crate::stun::{StunService, StunSide};
 use crate::worker::{RouteCopy, SharedCopy};
 use lanrage_keyfile::{self as keys, KeyOrigin};
 use lanrage_relay_core::router::Router;
+use lanrage_relay_party::{PartyConfig, PartyService, RelayName};
 
 /// Exit code for runtime failures.
 pub const EXIT_FAILURE: u8 = 1;
@@ -203,8 +205,10 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
         listen,
         data_plane.primary_socket()?,
     )?;
-    // Before readiness too: a relay asked for XDP doesn't start without it.
+    // Before readiness too: a relay asked for XDP doesn't start without it,
+    // and one asked for parties doesn't start without its database.
     let xdp = start_xdp(&config, listen)?;
+    let party_service = open_party_service(&config, state_dir)?;
     // Signals first: a SIGTERM right after READY=1 must already stop cleanly.
     spawn_signal_thread(data_plane.stop_handle()).context("cannot install signal handlers")?;
 
@@ -233,6 +237,22 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     let stun_service = stun
         .spawn(router.worker(), data_plane.workers())
         .context("cannot start the STUN thread")?;
+    let party_thread = match party_service {
+        Some(service) => {
+            let (sink, inbox) = std::sync::mpsc::sync_channel(PARTY_QUEUE);
+            router.attach_party_service(sink);
+            let thread = PartyThread::spawn(
+                service,
+                router.worker(),
+                inbox,
+                data_plane.primary_socket()?,
+            )
+            .context("cannot start the party thread")?;
+            router.metrics().add_source(thread.metrics());
+            Some(thread)
+        }
+        None => None,
+    };
     if let Some(port) = stun_sockets.alternate_port {
         // The tests and operators read these addresses here.
         let alternate_address = stun_sockets
@@ -272,6 +292,9 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     if let Some(service) = stun_service {
         service.stop();
     }
+    if let Some(thread) = party_thread {
+        thread.stop();
+    }
     result.context("the relay loop failed")?;
     if let Some(dir) = xdp_pinned {
         tracing::info!(
@@ -282,6 +305,27 @@ fn serve(config_path: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
     }
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// Requests waiting for the party thread at most (the router drops more,
+/// counted as `party_queue_full`).
+const PARTY_QUEUE: usize = 4096;
+
+/// Opens the party database if the config asks for parties, with an error
+/// that names the field and the file.
+fn open_party_service(
+    config: &Config,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<Option<PartyService>> {
+    let Some(party) = &config.party else {
+        return Ok(None);
+    };
+    let path = party.database_path(state_dir);
+    let name = RelayName::new(&party.name).map_err(|e| anyhow::anyhow!("party.name: {e}"))?;
+    let service = PartyService::open(&path, PartyConfig::new(name), rand::rngs::OsRng)
+        .map_err(|e| anyhow::anyhow!("party.database: {e}"))?;
+    tracing::info!(name = %party.name, database = %path.display(), "parties");
+    Ok(Some(service))
 }
 
 /// The XDP fast path as the router and the metrics see it.

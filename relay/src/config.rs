@@ -131,6 +131,49 @@ pub struct Config {
     /// change-address tests an alternate address too. `docs/protocol.md`
     /// ("STUN") has the rules.
     pub stun: StunSettings,
+    /// Parties (`docs/parties.md`): this relay hosts the parties created
+    /// through it, in a SQLite database, and answers party requests.
+    /// Absent or `null`: no parties (party requests are counted drops).
+    /// Default `null`.
+    pub party: Option<PartySettings>,
+}
+
+/// The `party` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with name (required) and database, or null"
+)]
+pub struct PartySettings {
+    /// This relay's name, written into every join code it issues
+    /// (`CODE@name`): clients find the party's home relay by it, so it
+    /// must be the name their relay list gives this relay. 1 to 63 of
+    /// `a-z`, `0-9` and `-`, not starting or ending with `-`. Required.
+    #[serde(deserialize_with = "field::relay_name")]
+    pub name: String,
+    /// The party database (SQLite, created if missing; never recreated or
+    /// emptied). A relative path is resolved against `--state-dir` if
+    /// given, else the working directory. Absent or `null`:
+    /// `parties.sqlite` in `--state-dir`, else
+    /// `/var/lib/lanrage-relay/parties.sqlite`. Default `null`.
+    #[serde(default, deserialize_with = "field::party_database")]
+    pub database: Option<PathBuf>,
+}
+
+/// The party database's file name in the state directory.
+pub const DEFAULT_PARTY_DATABASE_NAME: &str = "parties.sqlite";
+pub const DEFAULT_PARTY_DATABASE: &str = "/var/lib/lanrage-relay/parties.sqlite";
+
+impl PartySettings {
+    /// Where the database is, as [`Config::private_key_path`] resolves the key.
+    pub fn database_path(&self, state_dir: Option<&Path>) -> PathBuf {
+        match (&self.database, state_dir) {
+            (Some(file), Some(dir)) if file.is_relative() => dir.join(file),
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => dir.join(DEFAULT_PARTY_DATABASE_NAME),
+            (None, None) => PathBuf::from(DEFAULT_PARTY_DATABASE),
+        }
+    }
 }
 
 /// The `stun` section.
@@ -492,6 +535,7 @@ impl Default for Config {
             under_load_handshakes_per_second: 5000,
             xdp: None,
             stun: StunSettings::default(),
+            party: None,
         }
     }
 }
@@ -595,6 +639,15 @@ impl Config {
             )?;
         }
         check("log", field::check_log(&self.log))?;
+        if let Some(party) = &self.party {
+            check("party.name", field::check_relay_name(&party.name))?;
+            if let Some(path) = &party.database {
+                check(
+                    "party.database",
+                    field::check_party_database(&path.display().to_string()),
+                )?;
+            }
+        }
         let buffer = field::BUFFER_BYTES;
         check(
             "socket.recv_buffer_bytes",
@@ -813,6 +866,28 @@ mod field {
     pub fn private_key_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
         de::optional_path(d, KEY_FILE, check_key_file)
     }
+    const RELAY_NAME: &str =
+        "a relay name: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-' (e.g. eu1)";
+    pub fn relay_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        de::text(d, RELAY_NAME, check_relay_name)
+    }
+    pub fn check_relay_name(name: &str) -> Result<(), String> {
+        lanrage_proto::join_code::RelayName::new(name)
+            .map(|_| ())
+            .map_err(|_| format!("must be {RELAY_NAME}, got {name:?}"))
+    }
+
+    const PARTY_DATABASE: &str = "a file path for the party database (SQLite)";
+    pub fn party_database<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        de::optional_path(d, PARTY_DATABASE, check_party_database)
+    }
+    pub fn check_party_database(text: &str) -> Result<(), String> {
+        if text.is_empty() {
+            return Err(format!("must be {PARTY_DATABASE}, got \"\""));
+        }
+        Ok(())
+    }
+
     pub fn check_key_file(text: &str) -> Result<(), String> {
         if text.is_empty() {
             return Err(format!("must be {KEY_FILE}, got \"\""));

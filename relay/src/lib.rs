@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod data_plane;
 pub mod http;
+pub mod party;
 pub mod stun;
 pub mod worker;
 #[cfg(feature = "xdp")]

@@ -12,6 +12,7 @@ use lanrage_proto::control::{
     Challenge, ControlMessage, Probe, ProbeAck, RegisterAck, Registration, RegistrationCookie,
     SessionKeys, UnknownSession, NO_COOKIE,
 };
+use lanrage_proto::party::{seal_request, PartyBody, PartyOp};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
 
@@ -30,9 +31,14 @@ pub enum Incoming {
     /// A probe ack: authenticated if `registered`, else only a prompt (the
     /// peer has already sent a registration, as docs/protocol.md §2.8 says).
     ProbeAck(ProbeAck),
+    /// A party message (§2.12), opened: its id and body.
+    Party(u64, PartyBody),
     /// Anything the peer could not use; the raw bytes.
     Other(Vec<u8>),
 }
+
+/// Party messages as they came: (id, body).
+pub type PartyMessages = Vec<(u64, PartyBody)>;
 
 pub struct TestPeer {
     secret: StaticSecret,
@@ -118,6 +124,53 @@ impl TestPeer {
         }
         .seal(&self.keys)
         .expect("consent list within the protocol limit")
+    }
+
+    /// Sends a party request (§2.12) with a fresh id from the registration
+    /// clock; returns the id.
+    pub fn party_request(&mut self, op: &PartyOp) -> Result<u64> {
+        self.timestamp += 1;
+        let bytes = seal_request(&self.keys, self.key, self.timestamp, op)
+            .map_err(|e| anyhow::anyhow!("sealing a party request: {e}"))?;
+        self.socket.send_to(&bytes, self.relay)?;
+        Ok(self.timestamp)
+    }
+
+    /// Party messages that arrive within `window` (every other datagram is
+    /// processed as usual and dropped from the result).
+    pub fn party_messages(&mut self, window: Duration) -> Result<PartyMessages> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+            if let Some(Incoming::Party(id, body)) = self.recv(remaining)? {
+                out.push((id, body));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends `op` and waits (at most `limit`) for its reply; every other
+    /// party message that came meanwhile is returned too, in order.
+    pub fn party_call(
+        &mut self,
+        op: &PartyOp,
+        limit: Duration,
+    ) -> Result<(PartyBody, PartyMessages)> {
+        let id = self.party_request(op)?;
+        let deadline = Instant::now() + limit;
+        let mut others = Vec::new();
+        while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(remaining)? {
+                Some(Incoming::Party(got, body))
+                    if got == id && matches!(body, PartyBody::Reply { .. }) =>
+                {
+                    return Ok((body, others));
+                }
+                Some(Incoming::Party(got, body)) => others.push((got, body)),
+                _ => {}
+            }
+        }
+        bail!("no reply to party request {op:?} within {limit:?}")
     }
 
     /// Registers and waits for the ack (3 tries of 1 s). A challenge is
@@ -305,6 +358,10 @@ impl TestPeer {
                 }
                 Ok(Incoming::ProbeAck(unauthenticated))
             }
+            Ok(ControlMessage::PartyMessage(view)) => match view.open(&self.keys) {
+                Ok(body) => Ok(Incoming::Party(view.id(), body)),
+                Err(_) => Ok(Incoming::Other(datagram.to_vec())),
+            },
             Ok(ControlMessage::UnknownSession(hint)) => {
                 self.hints_received += 1;
                 if self.auto_recover {
