@@ -33,7 +33,8 @@ impl JoinRefusal {
 pub struct PartyCounters {
     /// Batches committed (one fsync each).
     pub batches: u64,
-    /// Batches whose commit failed (every op in them failed).
+    /// Batches the database failed (an op's or the commit's I/O error, disk
+    /// full): rolled back whole, every op in them answered `Storage`.
     pub commit_failures: u64,
     pub created: u64,
     pub joined: u64,

@@ -40,6 +40,7 @@ mod store;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::{CryptoRng, RngCore};
@@ -162,33 +163,35 @@ pub enum Revoke {
 pub type Outcome = Result<Done, OpError>;
 
 /// What a successful operation did. Every variant that changed the roster
-/// carries the new one (its version bumped); the caller pushes it to the
-/// roster's members, and to a member that just left or was kicked.
+/// carries the party's roster as the batch left it (read once per party per
+/// batch and shared: its version is this op's or a later op's in the same
+/// batch). The caller pushes each changed party's roster once per batch to
+/// its members, and tells a member that left or was kicked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
     Created {
-        roster: Roster,
+        roster: Arc<Roster>,
         code: JoinCode,
     },
     /// `rejoined`: the key was already a member of this party (a retried
     /// join); nothing changed and the version is the current one.
     Joined {
-        roster: Roster,
+        roster: Arc<Roster>,
         rejoined: bool,
     },
     /// `roster` is `None` when the last member left and the party is gone.
     Left {
         party: PartyId,
         key: Key,
-        roster: Option<Roster>,
+        roster: Option<Arc<Roster>>,
     },
     Kicked {
-        roster: Roster,
+        roster: Arc<Roster>,
         kicked: Key,
     },
     /// A rename of the party or of a member.
     Renamed {
-        roster: Roster,
+        roster: Arc<Roster>,
     },
     /// The party is gone; `members` were in it (to tell them).
     Closed {
@@ -368,8 +371,9 @@ impl PartyService {
 
     /// Applies `ops` in order in one transaction and returns one outcome per
     /// op, after the commit. A refused op changes nothing and doesn't affect
-    /// the others. If the commit itself fails, every op's outcome is
-    /// [`OpError::Storage`] and nothing of the batch was stored.
+    /// the others. If the database fails (an I/O error under an op, or at the
+    /// commit), the whole batch is rolled back and every op's outcome is
+    /// [`OpError::Storage`], except joins the rate limit had already refused.
     pub fn apply(&mut self, ops: &[Op], now: Now) -> Vec<Outcome> {
         ops::apply(self, ops, now)
     }
@@ -420,5 +424,75 @@ impl PartyService {
     /// into the main file. For size reports and tests.
     pub fn database_bytes(&self) -> Result<u64, OpError> {
         store::database_bytes(&self.conn).map_err(ops::storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn now() -> Now {
+        Now {
+            unix_secs: 1_700_000_000,
+            mono: Instant::now(),
+        }
+    }
+
+    fn create(n: u32) -> Op {
+        let mut owner = [0u8; 32];
+        owner[..4].copy_from_slice(&n.to_be_bytes());
+        Op::Create {
+            owner,
+            party_name: format!("party {n}"),
+            member_name: "owner".into(),
+            code: CodeOptions::default(),
+        }
+    }
+
+    /// A full disk under one op of a batch: the whole batch is rolled back
+    /// and answered `Storage`, and the service works again once there is room.
+    #[test]
+    fn a_database_failure_rolls_the_whole_batch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PartyConfig::new(RelayName::new("r").unwrap());
+        let mut svc = PartyService::open(
+            dir.path().join("p.db"),
+            config,
+            rand::rngs::StdRng::seed_from_u64(1),
+        )
+        .unwrap();
+        assert!(svc.apply(&[create(0)], now())[0].is_ok());
+        // No room to grow: the first ops fit in pages the file has, a later
+        // one needs a new page and fails with SQLITE_FULL.
+        let pages: i64 = svc
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        svc.conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let batch: Vec<Op> = (1..500).map(create).collect();
+        let out = svc.apply(&batch, now());
+        assert_eq!(out.len(), batch.len());
+        assert!(
+            out.iter().all(|o| matches!(o, Err(OpError::Storage(_)))),
+            "{:?}",
+            out.iter().find(|o| !matches!(o, Err(OpError::Storage(_))))
+        );
+        assert_eq!(svc.counters().commit_failures, 1);
+        let mut first = [0u8; 32];
+        first[..4].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(
+            svc.party_of(&first).unwrap(),
+            None,
+            "nothing of the batch is stored"
+        );
+
+        svc.conn
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        assert!(svc.apply(&batch, now()).iter().all(Result::is_ok));
+        assert!(svc.party_of(&first).unwrap().is_some());
     }
 }

@@ -1,5 +1,8 @@
 //! The operations, each run in its own savepoint of the batch's transaction.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use blake2::{Blake2s256, Digest};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -41,6 +44,48 @@ struct Env<'a> {
     rng: &'a mut dyn SecretRng,
     /// Counted only if the batch commits.
     tally: PartyCounters,
+    /// Outcomes (by index) waiting for their party's roster.
+    waiting: HashMap<PartyId, Vec<usize>>,
+    /// Outcomes whose roster was read (before their party was deleted).
+    filled: Vec<(usize, Arc<Roster>)>,
+}
+
+/// What an op did, before rosters are read: each party's roster is read
+/// once per batch, after its last change (or just before it is deleted), not
+/// once per op. A batch of 63 joins into one party reads one roster, not 63.
+enum Step {
+    Final(Done),
+    Roster(PartyId, Shape),
+}
+
+/// The [`Done`] variants that carry a roster, without it.
+enum Shape {
+    Created(JoinCode),
+    Joined { rejoined: bool },
+    Left(Key),
+    Kicked(Key),
+    Renamed,
+}
+
+impl Shape {
+    fn done(self, roster: Arc<Roster>) -> Done {
+        match self {
+            Shape::Created(code) => Done::Created { roster, code },
+            Shape::Joined { rejoined } => Done::Joined { roster, rejoined },
+            Shape::Left(key) => Done::Left {
+                party: roster.party_id,
+                key,
+                roster: Some(roster),
+            },
+            Shape::Kicked(kicked) => Done::Kicked { roster, kicked },
+            Shape::Renamed => Done::Renamed { roster },
+        }
+    }
+}
+
+enum Slot {
+    Ready(Outcome),
+    Waiting(Shape),
 }
 
 pub(crate) fn apply(svc: &mut PartyService, ops: &[Op], now: Now) -> Vec<Outcome> {
@@ -67,8 +112,10 @@ pub(crate) fn apply(svc: &mut PartyService, ops: &[Op], now: Now) -> Vec<Outcome
         config,
         rng: rng.as_mut(),
         tally: PartyCounters::default(),
+        waiting: HashMap::new(),
+        filled: Vec::new(),
     };
-    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut slots: Vec<Slot> = Vec::with_capacity(ops.len());
     for op in ops {
         // The rate limit comes before any database work, and before the code
         // is looked at: being limited says nothing about the code.
@@ -78,44 +125,105 @@ pub(crate) fn apply(svc: &mut PartyService, ops: &[Op], now: Now) -> Vec<Outcome
                     Limited::Source => counters.join_rate_limited_source += 1,
                     Limited::Total => counters.join_rate_limited_total += 1,
                 }
-                outcomes.push(Err(OpError::RateLimited));
+                slots.push(Slot::Ready(Err(OpError::RateLimited)));
                 continue;
             }
         }
+        let index = slots.len();
         let outcome = match tx.savepoint() {
             Ok(sp) => {
                 let result = execute(&sp, &mut env, op, now);
                 match result {
-                    Ok(done) => sp.commit().map(|()| done).map_err(storage),
+                    Ok(step) => sp.commit().map(|()| step).map_err(storage),
                     // Dropping the savepoint rolls this op back alone.
                     Err(e) => Err(e),
                 }
             }
             Err(e) => Err(storage(e)),
         };
-        if matches!(&outcome, Err(e) if !matches!(e, OpError::JoinRefused | OpError::Storage(_))) {
+        let outcome = match outcome {
+            Ok(Step::Final(done)) => Ok(done),
+            Ok(Step::Roster(party, shape)) => {
+                env.waiting.entry(party).or_default().push(index);
+                slots.push(Slot::Waiting(shape));
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e @ OpError::Storage(_)) = &outcome {
+            // The database itself failed (I/O, disk full): a savepoint's
+            // rollback may have failed too, so nothing of this batch is
+            // trusted to commit. The whole transaction is rolled back.
+            tracing::warn!(error = %e, ops = ops.len(), "party batch failed in the database");
+            let e = e.clone();
+            drop(tx);
+            counters.commit_failures += 1;
+            return fail_all(&slots, ops.len(), e);
+        }
+        if outcome.is_err() && !matches!(outcome, Err(OpError::JoinRefused)) {
             env.tally.refused_other += 1;
         }
-        outcomes.push(outcome);
+        slots.push(Slot::Ready(outcome));
     }
+    // Each changed party's roster, once, as the batch leaves it.
+    for (party, indices) in std::mem::take(&mut env.waiting) {
+        match roster_of(&tx, party) {
+            Ok(roster) => {
+                let roster = Arc::new(roster);
+                env.filled
+                    .extend(indices.into_iter().map(|i| (i, Arc::clone(&roster))));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "party batch could not read a roster");
+                drop(tx);
+                counters.commit_failures += 1;
+                return fail_all(&slots, ops.len(), e);
+            }
+        }
+    }
+    let mut rosters: HashMap<usize, Arc<Roster>> = env.filled.drain(..).collect();
+    let outcomes: Vec<Outcome> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| match slot {
+            Slot::Ready(outcome) => outcome,
+            Slot::Waiting(shape) => match rosters.remove(&i) {
+                Some(roster) => Ok(shape.done(roster)),
+                None => Err(OpError::Storage("a roster went missing".into())),
+            },
+        })
+        .collect();
     let tally = env.tally;
     match tx.commit() {
         Ok(()) => {
             counters.batches += 1;
             add(counters, &tally);
+            outcomes
         }
         Err(e) => {
             counters.commit_failures += 1;
             tracing::warn!(error = %e, ops = ops.len(), "party batch commit failed");
             let err = storage(e);
-            for outcome in &mut outcomes {
-                if !matches!(outcome, Err(OpError::RateLimited)) {
-                    *outcome = Err(err.clone());
-                }
-            }
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Err(OpError::RateLimited) => o,
+                    _ => Err(err.clone()),
+                })
+                .collect()
         }
     }
-    outcomes
+}
+
+/// Every op of a batch the database failed answers `err`, except joins the
+/// rate limit refused (they never reached the database).
+fn fail_all(slots: &[Slot], ops: usize, err: OpError) -> Vec<Outcome> {
+    (0..ops)
+        .map(|i| match slots.get(i) {
+            Some(Slot::Ready(Err(OpError::RateLimited))) => Err(OpError::RateLimited),
+            _ => Err(err.clone()),
+        })
+        .collect()
 }
 
 fn add(total: &mut PartyCounters, d: &PartyCounters) {
@@ -135,7 +243,7 @@ fn add(total: &mut PartyCounters, d: &PartyCounters) {
     }
 }
 
-fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
+fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Result<Step, OpError> {
     match op {
         Op::Create {
             owner,
@@ -162,9 +270,7 @@ fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
                 .and_then(|mut s| s.execute(params![id(*party), name]))
                 .map_err(storage)?;
             env.tally.renamed += 1;
-            Ok(Done::Renamed {
-                roster: roster_of(c, *party)?,
-            })
+            Ok(Step::Roster(*party, Shape::Renamed))
         }
         Op::SetMemberName { key, party, name } => {
             names::check(name).map_err(OpError::MemberName)?;
@@ -174,9 +280,7 @@ fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
                 .map_err(storage)?;
             bump(c, *party, 0, 0)?;
             env.tally.renamed += 1;
-            Ok(Done::Renamed {
-                roster: roster_of(c, *party)?,
-            })
+            Ok(Step::Roster(*party, Shape::Renamed))
         }
         Op::Close { owner, party } => {
             owner_of(c, owner, *party)?;
@@ -185,12 +289,12 @@ fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
                 .into_iter()
                 .map(|m| m.key)
                 .collect();
-            delete_party(c, *party)?;
+            delete_party(c, env, *party)?;
             env.tally.closed += 1;
-            Ok(Done::Closed {
+            Ok(Step::Final(Done::Closed {
                 party: *party,
                 members,
-            })
+            }))
         }
         Op::Invite { owner, party, code } => {
             owner_of(c, owner, *party)?;
@@ -205,7 +309,7 @@ fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
             }
             let code = new_code(c, env, *party, code, now)?;
             env.tally.invited += 1;
-            Ok(Done::Invited { code })
+            Ok(Step::Final(Done::Invited { code }))
         }
         Op::RevokeCodes {
             owner,
@@ -224,7 +328,7 @@ fn execute(c: &Connection, env: &mut Env<'_>, op: &Op, now: Now) -> Outcome {
             .map_err(storage)?;
             let codes = u32::try_from(deleted).unwrap_or(u32::MAX);
             env.tally.revoked += u64::from(codes);
-            Ok(Done::Revoked { codes })
+            Ok(Step::Final(Done::Revoked { codes }))
         }
     }
 }
@@ -237,7 +341,7 @@ fn create(
     member_name: &str,
     options: CodeOptions,
     now: Now,
-) -> Outcome {
+) -> Result<Step, OpError> {
     names::check(party_name).map_err(OpError::PartyName)?;
     names::check(member_name).map_err(OpError::MemberName)?;
     check_options(&options, now)?;
@@ -268,10 +372,7 @@ fn create(
     .map_err(storage)?;
     let code = new_code(c, env, party, &options, now)?;
     env.tally.created += 1;
-    Ok(Done::Created {
-        roster: roster_of(c, party)?,
-        code,
-    })
+    Ok(Step::Roster(party, Shape::Created(code)))
 }
 
 /// A code row, as a join finds it.
@@ -288,7 +389,7 @@ fn join(
     secret: &JoinSecret,
     member_name: &str,
     now: Now,
-) -> Outcome {
+) -> Result<Step, OpError> {
     names::check(member_name).map_err(OpError::MemberName)?;
     // Every attempt does the same two lookups, by key and by the secret's
     // hash, before anything depends on what they found: a wrong code costs
@@ -315,10 +416,7 @@ fn join(
     // the same, even if the retry found the code expired or used up.
     if current == Some(code.party) {
         env.tally.rejoined += 1;
-        return Ok(Done::Joined {
-            roster: roster_of(c, code.party)?,
-            rejoined: true,
-        });
+        return Ok(Step::Roster(code.party, Shape::Joined { rejoined: true }));
     }
     if code.expires_at.is_some_and(|t| secs(now.unix_secs) >= t) {
         return refuse(env, JoinRefusal::Expired);
@@ -371,13 +469,10 @@ fn join(
     }
     bump(c, party, 1, reserved_delta)?;
     env.tally.joined += 1;
-    Ok(Done::Joined {
-        roster: roster_of(c, party)?,
-        rejoined: false,
-    })
+    Ok(Step::Roster(party, Shape::Joined { rejoined: false }))
 }
 
-fn refuse(env: &mut Env<'_>, reason: JoinRefusal) -> Outcome {
+fn refuse(env: &mut Env<'_>, reason: JoinRefusal) -> Result<Step, OpError> {
     env.tally.count_refusal(reason);
     Err(OpError::JoinRefused)
 }
@@ -405,19 +500,25 @@ fn free_slot(c: &Connection, party: PartyId, start: u32, limit: u64) -> Result<u
     )))
 }
 
-fn leave(c: &Connection, env: &mut Env<'_>, key: &Key, party: PartyId, now: Now) -> Outcome {
+fn leave(
+    c: &Connection,
+    env: &mut Env<'_>,
+    key: &Key,
+    party: PartyId,
+    now: Now,
+) -> Result<Step, OpError> {
     let row = member_of(c, key, party)?;
     if row.members <= 1 {
         // The last member out closes the party: nobody would be left to
         // manage it, and its codes would admit strangers into an empty room.
-        delete_party(c, party)?;
+        delete_party(c, env, party)?;
         env.tally.left += 1;
         env.tally.closed += 1;
-        return Ok(Done::Left {
+        return Ok(Step::Final(Done::Left {
             party,
             key: *key,
             roster: None,
-        });
+        }));
     }
     if row.owner == *key {
         // Ownership passes to the member who has been in longest.
@@ -432,11 +533,7 @@ fn leave(c: &Connection, env: &mut Env<'_>, key: &Key, party: PartyId, now: Now)
     }
     retire(c, env, party, key, &row, now)?;
     env.tally.left += 1;
-    Ok(Done::Left {
-        party,
-        key: *key,
-        roster: Some(roster_of(c, party)?),
-    })
+    Ok(Step::Roster(party, Shape::Left(*key)))
 }
 
 fn kick(
@@ -446,7 +543,7 @@ fn kick(
     party: PartyId,
     member: &Key,
     now: Now,
-) -> Outcome {
+) -> Result<Step, OpError> {
     let row = owner_of(c, owner, party)?;
     if member == owner {
         return Err(OpError::CannotKickSelf);
@@ -456,10 +553,7 @@ fn kick(
     }
     retire(c, env, party, member, &row, now)?;
     env.tally.kicked += 1;
-    Ok(Done::Kicked {
-        roster: roster_of(c, party)?,
-        kicked: *member,
-    })
+    Ok(Step::Roster(party, Shape::Kicked(*member)))
 }
 
 /// A member becomes a former member: its row stays as the reservation of its
@@ -497,7 +591,14 @@ fn retire(
     bump(c, party, -1, reserved_delta)
 }
 
-fn delete_party(c: &Connection, party: PartyId) -> Result<(), OpError> {
+fn delete_party(c: &Connection, env: &mut Env<'_>, party: PartyId) -> Result<(), OpError> {
+    // Earlier ops of the batch changed this party: their outcomes get its
+    // roster as it is now, its last state.
+    if let Some(indices) = env.waiting.remove(&party) {
+        let roster = Arc::new(roster_of(c, party)?);
+        env.filled
+            .extend(indices.into_iter().map(|i| (i, Arc::clone(&roster))));
+    }
     // Members, reservations and codes go with it (ON DELETE CASCADE).
     c.prepare_cached("DELETE FROM party WHERE id = ?1")
         .and_then(|mut s| s.execute([id(party)]))

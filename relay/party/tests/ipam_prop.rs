@@ -3,6 +3,8 @@
 //! addresses are unique, never 10.66.0.0 or 10.66.255.255 (nor any .0 or
 //! .255), and a key always gets back the address it first had in a party.
 //! Two of the keys share a first-choice address, so the probe is exercised.
+//! Every roster an outcome carries is checked (each is its party's state at
+//! the end of the batch), and the stored state against the model at the end.
 
 mod common;
 
@@ -142,7 +144,8 @@ fn run(actions: &[Action], batch_sizes: &[usize]) {
                                 panic!("{outcome:?}")
                             };
                             assert!(!rejoined);
-                            assert!(roster.member(&k).is_some());
+                            // The roster is the batch's last state: k may
+                            // have left again later in the batch.
                             model.current.insert(k, party);
                             model.check(roster);
                         }
@@ -157,7 +160,6 @@ fn run(actions: &[Action], batch_sizes: &[usize]) {
                         else {
                             panic!("{outcome:?}")
                         };
-                        assert!(r.member(&k).is_none());
                         model.check(r);
                     } else {
                         assert_eq!(outcome, Err(OpError::NotAMember));

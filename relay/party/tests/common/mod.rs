@@ -97,7 +97,7 @@ impl Fixture {
     /// Joins and returns the roster; panics on refusal.
     pub fn joined(&mut self, key: Key, code: &JoinCode) -> Roster {
         match self.join(key, code) {
-            Ok(Done::Joined { roster, .. }) => roster,
+            Ok(Done::Joined { roster, .. }) => std::sync::Arc::unwrap_or_clone(roster),
             other => panic!("join: {other:?}"),
         }
     }
