@@ -1,5 +1,5 @@
-//! `lanrage keygen | up | status`: a thin layer over the config, the
-//! engine and the driver.
+//! `lanrage keygen | up | status | netcheck | ping | party`: a thin layer
+//! over the config, the engine and the driver.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,9 @@ use lanrage_client_core::{Engine, EngineConfig, PeerSpec, RelaySpec};
 use rand::RngCore as _;
 
 use crate::config::{self, Loaded};
-use crate::control::{self, NetcheckReply, PingReply, Request, StatusReply};
+use crate::control::{
+    self, NetcheckReply, PartyReplyRow, PartyRow, PingReply, Request, StatusReply,
+};
 use crate::driver;
 
 /// LANrage: friends' PCs on one virtual LAN, so LAN games just work.
@@ -54,6 +56,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Parties: friends join this PC's virtual LAN with a code, no keys or
+    /// addresses to exchange (the client must be running: `lanrage up`).
+    Party {
+        #[command(subcommand)]
+        command: PartyCommand,
+    },
     /// Ping a peer through its path, like `tailscale ping`: each pong with
     /// the path it took and its round-trip time.
     Ping {
@@ -62,6 +70,32 @@ pub enum Command {
         /// How many pings, one a second.
         #[arg(long, short = 'c', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartyCommand {
+    /// Create a party on the nearest relay (or --relay) and print its join
+    /// code for your friends.
+    Create {
+        /// The party's name. Default "LAN party".
+        #[arg(long, default_value = "LAN party")]
+        name: String,
+        /// The relay to host it (a name from the config's relays).
+        #[arg(long)]
+        relay: Option<String>,
+    },
+    /// Join the party of a code (XXXX-XXXX-XXXX-XXXX@relay).
+    Join { code: String },
+    /// Leave the party: its members can no longer reach this PC.
+    Leave,
+    /// Print another join code (the owner only).
+    Invite,
+    /// List the party's members and their addresses.
+    Members {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -129,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Party { command } => party(&config::load(&config_path)?, command),
         Command::Ping { peer, count } => {
             let loaded = config::load(&config_path)?;
             let socket = loaded.control_socket();
@@ -155,6 +190,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn party(loaded: &Loaded, command: PartyCommand) -> anyhow::Result<()> {
+    let socket = loaded.control_socket();
+    let wait = control::PARTY_TIMEOUT + Duration::from_secs(1);
+    let verb = |request: &Request| -> anyhow::Result<PartyReplyRow> {
+        let reply: PartyReplyRow = control::ask(&socket, request, wait)?;
+        if !reply.ok {
+            anyhow::bail!("{}", reply.status);
+        }
+        Ok(reply)
+    };
+    match command {
+        PartyCommand::Create { name, relay } => {
+            let reply = verb(&Request::PartyCreate { name, relay })?;
+            let code = reply.code.unwrap_or_default();
+            eprintln!("party created; friends join with:");
+            println!("{code}");
+        }
+        PartyCommand::Join { code } => {
+            verb(&Request::PartyJoin { code })?;
+            eprintln!("joined; `lanrage party members` lists who is there");
+        }
+        PartyCommand::Leave => {
+            verb(&Request::PartyLeave)?;
+            eprintln!("left the party");
+        }
+        PartyCommand::Invite => {
+            let reply = verb(&Request::PartyInvite)?;
+            println!("{}", reply.code.unwrap_or_default());
+        }
+        PartyCommand::Members { json } => {
+            let reply: PartyRow =
+                control::ask(&socket, &Request::PartyMembers, Duration::from_secs(2))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                print!("{}", reply.render());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn up(loaded: &Loaded) -> anyhow::Result<()> {
@@ -201,6 +278,17 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
         unix_nanos_at_start,
         seed,
         direct_paths: config.direct_paths,
+        membership: if config.peers.is_empty() {
+            match driver::load_state(&loaded.state_file()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("state_file: {e}; starting without a party");
+                    None
+                }
+            }
+        } else {
+            None
+        },
     };
     let engine = Engine::new(engine_config, Instant::now())
         .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.path.display()))?;
@@ -210,6 +298,8 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
             interface: config.interface.clone(),
             listen_port: config.listen_port,
             control_socket: loaded.control_socket(),
+            member_name: loaded.member_name(),
+            state_file: loaded.state_file(),
         },
     )
 }

@@ -25,8 +25,18 @@ pub struct Config {
     /// beside the config file.
     #[serde(default)]
     pub private_key_file: Option<PathBuf>,
-    /// This PC's address on the virtual LAN, in 10.66.0.0/16. Required.
-    pub address: Ipv4Addr,
+    /// This PC's address on the virtual LAN, in 10.66.0.0/16: required
+    /// with `peers`; in a party the home relay assigns it. Default none.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// This PC's name in parties. Default: the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the client remembers its party between runs (JSON). Relative
+    /// paths are relative to the config file's directory. Default:
+    /// `party.json` beside the config file.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
     /// The UDP port to send and receive on; 0 (the default) lets the system choose.
     #[serde(default)]
     pub listen_port: u16,
@@ -39,7 +49,9 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// The relays to register with; at least one.
     pub relays: Vec<Relay>,
-    /// The other PCs on the virtual LAN (until parties replace this list).
+    /// The other PCs on the virtual LAN, configured by hand (like
+    /// WireGuard's peers). Empty (the default): the party's roster says
+    /// who they are (`lanrage party create` / `join`).
     #[serde(default)]
     pub peers: Vec<Peer>,
     /// Whether to look for direct paths to peers (NAT traversal). Default
@@ -122,6 +134,26 @@ impl Loaded {
         }
     }
 
+    /// The party state file, resolved against the config file's directory.
+    pub fn state_file(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match &self.config.state_file {
+            Some(file) => dir.join(file),
+            None => dir.join("party.json"),
+        }
+    }
+
+    /// This PC's name in parties: `name`, else the host name.
+    pub fn member_name(&self) -> String {
+        self.config.name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .map_or_else(|| "pc".to_owned(), |h| h.chars().take(32).collect())
+        })
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.config
             .control_socket
@@ -178,7 +210,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         field,
         problem,
     };
-    check_address(config.address).map_err(|p| invalid("address".into(), p))?;
+    if let Some(address) = config.address {
+        check_address(address).map_err(|p| invalid("address".into(), p))?;
+    } else if !config.peers.is_empty() {
+        return Err(invalid(
+            "address".into(),
+            "required when peers are listed (this PC's address in 10.66.0.0/16);              without peers, a party's home relay assigns it"
+                .into(),
+        ));
+    }
+    if let Some(name) = &config.name {
+        if name.is_empty() || name.len() > 32 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name".into(),
+                "1 to 32 bytes, without control characters".into(),
+            ));
+        }
+    }
     if config.interface.is_empty() || config.interface.len() > 15 {
         return Err(invalid(
             "interface".into(),
@@ -241,7 +289,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             ));
         }
         check_address(peer.address).map_err(|p| invalid(format!("peers[{i}].address"), p))?;
-        if peer.address == config.address
+        if Some(peer.address) == config.address
             || config.peers[..i].iter().any(|p| p.address == peer.address)
         {
             return Err(invalid(

@@ -30,6 +30,110 @@ pub enum Request {
     },
     /// A NAT discovery now; the answer waits for its report.
     Netcheck,
+    /// Create a party (on `relay`, or the nearest registered one); the
+    /// answer waits for the home relay's, with the join code.
+    PartyCreate {
+        name: String,
+        relay: Option<String>,
+    },
+    /// Join the party of this code.
+    PartyJoin {
+        code: String,
+    },
+    PartyLeave,
+    /// Another join code for our party (owner only).
+    PartyInvite,
+    /// The party and its members, as the last roster said.
+    PartyMembers,
+}
+
+/// The answer to a party verb.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartyReplyRow {
+    /// `ok`, or what the relay said was wrong.
+    pub status: String,
+    pub ok: bool,
+    pub party: u64,
+    /// A new join code (create, invite).
+    pub code: Option<String>,
+}
+
+/// How long a party verb waits for the home relay's answer (three tries).
+pub const PARTY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `lanrage party members` and the `party` of `status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartyRow {
+    pub name: String,
+    /// The home relay, as this client's relay list calls it.
+    pub relay: String,
+    pub id: u64,
+    pub version: u64,
+    pub members: Vec<MemberRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub name: String,
+    pub address: String,
+    pub owner: bool,
+    pub public_key: String,
+    /// This client.
+    pub me: bool,
+}
+
+impl PartyRow {
+    pub fn from_membership(
+        m: &lanrage_client_core::party::Membership,
+        me: lanrage_proto::PeerKey,
+    ) -> Self {
+        Self {
+            name: m.name.clone(),
+            relay: m.relay.clone(),
+            id: m.party,
+            version: m.version,
+            members: m
+                .members
+                .iter()
+                .map(|p| MemberRow {
+                    name: p.name.clone(),
+                    address: p.ip.to_string(),
+                    owner: p.owner,
+                    public_key: p.key.to_string(),
+                    me: p.key == me,
+                })
+                .collect(),
+        }
+    }
+
+    /// What `lanrage party members` prints.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "party {:?} on relay {} ({} members)
+
+{:<20} {:<14} {:<6} {}
+",
+            self.name,
+            self.relay,
+            self.members.len(),
+            "MEMBER",
+            "ADDRESS",
+            "OWNER",
+            "PUBLIC KEY"
+        );
+        for m in &self.members {
+            out.push_str(&format!(
+                "{:<20} {:<14} {:<6} {}{}
+",
+                m.name,
+                m.address,
+                if m.owner { "yes" } else { "" },
+                m.public_key,
+                if m.me { "  (this PC)" } else { "" }
+            ));
+        }
+        out
+    }
 }
 
 /// `lanrage ping`'s answer to one ping.
@@ -130,7 +234,10 @@ impl NetcheckReply {
 /// `lanrage status --json`, one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
+    /// Our virtual IP, or `none` before joining a party.
     pub address: String,
+    /// The party we are in (null: none, or peers configured by hand).
+    pub party: Option<PartyRow>,
     pub relays: Vec<RelayRow>,
     pub peers: Vec<PeerRow>,
     /// What the last NAT discovery found (null before the first).
@@ -172,10 +279,26 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+impl StatusReply {
+    pub fn new(status: Status, me: lanrage_proto::PeerKey) -> Self {
+        let party = status
+            .party
+            .as_ref()
+            .map(|m| PartyRow::from_membership(m, me));
+        Self {
+            party,
+            ..Self::from(status)
+        }
+    }
+}
+
 impl From<Status> for StatusReply {
     fn from(status: Status) -> Self {
         Self {
-            address: status.virtual_ip.to_string(),
+            party: None,
+            address: status
+                .virtual_ip
+                .map_or_else(|| "none".to_owned(), |ip| ip.to_string()),
             relays: status
                 .relays
                 .into_iter()
@@ -222,7 +345,16 @@ impl StatusReply {
     /// The table `lanrage status` prints.
     pub fn render(&self) -> String {
         let opt_ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
-        let mut out = format!("address {}\n\n", self.address);
+        let mut out = format!("address {}\n", self.address);
+        match &self.party {
+            Some(p) => out.push_str(&format!(
+                "party {:?} on relay {}, {} members\n\n",
+                p.name,
+                p.relay,
+                p.members.len()
+            )),
+            None => out.push('\n'),
+        }
         out.push_str(&format!(
             "{:<12} {:<22} {:<10} {:>10} {:>9} {:>6}  {}\n",
             "RELAY", "ADDRESS", "STATE", "RTT", "JITTER", "LOSS", "IN USE"

@@ -365,18 +365,21 @@ impl PartyLoop {
     /// Answers one applied operation, and pushes what it changed.
     fn answer(&mut self, client: PeerKey, id: u64, outcome: lanrage_relay_party::Outcome) {
         match outcome {
+            // The roster goes before the reply, so that a client that
+            // reports "joined" has its peers already (datagrams may still
+            // reorder; the client waits a moment for the roster too).
             Ok(Done::Created { roster, code }) => {
+                self.push_roster(&roster);
                 let secret = Some(code.secret.to_bytes());
                 self.reply(client, id, Status::Ok, roster.party_id.0, secret);
-                self.push_roster(&roster);
             }
             Ok(Done::Joined { roster, rejoined }) => {
-                self.reply(client, id, Status::Ok, roster.party_id.0, None);
                 if rejoined {
                     self.push_to(client, &roster, false);
                 } else {
                     self.push_roster(&roster);
                 }
+                self.reply(client, id, Status::Ok, roster.party_id.0, None);
             }
             Ok(Done::Left { party, key, roster }) => {
                 self.reply(client, id, Status::Ok, party.0, None);

@@ -239,7 +239,7 @@ impl Sender {
                     Err(SendError::Io) => report.send_errors += 1,
                 }
                 // A slow sender must still honour the time limit.
-                if g % 1024 == 0 && Instant::now() >= deadline {
+                if g.is_multiple_of(1024) && Instant::now() >= deadline {
                     break 'phase;
                 }
             }

@@ -1,5 +1,6 @@
-//! What the engine is told at start: its key, the relays, and (until
-//! parties) the peers. The driver builds it from the user's config file.
+//! What the engine is told at start: its key, the relays, and either the
+//! peers (configured by hand) or the party it remembers. The driver builds
+//! it from the user's config file and its state file.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -32,10 +33,14 @@ pub struct PeerSpec {
 #[derive(Clone)]
 pub struct EngineConfig {
     pub private_key: StaticSecret,
-    /// This client's address on the virtual LAN.
-    pub virtual_ip: Ipv4Addr,
+    /// This client's address on the virtual LAN: required with `peers`;
+    /// in a party the roster gives it.
+    pub virtual_ip: Option<Ipv4Addr>,
     pub relays: Vec<RelaySpec>,
+    /// Peers configured by hand (no party then).
     pub peers: Vec<PeerSpec>,
+    /// The party this client was in when it last ran (its state file).
+    pub membership: Option<crate::party::Membership>,
     /// Unix time in nanoseconds at the `now` given to [`crate::Engine::new`]:
     /// registration timestamps must grow across restarts of the client, so
     /// they are wall-clock based (`docs/protocol.md` §2.2).

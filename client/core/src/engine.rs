@@ -16,10 +16,15 @@ use crate::choice::{self, LatencyVector};
 use crate::direct::{PongOutcome, MAX_CANDIDATES};
 use crate::estimator::Estimator;
 use crate::netcheck::{NatReport, Netcheck};
+use crate::party::{Membership, PartyClient};
 use crate::payload::{CandidateSet, NatHint, Payload};
+use lanrage_proto::party::Status as PartyStatus;
+
+mod roster;
 use lanrage_proto::stun::{BindingRequest, BindingResponse, TransactionId};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
+pub use roster::PartyError;
 
 use crate::config::EngineConfig;
 use crate::peer::Peer;
@@ -78,11 +83,29 @@ impl Transmit {
 /// Something the driver applies or reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Give the TUN this address and MTU (first event, once).
+    /// Give the TUN this address and MTU: at start if the address is
+    /// known, and whenever the party gives us another.
     ConfigureInterface {
         address: Ipv4Addr,
         prefix_len: u8,
         mtu: u16,
+    },
+    /// We have no address on the virtual LAN any more (left the party):
+    /// take the TUN down.
+    RemoveInterface,
+    /// The answer to a party verb ([`Engine::party_create`] and the
+    /// others): `None` if the home relay never answered. `code`: a new
+    /// join code (create, invite).
+    PartyReply {
+        id: u64,
+        status: Option<PartyStatus>,
+        party: u64,
+        code: Option<String>,
+    },
+    /// A new roster was applied (`None`: no longer in a party): the
+    /// driver saves it, so the client remembers its party.
+    PartyChanged {
+        membership: Option<Membership>,
     },
     RelayRegistered {
         relay: String,
@@ -189,13 +212,15 @@ pub enum ConfigError {
     PeerIsSelf(String),
     #[error("peer {0}: its endpoint is a relay's or another peer's address")]
     SharedEndpoint(String),
+    #[error("peers are configured, so the address is required")]
+    NoAddress,
 }
 
 pub struct Engine {
     secret: StaticSecret,
     public: PublicKey,
     key: PeerKey,
-    virtual_ip: Ipv4Addr,
+    virtual_ip: Option<Ipv4Addr>,
     relays: Vec<Relay>,
     by_relay_addr: HashMap<SocketAddr, usize>,
     peers: Vec<Peer>,
@@ -231,6 +256,14 @@ pub struct Engine {
     /// Whether spray sockets may be open (an attempt used them and they
     /// haven't been released since).
     spray_pool_open: bool,
+    /// The party: requests in flight, roster pages, the membership.
+    party: PartyClient,
+    /// Peers are configured by hand: no party.
+    static_peers: bool,
+    /// The slot the next new peer gets (see [`Peer::new`]).
+    next_slot: u32,
+    /// A create or join answer waiting for its roster, and until when.
+    held_reply: Option<(Event, Instant)>,
 }
 
 impl Engine {
@@ -243,7 +276,11 @@ impl Engine {
             unix_nanos_at_start,
             seed,
             direct_paths,
+            membership,
         } = config;
+        if !peers.is_empty() && virtual_ip.is_none() {
+            return Err(ConfigError::NoAddress);
+        }
         if peers.len() > MAX_CONSENT {
             return Err(ConfigError::TooManyPeers { count: peers.len() });
         }
@@ -294,16 +331,23 @@ impl Engine {
             drops: [0; DropReason::ALL.len()],
             scratch: vec![0; MAX_DATAGRAM],
             spray_pool_open: false,
+            party: PartyClient::default(),
+            static_peers: !peers.is_empty(),
+            next_slot: 0,
+            held_reply: None,
         };
-        engine.events.push_back(Event::ConfigureInterface {
-            address: virtual_ip,
-            prefix_len: PREFIX_LEN,
-            mtu: TUN_MTU,
-        });
+        if let Some(address) = virtual_ip {
+            engine.events.push_back(Event::ConfigureInterface {
+                address,
+                prefix_len: PREFIX_LEN,
+                mtu: TUN_MTU,
+            });
+        }
         // Slots start at a random base so a restarted client doesn't reuse
         // the receiver indices of its previous run (a relay still holding
         // routes for them would refuse the collision).
         let base = (xorshift(&mut engine.rng) as u32) & 0x00ff_ffff;
+        engine.next_slot = (base + MAX_CONSENT as u32) & 0x00ff_ffff;
         for (i, spec) in peers.into_iter().enumerate() {
             if spec.key == key {
                 return Err(ConfigError::PeerIsSelf(spec.name));
@@ -334,6 +378,11 @@ impl Engine {
             }
             engine.consent.push(spec.key);
             engine.peers.push(Peer::new(spec, &engine.secret, slot));
+        }
+        if !engine.static_peers {
+            // The remembered party: its peers and our address now, a fresh
+            // roster once the home relay answers.
+            engine.apply_membership(now, membership);
         }
         Ok(engine)
     }
@@ -498,6 +547,7 @@ impl Engine {
         }
         self.direct_timers(now);
         self.netcheck_timers(now);
+        self.party_timers(now);
         if now >= self.next_wireguard_tick {
             // boringtun's timers matter while packets flow or a handshake
             // is out; otherwise once a second is plenty (keepalives and
@@ -541,6 +591,8 @@ impl Engine {
             .chain([self.next_wireguard_tick, self.next_vector_check])
             .chain(direct)
             .chain(self.netcheck.as_ref().map(Netcheck::next_deadline))
+            .chain(self.party.next_deadline())
+            .chain(self.held_reply.as_ref().map(|(_, until)| *until))
             .min()
     }
 
@@ -596,6 +648,7 @@ impl Engine {
                 })
                 .collect(),
             nat: self.nat.clone(),
+            party: self.party.membership.clone(),
             drops: DropReason::ALL
                 .iter()
                 .map(|d| (d.as_str(), self.drops[*d as usize]))
@@ -668,11 +721,13 @@ impl Engine {
                 self.handle_signal(now, relay, view);
                 RelayNews::Nothing
             }
-            // Party messages: the client's party support is next (issue 12).
+            ControlMessage::PartyMessage(view) => {
+                self.handle_party_message(now, relay, view);
+                RelayNews::Nothing
+            }
             ControlMessage::Register(_)
             | ControlMessage::Probe(_)
-            | ControlMessage::PartyRequest(_)
-            | ControlMessage::PartyMessage(_) => {
+            | ControlMessage::PartyRequest(_) => {
                 self.count(DropReason::BadControl);
                 RelayNews::Nothing
             }
@@ -1433,6 +1488,7 @@ impl Engine {
                     if self.nat.is_none() && self.netcheck.is_none() {
                         self.start_netcheck(now);
                     }
+                    self.party_registered(now, relay);
                 }
                 // Sessions through it may have lost their routes (the relay
                 // forgot us); handshake them again through it.

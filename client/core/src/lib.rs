@@ -29,6 +29,7 @@ mod direct;
 pub mod engine;
 mod estimator;
 pub mod netcheck;
+pub mod party;
 mod payload;
 mod peer;
 mod relay;
@@ -37,6 +38,6 @@ mod wall_clock;
 
 pub use birthday::SocketId;
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
-pub use engine::{ConfigError, DropReason, Engine, Event, Transmit};
+pub use engine::{ConfigError, DropReason, Engine, Event, PartyError, Transmit};
 pub use netcheck::NatReport;
 pub use status::{PeerPath, Status};

@@ -32,6 +32,8 @@ pub const MAX_KNOWN_ADDRS: usize = 2 * MAX_CANDIDATES;
 
 pub struct Peer {
     pub spec: PeerSpec,
+    /// The upper 24 bits of our receiver indices in its sessions.
+    pub slot: u32,
     pub tunn: Tunn,
     /// The relay (index into the engine's relays) the current session was
     /// handshaken through, and so the one the relay holds routes on.
@@ -107,6 +109,7 @@ impl Peer {
             probe_in: PathKey::incoming(secret, &spec.key).ok(),
             probe_replay: ReplayWindow::default(),
             known_addrs: spec.endpoint.into_iter().collect(),
+            slot,
             sent_candidates: None,
             remote_nat: None,
             remote_public: Vec::new(),

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    pub virtual_ip: Ipv4Addr,
+    pub virtual_ip: Option<Ipv4Addr>,
     pub relays: Vec<RelayStatus>,
     pub peers: Vec<PeerStatus>,
     /// What the last NAT discovery found.
     pub nat: Option<crate::netcheck::NatReport>,
+    /// The party this client is in.
+    pub party: Option<crate::party::Membership>,
     /// (reason, count) for every drop reason, in a fixed order.
     pub drops: Vec<(&'static str, u64)>,
 }

@@ -19,13 +19,13 @@ use anyhow::Context as _;
 use lanrage_client_core::{Engine, Event, SocketId, Transmit};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use tun_rs::SyncDevice;
 
 use super::netwatch::{default_route, local_addresses, NetWatch};
 use super::sockets::{Socket, SprayPool, MAX_READS_PER_WAKE, RECV_BATCH, RECV_BUF};
+use super::tun::TunSlot;
 use crate::control::{
-    error_line, Answer, NatRow, NetcheckReply, PingReply, Request, Server, StatusReply,
-    NETCHECK_TIMEOUT, PING_TIMEOUT,
+    error_line, Answer, NatRow, NetcheckReply, PartyReplyRow, PartyRow, PingReply, Request, Server,
+    StatusReply, NETCHECK_TIMEOUT, PARTY_TIMEOUT, PING_TIMEOUT,
 };
 
 const UDP: Token = Token(0);
@@ -44,6 +44,10 @@ pub struct Setup {
     pub interface: String,
     pub listen_port: u16,
     pub control_socket: std::path::PathBuf,
+    /// This PC's name in parties.
+    pub member_name: String,
+    /// Where the party is remembered between runs.
+    pub state_file: std::path::PathBuf,
 }
 
 /// Runs `engine` until SIGINT or SIGTERM. The TUN device (and with it its
@@ -52,29 +56,6 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
     let main = Socket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
         .with_context(|| format!("listen_port: cannot bind UDP port {}", setup.listen_port))?;
     let local = main.socket.local_addr()?;
-
-    // The engine's first event says how to configure the interface.
-    let Some(Event::ConfigureInterface {
-        address,
-        prefix_len,
-        mtu,
-    }) = engine.poll_event()
-    else {
-        anyhow::bail!("the engine did not ask for an interface");
-    };
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&setup.interface)
-        .ipv4(address, prefix_len, None)
-        .mtu(mtu)
-        .build_sync()
-        .with_context(|| {
-            format!(
-                "interface: cannot create TUN device {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
-                setup.interface
-            )
-        })?;
-    tun.set_nonblocking(true)?;
-    tracing::info!(interface = %setup.interface, %address, prefix_len, mtu, "interface up");
 
     let mut control = Server::bind(&setup.control_socket)?;
     let (signal_read, signal_write) = StdUnixStream::pair()?;
@@ -91,7 +72,6 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         UDP,
         Interest::READABLE,
     )?;
-    registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
     registry.register(&mut control.listener, CONTROL, Interest::READABLE)?;
     registry.register(
         &mut SourceFd(&signal_read.as_raw_fd()),
@@ -114,10 +94,13 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         main,
         spray: SprayPool::default(),
         registry: registry.try_clone()?,
-        tun,
+        tun: TunSlot::new(&setup.interface, TUN),
         recv_bufs: vec![vec![0u8; RECV_BUF]; RECV_BATCH],
-        tun_buf: vec![0u8; usize::from(mtu) + 64],
+        state_file: setup.state_file.clone(),
     };
+    // The interface, if the engine knows our address already (configured,
+    // or a remembered party): failing to make it fails the start.
+    io.flush_checked(&mut engine, &mut control)?;
     let mut events = Events::with_capacity(16);
     let mut busy = false;
     let mut spray_busy: Vec<Token> = Vec::new();
@@ -173,7 +156,7 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         io.flush(&mut engine, &mut control);
         control.poll(now, |request| match request {
             Request::Status => Answer::Now(
-                serde_json::to_string(&StatusReply::from(engine.status(now)))
+                serde_json::to_string(&StatusReply::new(engine.status(now), engine.public_key()))
                     .unwrap_or_else(|e| error_line(&e.to_string())),
             ),
             Request::Ping { peer } => match engine.ping(now, &peer) {
@@ -188,6 +171,23 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
                     "no relay is registered yet to run STUN against; try again in a moment",
                 )),
             },
+            Request::PartyCreate { name, relay } => {
+                party_answer(engine.party_create(now, relay.as_deref(), &name, &setup.member_name))
+            }
+            Request::PartyJoin { code } => {
+                party_answer(engine.party_join(now, &code, &setup.member_name))
+            }
+            Request::PartyLeave => party_answer(engine.party_leave(now)),
+            Request::PartyInvite => party_answer(engine.party_invite(now)),
+            Request::PartyMembers => match engine.membership() {
+                Some(m) => Answer::Now(
+                    serde_json::to_string(&PartyRow::from_membership(m, engine.public_key()))
+                        .unwrap_or_else(|e| error_line(&e.to_string())),
+                ),
+                None => Answer::Now(error_line(
+                    "not in a party (lanrage party create, or lanrage party join CODE)",
+                )),
+            },
         });
         // A ping sent just now goes out before the next sleep.
         io.flush(&mut engine, &mut control);
@@ -196,13 +196,21 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A party verb's answer: later, when the home relay replies.
+fn party_answer(sent: Result<u64, lanrage_client_core::PartyError>) -> Answer {
+    match sent {
+        Ok(id) => Answer::Later(id, PARTY_TIMEOUT),
+        Err(e) => Answer::Now(error_line(&e.to_string())),
+    }
+}
+
 struct Io {
     main: Socket,
     spray: SprayPool,
     registry: Registry,
-    tun: SyncDevice,
+    tun: TunSlot,
     recv_bufs: Vec<Vec<u8>>,
-    tun_buf: Vec<u8>,
+    state_file: std::path::PathBuf,
 }
 
 impl Io {
@@ -236,8 +244,8 @@ impl Io {
     /// Hands every waiting TUN packet to the engine (bounded, as above).
     fn read_tun(&mut self, now: Instant, engine: &mut Engine) -> bool {
         for _ in 0..MAX_READS_PER_WAKE {
-            match self.tun.recv(&mut self.tun_buf) {
-                Ok(n) => engine.handle_tun(now, &self.tun_buf[..n]),
+            match self.tun.recv() {
+                Ok(n) => engine.handle_tun(now, &self.tun.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -250,10 +258,59 @@ impl Io {
     }
 
     /// Sends and writes what the engine produced, and applies its events
-    /// (a pong answers the control connection waiting for it).
+    /// (a pong answers the control connection waiting for it). An
+    /// interface that can't be made is logged: the engine carries on, and
+    /// the next address tries again.
     fn flush(&mut self, engine: &mut Engine, control: &mut Server) {
+        if let Err(e) = self.flush_checked(engine, control) {
+            tracing::error!("{e:#}");
+        }
+    }
+
+    /// As [`Io::flush`], but the first interface error is returned.
+    fn flush_checked(&mut self, engine: &mut Engine, control: &mut Server) -> anyhow::Result<()> {
+        let mut result = Ok(());
         self.flush_network(engine);
         while let Some(event) = engine.poll_event() {
+            match &event {
+                Event::ConfigureInterface {
+                    address,
+                    prefix_len,
+                    mtu,
+                } => {
+                    let made = self
+                        .tun
+                        .configure(*address, *prefix_len, *mtu, &self.registry);
+                    if result.is_ok() {
+                        result = made;
+                    }
+                }
+                Event::RemoveInterface => self.tun.remove(&self.registry),
+                Event::PartyReply {
+                    id,
+                    status,
+                    party,
+                    code,
+                } => {
+                    let reply = PartyReplyRow {
+                        status: status
+                            .map_or("the home relay did not answer", |s| s.message())
+                            .to_owned(),
+                        ok: *status == Some(lanrage_proto::party::Status::Ok),
+                        party: *party,
+                        code: code.clone(),
+                    };
+                    if let Ok(line) = serde_json::to_string(&reply) {
+                        control.complete(*id, &line);
+                    }
+                }
+                Event::PartyChanged { membership } => {
+                    if let Err(e) = super::state::save(&self.state_file, membership.as_ref()) {
+                        tracing::warn!(error = %e, path = %self.state_file.display(), "cannot remember the party");
+                    }
+                }
+                _ => {}
+            }
             if let Event::Pong {
                 peer,
                 id,
@@ -286,6 +343,9 @@ impl Io {
             }
             log_event(&event);
         }
+        // Packets the engine produced while applying events.
+        self.flush_network(engine);
+        result
     }
 
     fn flush_network(&mut self, engine: &mut Engine) {
@@ -309,7 +369,7 @@ fn flush_network(
     main: &Socket,
     spray: &mut SprayPool,
     registry: &Registry,
-    tun: &SyncDevice,
+    tun: &TunSlot,
     engine: &mut Engine,
 ) {
     let max_segments = main.state.max_gso_segments().max(1);
@@ -351,9 +411,7 @@ fn flush_network(
         }
     }
     while let Some(packet) = engine.poll_tun() {
-        if let Err(e) = tun.send(&packet) {
-            tracing::trace!(error = %e, "TUN write failed");
-        }
+        tun.send(&packet);
     }
 }
 
@@ -372,8 +430,10 @@ fn log_event(event: &Event) {
         }
         Event::Netcheck { .. } => {}       // the engine logged it
         Event::ReleaseSockets { .. } => {} // the pool logged it
-        Event::ConfigureInterface { .. } => {
-            tracing::warn!("the engine asked for the interface again; ignored");
+        Event::ConfigureInterface { .. } | Event::RemoveInterface => {} // logged by TunSlot
+        Event::PartyReply { status, party, .. } => {
+            tracing::info!(?status, party, "party reply");
         }
+        Event::PartyChanged { .. } => {} // the engine logged it
     }
 }

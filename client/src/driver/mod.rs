@@ -9,5 +9,15 @@ mod linux;
 mod netwatch;
 #[cfg(target_os = "linux")]
 mod sockets;
+mod state;
+#[cfg(target_os = "linux")]
+mod tun;
 #[cfg(target_os = "linux")]
 pub use linux::{run, Setup};
+
+/// The remembered party (`state.rs`).
+pub fn load_state(
+    path: &std::path::Path,
+) -> Result<Option<lanrage_client_core::party::Membership>, String> {
+    state::load(path)
+}

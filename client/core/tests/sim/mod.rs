@@ -201,12 +201,13 @@ impl Sim {
                     .collect();
                 let config = EngineConfig {
                     private_key: client_secret(c),
-                    virtual_ip: virtual_ip(c),
+                    virtual_ip: Some(virtual_ip(c)),
                     relays: relay_specs.clone(),
                     peers,
                     unix_nanos_at_start: 1_700_000_000_000_000_000,
                     seed: [seed as u8 ^ c as u8; 32],
                     direct_paths: true,
+                    membership: None,
                 };
                 Client {
                     name: format!("client{}", c + 1),

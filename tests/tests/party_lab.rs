@@ -1,0 +1,325 @@
+//! Parties end to end, as root, in network namespaces (docs/parties.md):
+//! the real relay with a party database, four real clients with nothing
+//! configured but the relay list. One creates a party, three join by its
+//! code; every pair pings between the addresses the relay gave them; a
+//! member that leaves can reach no one and no one lists it; the home relay
+//! restarts and the party is there with the same addresses; a client that
+//! restarts remembers its party. Skips without root; fails under
+//! `LANRAGE_REQUIRE_PRIVILEGED=1`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lanrage_test_support::privileged::skip_or_fail;
+use lanrage_tests::client_process::{
+    client_binary, client_keygen, eventually, ping_replies, relay_keygen, Running,
+};
+use lanrage_tests::netns::{lab_available, Switched};
+use lanrage_tests::relay_process::{relay_binary, ScratchDir};
+
+const RELAY_PORT: u16 = 51820;
+const CLIENTS: [&str; 4] = ["ada", "bo", "cy", "di"];
+
+struct PartyLab {
+    lab: Switched,
+    dir: ScratchDir,
+}
+
+impl PartyLab {
+    fn new() -> Result<Self> {
+        let mut roles = vec!["relay"];
+        roles.extend(CLIENTS);
+        let lab = Switched::new(&roles)?;
+        let dir = ScratchDir::new("party-lab")?;
+        let key = dir.path().join("relay.key");
+        let config = dir.path().join("relay.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: null\nprivate_key_file: \"{}\"\n\
+                 workers: 1\nparty:\n  name: lab\n  database: \"{}\"\n",
+                lab.host("relay").addr,
+                key.display(),
+                dir.path().join("parties.sqlite").display()
+            ),
+        )?;
+        let relay_key = relay_keygen(&key, &config)?;
+        for name in CLIENTS {
+            client_keygen(&dir.path().join(format!("{name}.key")))?;
+            std::fs::write(
+                dir.path().join(format!("{name}.yaml")),
+                format!(
+                    "name: {name}\nprivate_key_file: {name}.key\nstate_file: {name}.party.json\n\
+                     control_socket: {}\n\
+                     relays:\n  - {{name: lab, address: \"{}:{RELAY_PORT}\", public_key: \"{relay_key}\"}}\n",
+                    dir.path().join(format!("{name}.sock")).display(),
+                    lab.host("relay").addr,
+                ),
+            )?;
+        }
+        Ok(Self { lab, dir })
+    }
+
+    fn start_relay(&self) -> Result<Running> {
+        let log = std::fs::File::create(self.dir.path().join("relay.log"))?;
+        let child = self
+            .lab
+            .host("relay")
+            .ns
+            .command(relay_binary())?
+            .arg("--config")
+            .arg(self.dir.path().join("relay.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the relay")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Running(child))
+    }
+
+    fn start_client(&self, name: &str) -> Result<Running> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        let child = self
+            .lab
+            .host(name)
+            .ns
+            .command(client_binary())?
+            .arg("--config")
+            .arg(self.config(name))
+            .arg("up")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a client")?;
+        Ok(Running(child))
+    }
+
+    fn config(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.yaml"))
+    }
+
+    /// `lanrage ARGS` for `name`: stdout, or the error with stderr.
+    fn lanrage(&self, name: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(client_binary())
+            .arg("--config")
+            .arg(self.config(name))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lanrage {args:?} on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self, name: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.lanrage(name, &["status", "--json"])?,
+        )?)
+    }
+
+    /// Members by name → virtual IP, as `name` sees its party.
+    fn members(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let row: serde_json::Value =
+            serde_json::from_str(&self.lanrage(name, &["party", "members", "--json"])?)?;
+        let mut out = BTreeMap::new();
+        for m in row["members"].as_array().cloned().unwrap_or_default() {
+            out.insert(
+                m["name"].as_str().unwrap_or_default().to_owned(),
+                m["address"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+        Ok(out)
+    }
+
+    fn peers(&self, name: &str) -> Result<Vec<String>> {
+        let status = self.status(name)?;
+        let mut peers: Vec<String> = status["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        peers.sort();
+        Ok(peers)
+    }
+
+    /// Pings from `from` to `ip`: replies of `count`, 0.1 s apart.
+    fn ping(&self, from: &str, ip: &str, count: u32) -> Result<usize> {
+        let out = self
+            .lab
+            .host(from)
+            .ns
+            .command("ping")?
+            .args(["-n", "-c", &count.to_string(), "-i", "0.1", "-W", "1", ip])
+            .output()
+            .context("running ping (iputils-ping)")?;
+        Ok(ping_replies(&String::from_utf8_lossy(&out.stdout)).len())
+    }
+
+    /// One ping every 20 ms until one is answered (at most `limit`); how
+    /// long that took.
+    fn first_reply(&self, from: &str, ip: &str, limit: Duration) -> Result<Option<Duration>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let out = self
+                .lab
+                .host(from)
+                .ns
+                .command("ping")?
+                .args(["-n", "-c", "1", "-W", "0.05", ip])
+                .output()?;
+            if !ping_replies(&String::from_utf8_lossy(&out.stdout)).is_empty() {
+                return Ok(Some(start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn registered(&self, name: &str) -> bool {
+        self.status(name)
+            .is_ok_and(|s| s["relays"][0]["registered"].as_bool() == Some(true))
+    }
+}
+
+fn lab_or_skip(test: &str) -> bool {
+    if let Err(why) = lab_available() {
+        skip_or_fail(test, &why);
+        return false;
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        skip_or_fail(test, "needs `ping` (iputils-ping)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off() -> Result<()> {
+    if !lab_or_skip("four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off") {
+        return Ok(());
+    }
+    let lab = PartyLab::new()?;
+    let mut relay = lab.start_relay()?;
+    let mut clients: BTreeMap<&str, Running> = BTreeMap::new();
+    for name in CLIENTS {
+        clients.insert(name, lab.start_client(name)?);
+    }
+    for name in CLIENTS {
+        if !eventually(Duration::from_secs(10), || lab.registered(name)) {
+            bail!("{name} never registered:\n{}", lab.log(name));
+        }
+    }
+    // Nothing configured: no address, no peers, no party.
+    assert_eq!(lab.status("ada")?["address"], "none");
+
+    let code = lab.lanrage("ada", &["party", "create", "--name", "LAN"])?;
+    let code = code.trim().to_owned();
+    assert!(code.ends_with("@lab"), "{code}");
+    let ada_ip = lab.members("ada")?["ada"].clone();
+
+    // Each joiner: from `party join` to a ping answered by every member
+    // already there.
+    let mut join_times = Vec::new();
+    for (i, name) in CLIENTS.iter().enumerate().skip(1) {
+        let start = Instant::now();
+        lab.lanrage(name, &["party", "join", &code])?;
+        let members = lab.members(name)?;
+        assert_eq!(members.len(), i + 1, "{members:?}");
+        let mut slowest = Duration::ZERO;
+        for (other, ip) in &members {
+            if other == name {
+                continue;
+            }
+            match lab.first_reply(name, ip, Duration::from_secs(5))? {
+                Some(_) => slowest = slowest.max(start.elapsed()),
+                None => bail!(
+                    "{name} can't reach {other} at {ip}\n{name}:\n{}\n{other}:\n{}",
+                    lab.log(name),
+                    lab.log(other)
+                ),
+            }
+        }
+        join_times.push(slowest);
+    }
+    println!("from party join to a reply from every member: {join_times:?}");
+
+    // Every member sees the same roster; every pair pings.
+    let roster = lab.members("ada")?;
+    assert_eq!(roster.len(), 4);
+    let ips: std::collections::BTreeSet<&String> = roster.values().collect();
+    assert_eq!(ips.len(), 4, "unique addresses: {roster:?}");
+    for name in CLIENTS {
+        assert_eq!(lab.members(name)?, roster, "{name}'s view");
+        for (other, ip) in &roster {
+            if other != name {
+                let answered = lab.ping(name, ip, 3)?;
+                assert!(answered >= 2, "{name} → {other}: {answered}/3");
+            }
+        }
+    }
+
+    // di leaves: cut off both ways, and no one lists it.
+    let di_ip = roster["di"].clone();
+    lab.lanrage("di", &["party", "leave"])?;
+    for name in ["ada", "bo", "cy"] {
+        assert!(
+            eventually(Duration::from_secs(3), || lab
+                .peers(name)
+                .is_ok_and(|p| !p.iter().any(|n| n == "di"))),
+            "{name} still lists di"
+        );
+        assert_eq!(lab.ping(name, &di_ip, 3)?, 0, "{name} still reaches di");
+        assert_eq!(
+            lab.ping("di", &roster[name], 3)?,
+            0,
+            "di still reaches {name}"
+        );
+    }
+    assert_eq!(lab.status("di")?["address"], "none");
+
+    // The relay restarts (kill -9): the party is there, same addresses.
+    drop(relay);
+    relay = lab.start_relay()?;
+    let back = eventually(Duration::from_secs(15), || {
+        lab.ping("bo", &ada_ip, 1).is_ok_and(|n| n == 1)
+    });
+    assert!(
+        back,
+        "bo can't reach ada after the relay restart\n{}",
+        lab.log("bo")
+    );
+    let after: BTreeMap<String, String> = lab.members("cy")?;
+    assert_eq!(after.get("ada"), roster.get("ada"));
+    assert_eq!(after.get("bo"), roster.get("bo"));
+    assert_eq!(after.get("cy"), roster.get("cy"));
+
+    // A client restart remembers its party.
+    drop(clients.remove("cy"));
+    std::thread::sleep(Duration::from_millis(300));
+    clients.insert("cy", lab.start_client("cy")?);
+    let again = eventually(Duration::from_secs(10), || {
+        lab.ping("cy", &ada_ip, 1).is_ok_and(|n| n == 1)
+    });
+    assert!(again, "cy forgot its party\n{}", lab.log("cy"));
+    assert_eq!(lab.members("cy")?.get("cy"), roster.get("cy"));
+    drop(relay);
+    Ok(())
+}
