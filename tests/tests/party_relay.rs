@@ -246,3 +246,101 @@ fn a_party_database_that_is_not_a_database_stops_the_start_with_a_clear_error() 
     assert!(std::fs::read(&db)?.starts_with(b"these are not"));
     Ok(())
 }
+
+/// A full party: 64 members (each from its own loopback address, as 64
+/// households would be), then one change by the owner. Every member must
+/// have the whole new roster (four pages) within a second; the figure goes
+/// to docs/parties.md.
+#[test]
+fn a_roster_change_reaches_all_64_members_of_a_full_party_within_a_second() -> Result<()> {
+    let setup = setup()?;
+    let _relay = setup.start()?;
+    let mut members = Vec::new();
+    for i in 0..64u8 {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))
+            .and_then(|_| std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, i + 1), 0)))?;
+        let mut p = TestPeer::with_socket(setup.listen, &setup.public_key(), [i + 10; 32], socket)?;
+        p.register()?;
+        members.push(p);
+    }
+    let (party, secret, _) = create(&mut members[0], "full")?;
+    for p in members.iter_mut().skip(1) {
+        let (status, _) = join(p, secret, "m")?;
+        assert_eq!(status, Status::Ok);
+    }
+    // A 65th is refused: the party is full.
+    let mut extra = TestPeer::with_socket(
+        setup.listen,
+        &setup.public_key(),
+        [99; 32],
+        std::net::UdpSocket::bind(("127.0.0.2", 0))?,
+    )?;
+    extra.register()?;
+    assert_eq!(join(&mut extra, secret, "late")?.0, Status::PartyFull);
+    // Every member acks what it has, as a client does, and the pushes of
+    // the joins settle.
+    for p in &mut members {
+        for (version, body) in p.party_messages(Duration::from_millis(20))? {
+            if matches!(body, PartyBody::Roster { .. }) {
+                ack(p, party, version)?;
+            }
+        }
+    }
+
+    // The change, and one thread per member waiting for all its pages, as
+    // 64 separate PCs would.
+    let start = std::time::Instant::now();
+    members[0].party_request(&PartyOp::Rename {
+        party,
+        name: "renamed".into(),
+    })?;
+    let done: Vec<Option<Duration>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .iter_mut()
+            .map(|p| {
+                scope.spawn(move || -> Option<Duration> {
+                    let mut got = std::collections::BTreeSet::new();
+                    while start.elapsed() < Duration::from_secs(5) {
+                        let Ok(messages) = p.party_messages(Duration::from_millis(5)) else {
+                            return None;
+                        };
+                        for (version, body) in messages {
+                            if let PartyBody::Roster {
+                                name, page, pages, ..
+                            } = body
+                            {
+                                if name == "renamed" {
+                                    got.insert(page);
+                                    if got.len() == usize::from(pages) {
+                                        let at = start.elapsed();
+                                        let _ = ack(p, party, version);
+                                        return Some(at);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let mut times: Vec<Duration> = done.iter().flatten().copied().collect();
+    times.sort();
+    println!(
+        "roster change to {} of 64 members: median {:?}, last {:?}",
+        times.len(),
+        times.get(times.len() / 2),
+        times.last()
+    );
+    assert_eq!(times.len(), 64, "every member got all four pages");
+    assert!(
+        times.last().is_some_and(|t| *t <= Duration::from_secs(1)),
+        "{times:?}"
+    );
+    Ok(())
+}
