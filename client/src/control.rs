@@ -377,7 +377,7 @@ impl StatusReply {
             ));
         }
         out.push_str(&format!(
-            "\n{:<12} {:<12} {:<28} {:>10} {:>9} {:>6} {:>10} {:>10} {:>14}\n",
+            "\n{:<12} {:<15} {:<28} {:>10} {:>9} {:>6} {:>10} {:>10} {:>14}\n",
             "PEER", "ADDRESS", "PATH", "RTT", "JITTER", "LOSS", "SENT", "RECEIVED", "HANDSHAKE"
         ));
         for p in &self.peers {
@@ -385,7 +385,7 @@ impl StatusReply {
                 .last_handshake_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s:.0} s ago"));
             out.push_str(&format!(
-                "{:<12} {:<12} {:<28} {:>10} {:>6.1} ms {:>5.0}% {:>10} {:>10} {:>14}\n",
+                "{:<12} {:<15} {:<28} {:>10} {:>6.1} ms {:>5.0}% {:>10} {:>10} {:>14}\n",
                 p.name,
                 p.address,
                 p.path,

@@ -235,6 +235,8 @@ impl Default for RouterOptions {
 pub struct NatLabBuilder {
     routers: [RouterOptions; 2],
     same_lan: bool,
+    /// More PCs, each behind the router of its side (`extra_pc`).
+    extra_pcs: Vec<Side>,
     udp_timeout: Option<Duration>,
 }
 
@@ -254,6 +256,13 @@ impl NatLabBuilder {
     /// Whether `side`'s router drops unsolicited inbound WAN packets.
     pub fn inbound_firewall(mut self, side: Side, on: bool) -> Self {
         self.routers[side.index()].inbound_firewall = on;
+        self
+    }
+
+    /// One more PC behind `side`'s router, on the same LAN as that side's
+    /// PC ([`NatLab::pcs`] lists it after the two).
+    pub fn extra_pc(mut self, side: Side) -> Self {
+        self.extra_pcs.push(side);
         self
     }
 
@@ -431,6 +440,11 @@ impl NatLab {
         &self.pcs[side.index()]
     }
 
+    /// Every PC: A's, B's, then the extra ones in the order added.
+    pub fn pcs(&self) -> &[Pc] {
+        &self.pcs
+    }
+
     /// The router in front of `side`'s PC (router A for both sides in a
     /// same-LAN lab).
     pub fn router(&self, side: Side) -> &HomeRouter {
@@ -595,14 +609,28 @@ impl NatLab {
             routers.push(router);
         }
 
-        let mut pcs = Vec::with_capacity(2);
-        for (i, side) in Side::BOTH.iter().enumerate() {
-            let (router, host) = if options.same_lan {
-                (&routers[0], 10 + i as u8)
-            } else {
-                (&routers[i], 10)
-            };
-            let ns = ipv4_only(Netns::new(&format!("pc{}", side.letter()))?)?;
+        let mut pcs = Vec::with_capacity(2 + options.extra_pcs.len());
+        // (router, host number, namespace role) of every PC.
+        let mut plan: Vec<(usize, u8, String)> = Side::BOTH
+            .iter()
+            .enumerate()
+            .map(|(i, side)| {
+                let (router, host) = if options.same_lan {
+                    (0, 10 + i as u8)
+                } else {
+                    (i, 10)
+                };
+                (router, host, format!("pc{}", side.letter()))
+            })
+            .collect();
+        for (n, side) in options.extra_pcs.iter().enumerate() {
+            let router = if options.same_lan { 0 } else { side.index() };
+            let host = 20 + n as u8;
+            plan.push((router, host, format!("pc{}{n}", side.letter())));
+        }
+        for (i, (router, host, role)) in plan.into_iter().enumerate() {
+            let router = &routers[router];
+            let ns = ipv4_only(Netns::new(&role)?)?;
             let [a, b, c, _] = router.lan_gateway.octets();
             let addr = Ipv4Addr::new(a, b, c, host);
             let port = format!("lanp{i}");

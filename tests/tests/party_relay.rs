@@ -257,8 +257,9 @@ fn a_roster_change_reaches_all_64_members_of_a_full_party_within_a_second() -> R
     let _relay = setup.start()?;
     let mut members = Vec::new();
     for i in 0..64u8 {
-        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))
-            .and_then(|_| std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, i + 1), 0)))?;
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).and_then(|_| {
+            std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, i + 1), 0))
+        })?;
         let mut p = TestPeer::with_socket(setup.listen, &setup.public_key(), [i + 10; 32], socket)?;
         p.register()?;
         members.push(p);
