@@ -243,6 +243,8 @@ impl PartyLoop {
         }
         let ops: Vec<Op> = asked.iter().filter_map(|a| a.op.clone()).collect();
         if !ops.is_empty() {
+            let started = Instant::now();
+            let pushes_before = self.counters.pushes.load(Ordering::Relaxed);
             let outcomes = self.service.apply(&ops, clock());
             self.counters
                 .operations
@@ -256,6 +258,12 @@ impl PartyLoop {
                 self.answer(a.client, a.id, outcome);
             }
             self.refresh_service_metrics();
+            tracing::debug!(
+                ops = ops.len(),
+                pages_pushed = self.counters.pushes.load(Ordering::Relaxed) - pushes_before,
+                micros = started.elapsed().as_micros() as u64,
+                "party batch applied, answered and pushed"
+            );
         }
         for client in bound {
             self.sync(client);

@@ -254,7 +254,7 @@ fn a_party_database_that_is_not_a_database_stops_the_start_with_a_clear_error() 
 #[test]
 fn a_roster_change_reaches_all_64_members_of_a_full_party_within_a_second() -> Result<()> {
     let setup = setup()?;
-    let _relay = setup.start()?;
+    let relay = setup.start_with_env(&[("RUST_LOG", "lanrage_relay::party=debug,info")])?;
     let mut members = Vec::new();
     for i in 0..64u8 {
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).and_then(|_| {
@@ -333,11 +333,20 @@ fn a_roster_change_reaches_all_64_members_of_a_full_party_within_a_second() -> R
     let mut times: Vec<Duration> = done.iter().flatten().copied().collect();
     times.sort();
     println!(
-        "roster change to {} of 64 members: median {:?}, last {:?}",
+        "roster change to {} of 64 members: first {:?}, median {:?}, last {:?}",
         times.len(),
+        times.first(),
         times.get(times.len() / 2),
         times.last()
     );
+    if let Some(line) = relay
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains("party batch applied") && l.contains("ops=1 "))
+    {
+        println!("the relay's side: {line}");
+    }
     assert_eq!(times.len(), 64, "every member got all four pages");
     assert!(
         times.last().is_some_and(|t| *t <= Duration::from_secs(1)),
