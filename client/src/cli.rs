@@ -84,19 +84,49 @@ pub enum PartyCommand {
         /// The relay to host it (a name from the config's relays).
         #[arg(long)]
         relay: Option<String>,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Join the party of a code (XXXX-XXXX-XXXX-XXXX@relay).
     Join { code: String },
     /// Leave the party: its members can no longer reach this PC.
     Leave,
     /// Print another join code (the owner only).
-    Invite,
+    Invite {
+        #[command(flatten)]
+        limits: Limits,
+    },
+    /// Remove a member from the party (the owner only).
+    Kick {
+        /// The member's name, as `lanrage party members` lists it.
+        member: String,
+    },
     /// List the party's members and their addresses.
     Members {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What a new join code admits.
+#[derive(Debug, clap::Args)]
+pub struct Limits {
+    /// The code stops working after this many hours (default: never).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8784))]
+    pub expires_hours: Option<u32>,
+    /// The code admits this many joins (default: any number).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_uses: Option<u16>,
+}
+
+impl Limits {
+    fn seconds(&self) -> (u32, u16) {
+        (
+            self.expires_hours.map_or(0, |h| h * 3600),
+            self.max_uses.unwrap_or(0),
+        )
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -203,8 +233,18 @@ fn party(loaded: &Loaded, command: PartyCommand) -> anyhow::Result<()> {
         Ok(reply)
     };
     match command {
-        PartyCommand::Create { name, relay } => {
-            let reply = verb(&Request::PartyCreate { name, relay })?;
+        PartyCommand::Create {
+            name,
+            relay,
+            limits,
+        } => {
+            let (expires_in, max_uses) = limits.seconds();
+            let reply = verb(&Request::PartyCreate {
+                name,
+                relay,
+                expires_in,
+                max_uses,
+            })?;
             let code = reply.code.unwrap_or_default();
             eprintln!("party created; friends join with:");
             println!("{code}");
@@ -217,9 +257,19 @@ fn party(loaded: &Loaded, command: PartyCommand) -> anyhow::Result<()> {
             verb(&Request::PartyLeave)?;
             eprintln!("left the party");
         }
-        PartyCommand::Invite => {
-            let reply = verb(&Request::PartyInvite)?;
+        PartyCommand::Invite { limits } => {
+            let (expires_in, max_uses) = limits.seconds();
+            let reply = verb(&Request::PartyInvite {
+                expires_in,
+                max_uses,
+            })?;
             println!("{}", reply.code.unwrap_or_default());
+        }
+        PartyCommand::Kick { member } => {
+            verb(&Request::PartyKick {
+                member: member.clone(),
+            })?;
+            eprintln!("{member} is out of the party");
         }
         PartyCommand::Members { json } => {
             let reply: PartyRow =

@@ -35,6 +35,10 @@ pub enum Request {
     PartyCreate {
         name: String,
         relay: Option<String>,
+        #[serde(default)]
+        expires_in: u32,
+        #[serde(default)]
+        max_uses: u16,
     },
     /// Join the party of this code.
     PartyJoin {
@@ -42,7 +46,16 @@ pub enum Request {
     },
     PartyLeave,
     /// Another join code for our party (owner only).
-    PartyInvite,
+    PartyInvite {
+        #[serde(default)]
+        expires_in: u32,
+        #[serde(default)]
+        max_uses: u16,
+    },
+    /// Remove a member (owner only).
+    PartyKick {
+        member: String,
+    },
     /// The party and its members, as the last roster said.
     PartyMembers,
 }

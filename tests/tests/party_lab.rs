@@ -4,7 +4,8 @@
 //! code; every pair pings between the addresses the relay gave them; a
 //! member that leaves can reach no one and no one lists it; the home relay
 //! restarts and the party is there with the same addresses; a client that
-//! restarts remembers its party. Skips without root; fails under
+//! restarts remembers its party; a one-use code admits once; the owner
+//! kicks. Skips without root; fails under
 //! `LANRAGE_REQUIRE_PRIVILEGED=1`.
 
 use std::collections::BTreeMap;
@@ -320,6 +321,27 @@ fn four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off() -> Result
     });
     assert!(again, "cy forgot its party\n{}", lab.log("cy"));
     assert_eq!(lab.members("cy")?.get("cy"), roster.get("cy"));
+
+    // A one-use code lets di back in once; the owner kicks it; the used-up
+    // code gets the one refusal.
+    let once = lab.lanrage("ada", &["party", "invite", "--max-uses", "1"])?;
+    let once = once.trim().to_owned();
+    lab.lanrage("di", &["party", "join", &once])?;
+    assert_eq!(lab.members("di")?.get("di"), Some(&di_ip), "same address again");
+    assert!(lab.first_reply("di", &ada_ip, Duration::from_secs(5))?.is_some());
+    lab.lanrage("ada", &["party", "kick", "di"])?;
+    assert!(
+        eventually(Duration::from_secs(3), || lab
+            .status("di")
+            .is_ok_and(|s| s["address"] == "none")),
+        "di still in after the kick"
+    );
+    let again = lab.lanrage("di", &["party", "join", &once]);
+    let refused = again.expect_err("a used-up code");
+    assert!(
+        refused.to_string().contains("does not work"),
+        "{refused:#}"
+    );
     drop(relay);
     Ok(())
 }

@@ -24,7 +24,7 @@ mod roster;
 use lanrage_proto::stun::{BindingRequest, BindingResponse, TransactionId};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
 use lanrage_proto::{classify, DatagramKind, PeerKey};
-pub use roster::PartyError;
+pub use roster::{CodeLimits, PartyError};
 
 use crate::config::EngineConfig;
 use crate::peer::Peer;

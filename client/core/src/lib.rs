@@ -38,6 +38,6 @@ mod wall_clock;
 
 pub use birthday::SocketId;
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
-pub use engine::{ConfigError, DropReason, Engine, Event, PartyError, Transmit};
+pub use engine::{CodeLimits, ConfigError, DropReason, Engine, Event, PartyError, Transmit};
 pub use netcheck::NatReport;
 pub use status::{PeerPath, Status};

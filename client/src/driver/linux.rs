@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lanrage_client_core::{Engine, Event, SocketId, Transmit};
+use lanrage_client_core::{CodeLimits, Engine, Event, SocketId, Transmit};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
@@ -171,14 +171,36 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
                     "no relay is registered yet to run STUN against; try again in a moment",
                 )),
             },
-            Request::PartyCreate { name, relay } => {
-                party_answer(engine.party_create(now, relay.as_deref(), &name, &setup.member_name))
-            }
+            Request::PartyCreate {
+                name,
+                relay,
+                expires_in,
+                max_uses,
+            } => party_answer(engine.party_create(
+                now,
+                relay.as_deref(),
+                &name,
+                &setup.member_name,
+                CodeLimits {
+                    expires_in,
+                    max_uses,
+                },
+            )),
             Request::PartyJoin { code } => {
                 party_answer(engine.party_join(now, &code, &setup.member_name))
             }
             Request::PartyLeave => party_answer(engine.party_leave(now)),
-            Request::PartyInvite => party_answer(engine.party_invite(now)),
+            Request::PartyInvite {
+                expires_in,
+                max_uses,
+            } => party_answer(engine.party_invite(
+                now,
+                CodeLimits {
+                    expires_in,
+                    max_uses,
+                },
+            )),
+            Request::PartyKick { member } => party_answer(engine.party_kick(now, &member)),
             Request::PartyMembers => match engine.membership() {
                 Some(m) => Answer::Now(
                     serde_json::to_string(&PartyRow::from_membership(m, engine.public_key()))

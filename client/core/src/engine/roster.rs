@@ -39,6 +39,16 @@ pub enum PartyError {
     InParty(String),
     #[error("this client's peers are configured by hand (peers: in the config), so it can't join a party")]
     StaticPeers,
+    #[error("no member called {0:?} (lanrage party members lists them)")]
+    NoSuchMember(String),
+}
+
+/// What a new join code admits: `expires_in` seconds (0: never) and
+/// `max_uses` joins (0: any number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodeLimits {
+    pub expires_in: u32,
+    pub max_uses: u16,
 }
 
 impl Engine {
@@ -52,6 +62,7 @@ impl Engine {
         relay: Option<&str>,
         party_name: &str,
         member_name: &str,
+        limits: CodeLimits,
     ) -> Result<u64, PartyError> {
         self.party_may_join()?;
         let relay = match relay {
@@ -64,8 +75,8 @@ impl Engine {
         let op = PartyOp::Create {
             party_name: party_name.to_owned(),
             member_name: member_name.to_owned(),
-            expires_in: 0,
-            max_uses: 0,
+            expires_in: limits.expires_in,
+            max_uses: limits.max_uses,
         };
         Ok(self.party_send(now, relay, op))
     }
@@ -101,7 +112,7 @@ impl Engine {
     }
 
     /// A new join code for the party (owner only; the reply carries it).
-    pub fn party_invite(&mut self, now: Instant) -> Result<u64, PartyError> {
+    pub fn party_invite(&mut self, now: Instant, limits: CodeLimits) -> Result<u64, PartyError> {
         let m = self
             .party
             .membership
@@ -111,10 +122,29 @@ impl Engine {
         let relay = self.relay_named(&m.relay.clone())?;
         let op = PartyOp::Invite {
             party,
-            expires_in: 0,
-            max_uses: 0,
+            expires_in: limits.expires_in,
+            max_uses: limits.max_uses,
         };
         Ok(self.party_send(now, relay, op))
+    }
+
+    /// Removes the member called `name` (as `status` names peers) from
+    /// the party (owner only).
+    pub fn party_kick(&mut self, now: Instant, name: &str) -> Result<u64, PartyError> {
+        let m = self
+            .party
+            .membership
+            .as_ref()
+            .ok_or(PartyError::NotInParty)?;
+        let (party, home) = (m.party, m.relay.clone());
+        let member = self
+            .peers
+            .iter()
+            .find(|p| p.spec.name == name)
+            .map(|p| p.spec.key)
+            .ok_or_else(|| PartyError::NoSuchMember(name.to_owned()))?;
+        let relay = self.relay_named(&home)?;
+        Ok(self.party_send(now, relay, PartyOp::Kick { party, member }))
     }
 
     /// The party this client is in, as the last complete roster said.
@@ -176,6 +206,10 @@ impl Engine {
         }
         let mut expired = Vec::new();
         for (handle, op, relay) in self.party.due(now, &mut expired) {
+            // No answer: the relay may have forgotten us (it restarted and
+            // we haven't noticed yet); a registration now makes the next
+            // copy count.
+            self.relays[relay].register_soon(now);
             let id = self.party_transmit(now, relay, &op);
             self.party.resent(handle, id, now);
         }
@@ -232,6 +266,16 @@ impl Engine {
                     party,
                     code,
                 };
+                // A sync answered with another party, or none: ours is gone
+                // (closed, or we were removed while away).
+                if matches!(op, PartyOp::Sync) && status == lanrage_proto::party::Status::Ok {
+                    let ours = self.party.membership.as_ref().map(|m| m.party);
+                    if ours.is_some_and(|p| p != party) {
+                        tracing::info!("the home relay has no party of ours any more");
+                        self.apply_membership(now, None);
+                    }
+                    return;
+                }
                 // "Joined" only once the roster (our peers, our address)
                 // is in: it was sent first, but datagrams may reorder.
                 let joining = matches!(op, PartyOp::Create { .. } | PartyOp::Join { .. });
