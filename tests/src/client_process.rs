@@ -3,11 +3,12 @@
 //! when dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
+use crate::netns::Netns;
 use crate::relay_process::relay_binary;
 
 /// The `lanrage` binary this crate builds from the client's main.rs.
@@ -18,6 +19,22 @@ pub fn client_binary() -> PathBuf {
 /// A running `lanrage` or `lanrage-relay`, stopped with SIGTERM (then
 /// SIGKILL after 3 s) when dropped.
 pub struct Running(pub Child);
+
+/// `lanrage --config CONFIG up` inside `ns`, logging at debug to `log`.
+pub fn start_client(ns: &Netns, config: &Path, log: std::fs::File) -> Result<Running> {
+    let child = ns
+        .command(client_binary())?
+        .arg("--config")
+        .arg(config)
+        .arg("up")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting a client")?;
+    Ok(Running(child))
+}
 
 impl Drop for Running {
     fn drop(&mut self) {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, ping_replies, pinged, pinger, relay_keygen, Running,
+    client_binary, client_keygen, eventually, ping_replies, pinged, pinger, relay_keygen,
+    start_client, Running,
 };
 use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
@@ -176,21 +177,7 @@ impl Lab {
 
     fn start_client(&self, name: &str) -> Result<Running> {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
-        let child = self
-            .lab
-            .host(name)
-            .ns
-            .command(client_binary())?
-            .arg("--config")
-            .arg(self.client_config(name))
-            .arg("up")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a client")?;
-        Ok(Running(child))
+        start_client(&self.lab.host(name).ns, &self.client_config(name), log)
     }
 
     fn status(&self, name: &str) -> Result<serde_json::Value> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, pinged, pinger, relay_keygen, Running,
+    client_binary, client_keygen, eventually, pinged, pinger, relay_keygen, start_client, Running,
 };
 use lanrage_tests::natlab::{
     self, NatKind, NatLab, PortAllocation, Side, RELAY_ALTERNATE, RELAY_PRIMARY,
@@ -99,20 +99,11 @@ impl Traversal {
         let mut clients = Vec::new();
         for (name, side) in NAMES.iter().zip(Side::BOTH) {
             let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
-            clients.push(Running(
-                lab.pc(side)
-                    .ns
-                    .command(client_binary())?
-                    .arg("--config")
-                    .arg(dir.path().join(format!("{name}.yaml")))
-                    .arg("up")
-                    .env("RUST_LOG", "debug")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .context("starting a client")?,
-            ));
+            clients.push(start_client(
+                &lab.pc(side).ns,
+                &dir.path().join(format!("{name}.yaml")),
+                log,
+            )?);
         }
         Ok(Self {
             lab,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, ping_replies, relay_keygen, Running,
+    client_binary, client_keygen, eventually, ping_replies, relay_keygen, start_client, Running,
 };
 use lanrage_tests::netns::{lab_available, Switched};
 use lanrage_tests::relay_process::{relay_binary, ScratchDir};
@@ -87,21 +87,7 @@ impl PartyLab {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("{name}.log")))?;
-        let child = self
-            .lab
-            .host(name)
-            .ns
-            .command(client_binary())?
-            .arg("--config")
-            .arg(self.config(name))
-            .arg("up")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a client")?;
-        Ok(Running(child))
+        start_client(&self.lab.host(name).ns, &self.config(name), log)
     }
 
     fn config(&self, name: &str) -> PathBuf {
@@ -327,8 +313,14 @@ fn four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off() -> Result
     let once = lab.lanrage("ada", &["party", "invite", "--max-uses", "1"])?;
     let once = once.trim().to_owned();
     lab.lanrage("di", &["party", "join", &once])?;
-    assert_eq!(lab.members("di")?.get("di"), Some(&di_ip), "same address again");
-    assert!(lab.first_reply("di", &ada_ip, Duration::from_secs(5))?.is_some());
+    assert_eq!(
+        lab.members("di")?.get("di"),
+        Some(&di_ip),
+        "same address again"
+    );
+    assert!(lab
+        .first_reply("di", &ada_ip, Duration::from_secs(5))?
+        .is_some());
     lab.lanrage("ada", &["party", "kick", "di"])?;
     assert!(
         eventually(Duration::from_secs(3), || lab
@@ -338,10 +330,7 @@ fn four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off() -> Result
     );
     let again = lab.lanrage("di", &["party", "join", &once]);
     let refused = again.expect_err("a used-up code");
-    assert!(
-        refused.to_string().contains("does not work"),
-        "{refused:#}"
-    );
+    assert!(refused.to_string().contains("does not work"), "{refused:#}");
     drop(relay);
     Ok(())
 }

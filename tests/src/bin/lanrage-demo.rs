@@ -13,12 +13,13 @@
 //! binary, run again inside each namespace with `LANRAGE_DEMO_ROLE` set.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lanrage_tests::client_process::Running;
 use lanrage_tests::natlab::{self, NatKind, NatLab, Side, RELAY_ALTERNATE, RELAY_PRIMARY};
 
 const ROLE: &str = "LANRAGE_DEMO_ROLE";
@@ -54,26 +55,6 @@ fn main() -> ExitCode {
             eprintln!("lanrage-demo: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A child process killed (and reaped) when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // SIGTERM first: a client removes its TUN on a clean stop.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -141,7 +122,7 @@ fn run(stop: &AtomicBool) -> Result<()> {
             .arg("public-key"),
     )?;
     let relay_key = relay_key.trim().to_owned();
-    let _relay = Process(
+    let _relay = Running(
         lab.relay()
             .ns
             .command(&exe)?
@@ -169,7 +150,7 @@ fn run(stop: &AtomicBool) -> Result<()> {
         )?;
         let key = d.join(format!("{name}.key"));
         capture(client(&exe, &config).arg("keygen").arg("--key").arg(&key))?;
-        clients.push(Process(
+        clients.push(Running(
             pc.ns
                 .command(&exe)?
                 .env(ROLE, "client")

@@ -101,25 +101,13 @@ impl Engine {
 
     /// Leaves the party. The home relay answers, and then tells the others.
     pub fn party_leave(&mut self, now: Instant) -> Result<u64, PartyError> {
-        let m = self
-            .party
-            .membership
-            .as_ref()
-            .ok_or(PartyError::NotInParty)?;
-        let party = m.party;
-        let relay = self.relay_named(&m.relay.clone())?;
+        let (party, relay) = self.home()?;
         Ok(self.party_send(now, relay, PartyOp::Leave { party }))
     }
 
     /// A new join code for the party (owner only; the reply carries it).
     pub fn party_invite(&mut self, now: Instant, limits: CodeLimits) -> Result<u64, PartyError> {
-        let m = self
-            .party
-            .membership
-            .as_ref()
-            .ok_or(PartyError::NotInParty)?;
-        let party = m.party;
-        let relay = self.relay_named(&m.relay.clone())?;
+        let (party, relay) = self.home()?;
         let op = PartyOp::Invite {
             party,
             expires_in: limits.expires_in,
@@ -131,25 +119,31 @@ impl Engine {
     /// Removes the member called `name` (as `status` names peers) from
     /// the party (owner only).
     pub fn party_kick(&mut self, now: Instant, name: &str) -> Result<u64, PartyError> {
-        let m = self
-            .party
-            .membership
-            .as_ref()
-            .ok_or(PartyError::NotInParty)?;
-        let (party, home) = (m.party, m.relay.clone());
+        let (party, relay) = self.home()?;
         let member = self
             .peers
             .iter()
             .find(|p| p.spec.name == name)
             .map(|p| p.spec.key)
             .ok_or_else(|| PartyError::NoSuchMember(name.to_owned()))?;
-        let relay = self.relay_named(&home)?;
         Ok(self.party_send(now, relay, PartyOp::Kick { party, member }))
     }
 
     /// The party this client is in, as the last complete roster said.
     pub fn membership(&self) -> Option<&Membership> {
         self.party.membership.as_ref()
+    }
+
+    /// Our party's id and its home relay (registered), for a verb on it.
+    fn home(&self) -> Result<(u64, usize), PartyError> {
+        let m = self
+            .party
+            .membership
+            .as_ref()
+            .ok_or(PartyError::NotInParty)?;
+        let party = m.party;
+        let relay = self.relay_named(&m.relay.clone())?;
+        Ok((party, relay))
     }
 
     fn party_may_join(&self) -> Result<(), PartyError> {
