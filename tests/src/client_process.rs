@@ -20,6 +20,16 @@ pub fn client_binary() -> PathBuf {
 /// SIGKILL after 3 s) when dropped.
 pub struct Running(pub Child);
 
+/// Whether a lab that pings between virtual IPs can run here: `lab` (the
+/// namespace lab's or the NAT lab's own check) and iputils' `ping`.
+pub fn ping_lab_available(lab: Result<(), String>) -> Result<(), String> {
+    lab?;
+    match Command::new("ping").arg("-V").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("needs `ping` (iputils-ping)".into()),
+    }
+}
+
 /// `lanrage --config CONFIG up` inside `ns`, logging at debug to `log`.
 pub fn start_client(ns: &Netns, config: &Path, log: std::fs::File) -> Result<Running> {
     let child = ns

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, ping_replies, pinged, pinger, relay_keygen,
-    start_client, Running,
+    client_binary, client_keygen, eventually, ping_lab_available, ping_replies, pinged, pinger,
+    relay_keygen, start_client, Running,
 };
 use lanrage_tests::delay::DelayForwarder;
 use lanrage_tests::netns::{lab_available, Switched};
@@ -267,15 +267,13 @@ fn lab_for(
 }
 
 fn lab_or_skip(test: &str) -> bool {
-    if let Err(why) = lab_available() {
-        skip_or_fail(test, &why);
-        return false;
+    match ping_lab_available(lab_available()) {
+        Ok(()) => true,
+        Err(why) => {
+            skip_or_fail(test, &why);
+            false
+        }
     }
-    if Command::new("ping").arg("-V").output().is_err() {
-        skip_or_fail(test, "needs `ping` (iputils-ping)");
-        return false;
-    }
-    true
 }
 
 fn path_of(status: &serde_json::Value) -> String {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lanrage_test_support::privileged::skip_or_fail;
 use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, pinged, pinger, relay_keygen, start_client, Running,
+    client_binary, client_keygen, eventually, ping_lab_available, pinged, pinger, relay_keygen,
+    start_client, Running,
 };
 use lanrage_tests::natlab::{
     self, NatKind, NatLab, PortAllocation, Side, RELAY_ALTERNATE, RELAY_PRIMARY,
@@ -206,15 +207,13 @@ fn one_lab(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 }
 
 fn lab_or_skip(test: &str) -> bool {
-    if let Err(why) = natlab::available() {
-        skip_or_fail(test, &why);
-        return false;
+    match ping_lab_available(natlab::available()) {
+        Ok(()) => true,
+        Err(why) => {
+            skip_or_fail(test, &why);
+            false
+        }
     }
-    if Command::new("ping").arg("-V").output().is_err() {
-        skip_or_fail(test, "needs `ping` (iputils-ping)");
-        return false;
-    }
-    true
 }
 
 /// Runs one case: both clients up, watched until they settle on a direct
