@@ -628,7 +628,7 @@ impl TrialRig<'_> {
             // Unused: the lab set its peers up already (`peers::establish`).
             setup_timeout: Duration::from_secs(30),
         };
-        let tag = if self.trials % 2 == 0 {
+        let tag = if self.trials.is_multiple_of(2) {
             PHASE_FORWARDED
         } else {
             PHASE_DIRECT
