@@ -300,7 +300,10 @@ impl PartyLoop {
                     member_name,
                     code,
                 }),
-                None => self.reply(client, id, Status::BadCodeOptions, 0, None),
+                None => {
+                    self.reply(client, id, Status::BadCodeOptions, 0, None);
+                    None
+                }
             },
             PartyOp::Join {
                 secret,
@@ -314,7 +317,10 @@ impl PartyLoop {
                 }),
                 // Not a secret any code could have: the same answer as a
                 // wrong one.
-                None => self.reply(client, id, Status::Refused, 0, None),
+                None => {
+                    self.reply(client, id, Status::Refused, 0, None);
+                    None
+                }
             },
             PartyOp::Leave { party } => asked(Op::Leave {
                 key,
@@ -345,7 +351,10 @@ impl PartyLoop {
                     party: PartyId(party),
                     code,
                 }),
-                None => self.reply(client, id, Status::BadCodeOptions, party, None),
+                None => {
+                    self.reply(client, id, Status::BadCodeOptions, party, None);
+                    None
+                }
             },
             PartyOp::Close { party } => asked(Op::Close {
                 owner: key,
@@ -447,7 +456,7 @@ impl PartyLoop {
         status: Status,
         party: u64,
         secret: Option<[u8; 10]>,
-    ) -> Option<Asked> {
+    ) {
         let body = PartyBody::Reply {
             status,
             party,
@@ -456,7 +465,6 @@ impl PartyLoop {
         if let Some((to, bytes)) = self.router.seal_party(&client, id, &body) {
             self.send(to, &bytes);
         }
-        None
     }
 
     /// Pushes `roster` to each of its members.

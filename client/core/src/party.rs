@@ -67,6 +67,9 @@ pub enum Received {
         membership: Option<Membership>,
         ack: (u64, u64),
     },
+    /// Our sync was answered with another party, or none: ours is gone
+    /// (closed, or we were removed while away).
+    Gone,
     /// A page kept for later, or a roster we have already (ack it again,
     /// so the relay stops resending).
     Nothing { ack: Option<(u64, u64)> },
@@ -170,6 +173,14 @@ impl PartyClient {
                 let Some(f) = self.in_flight.remove(i) else {
                     return Received::Nothing { ack: None };
                 };
+                let ours = self.membership.as_ref().map(|m| m.party);
+                if matches!(f.op, PartyOp::Sync)
+                    && status == Status::Ok
+                    && ours.is_some_and(|p| p != party)
+                {
+                    self.assembly = None;
+                    return Received::Gone;
+                }
                 Received::Reply {
                     handle: f.handle,
                     op: f.op,
@@ -407,6 +418,32 @@ mod tests {
         }
         let _ = c.due(t0 + REQUEST_RESEND * (REQUEST_TRIES + 1), &mut expired);
         assert_eq!(expired, [20]);
+    }
+
+    /// A client back from a restart asks for its roster; the home relay
+    /// answers the sync with no party (0): the party is gone.
+    #[test]
+    fn a_sync_answered_with_no_party_means_ours_is_gone() {
+        let now = Instant::now();
+        let mut c = PartyClient::with_membership(Some(Membership {
+            relay: "home".into(),
+            party: 9,
+            version: 3,
+            name: "p".into(),
+            members: vec![member(1, "a")],
+        }));
+        let reply = |party| PartyBody::Reply {
+            status: Status::Ok,
+            party,
+            secret: None,
+        };
+        c.sent(5, PartyOp::Sync, 0, now);
+        assert!(matches!(
+            c.on_message(0, "home", 5, reply(9)),
+            Received::Reply { .. }
+        ));
+        c.sent(6, PartyOp::Sync, 0, now);
+        assert_eq!(c.on_message(0, "home", 6, reply(0)), Received::Gone);
     }
 
     #[test]

@@ -260,15 +260,8 @@ impl Engine {
                     party,
                     code,
                 };
-                // A sync answered with another party, or none: ours is gone
-                // (closed, or we were removed while away).
-                if matches!(op, PartyOp::Sync) && status == lanrage_proto::party::Status::Ok {
-                    let ours = self.party.membership.as_ref().map(|m| m.party);
-                    if ours.is_some_and(|p| p != party) {
-                        tracing::info!("the home relay has no party of ours any more");
-                        self.apply_membership(now, None);
-                    }
-                    return;
+                if matches!(op, PartyOp::Sync) {
+                    return; // nobody waits for a sync's answer
                 }
                 // "Joined" only once the roster (our peers, our address)
                 // is in: it was sent first, but datagrams may reorder.
@@ -290,6 +283,10 @@ impl Engine {
                         self.events.push_back(reply);
                     }
                 }
+            }
+            Received::Gone => {
+                tracing::info!("the home relay has no party of ours any more");
+                self.apply_membership(now, None);
             }
             Received::Nothing { ack } => {
                 if let Some(ack) = ack {
