@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lanrage_client_core::{Engine, EngineConfig, PeerSpec, RelaySpec};
+use lanrage_client_core::{DiscoveryConfig, Engine, EngineConfig, PeerSpec, RelaySpec};
 use rand::RngCore as _;
 
 use crate::config::{self, Loaded};
@@ -328,6 +328,11 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
         unix_nanos_at_start,
         seed,
         direct_paths: config.direct_paths,
+        discovery: DiscoveryConfig {
+            enabled: config.lan_discovery.enabled,
+            per_second: config.lan_discovery.packets_per_second,
+            burst: config.lan_discovery.burst,
+        },
         membership: if config.peers.is_empty() {
             match driver::load_state(&loaded.state_file()) {
                 Ok(m) => m,
@@ -350,6 +355,7 @@ fn up(loaded: &Loaded) -> anyhow::Result<()> {
             control_socket: loaded.control_socket(),
             member_name: loaded.member_name(),
             state_file: loaded.state_file(),
+            lan_discovery: config.lan_discovery.enabled,
         },
     )
 }

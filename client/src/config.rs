@@ -58,10 +58,48 @@ pub struct Config {
     /// true; false keeps every peer without an `endpoint` on a relay.
     #[serde(default = "default_true")]
     pub direct_paths: bool,
+    /// LAN game discovery: broadcast and multicast across the virtual LAN
+    /// (`docs/lan-discovery.md`).
+    #[serde(default)]
+    pub lan_discovery: LanDiscovery,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// The most discovery packets per second (and burst) a member may be
+/// allowed: past this, "LAN discovery" would be a flood generator.
+pub const MAX_DISCOVERY_RATE: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanDiscovery {
+    /// Route broadcast and multicast to the virtual LAN and copy them to
+    /// every member. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Broadcast and multicast packets per second this PC sends, and
+    /// accepts from each member, before dropping (counted). Default 100.
+    #[serde(default = "default_discovery_rate")]
+    pub packets_per_second: u32,
+    /// How many may come at once above that rate. Default 100.
+    #[serde(default = "default_discovery_rate")]
+    pub burst: u32,
+}
+
+fn default_discovery_rate() -> u32 {
+    100
+}
+
+impl Default for LanDiscovery {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            packets_per_second: default_discovery_rate(),
+            burst: default_discovery_rate(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -232,6 +270,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             "interface".into(),
             "a device name of 1 to 15 characters is needed (Linux's limit)".into(),
         ));
+    }
+    let discovery = config.lan_discovery;
+    for (field, value) in [
+        ("packets_per_second", discovery.packets_per_second),
+        ("burst", discovery.burst),
+    ] {
+        if !(1..=MAX_DISCOVERY_RATE).contains(&value) {
+            return Err(invalid(
+                format!("lan_discovery.{field}"),
+                format!("{value} is out of range: 1 to {MAX_DISCOVERY_RATE} packets (set lan_discovery.enabled: false to turn discovery off)"),
+            ));
+        }
     }
     if config.relays.is_empty() {
         return Err(invalid(
@@ -428,5 +478,25 @@ mod tests {
             "{}",
             error(&text)
         );
+        let text = good() + "lan_discovery: {packets_per_second: 0}\n";
+        assert!(
+            error(&text).contains("lan_discovery.packets_per_second: 0 is out of range"),
+            "{}",
+            error(&text)
+        );
+        let text = good() + "lan_discovery: {burst: 1000000}\n";
+        assert!(error(&text).contains("lan_discovery.burst: 1000000 is out of range"));
+    }
+
+    #[test]
+    fn lan_discovery_is_on_by_default_and_can_be_tuned() {
+        let loaded = parse(&good(), Path::new("client.yaml")).expect("valid");
+        assert_eq!(loaded.config.lan_discovery, LanDiscovery::default());
+        assert!(loaded.config.lan_discovery.enabled);
+        let text = good() + "lan_discovery:\n  enabled: false\n  packets_per_second: 20\n";
+        let loaded = parse(&text, Path::new("client.yaml")).expect("valid");
+        assert!(!loaded.config.lan_discovery.enabled);
+        assert_eq!(loaded.config.lan_discovery.packets_per_second, 20);
+        assert_eq!(loaded.config.lan_discovery.burst, 100);
     }
 }

@@ -284,6 +284,10 @@ pub struct PeerRow {
     pub loss_percent: f64,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    /// LAN discovery: broadcast and multicast packets copied to the peer,
+    /// and copies received from it.
+    pub discovery_sent: u64,
+    pub discovery_received: u64,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_secs: Option<f64>,
 }
@@ -341,6 +345,8 @@ impl From<Status> for StatusReply {
                     loss_percent: f64::from(p.loss) * 100.0,
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
+                    discovery_sent: p.discovery_sent,
+                    discovery_received: p.discovery_received,
                     last_handshake_secs: p.since_last_handshake.map(|d| d.as_secs_f64()),
                 })
                 .collect(),
@@ -390,15 +396,24 @@ impl StatusReply {
             ));
         }
         out.push_str(&format!(
-            "\n{:<12} {:<15} {:<28} {:>10} {:>9} {:>6} {:>10} {:>10} {:>14}\n",
-            "PEER", "ADDRESS", "PATH", "RTT", "JITTER", "LOSS", "SENT", "RECEIVED", "HANDSHAKE"
+            "\n{:<12} {:<15} {:<28} {:>10} {:>9} {:>6} {:>10} {:>10} {:>13} {:>14}\n",
+            "PEER",
+            "ADDRESS",
+            "PATH",
+            "RTT",
+            "JITTER",
+            "LOSS",
+            "SENT",
+            "RECEIVED",
+            "LAN OUT/IN",
+            "HANDSHAKE"
         ));
         for p in &self.peers {
             let handshake = p
                 .last_handshake_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s:.0} s ago"));
             out.push_str(&format!(
-                "{:<12} {:<15} {:<28} {:>10} {:>6.1} ms {:>5.0}% {:>10} {:>10} {:>14}\n",
+                "{:<12} {:<15} {:<28} {:>10} {:>6.1} ms {:>5.0}% {:>10} {:>10} {:>13} {:>14}\n",
                 p.name,
                 p.address,
                 p.path,
@@ -407,6 +422,7 @@ impl StatusReply {
                 p.loss_percent,
                 p.tx_bytes,
                 p.rx_bytes,
+                format!("{}/{}", p.discovery_sent, p.discovery_received),
                 handshake
             ));
         }

@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// Whether to find direct paths to peers (candidates, punching). Off:
     /// every peer without a configured endpoint stays on a relay.
     pub direct_paths: bool,
+    /// LAN discovery: whether broadcast and multicast cross, and at what
+    /// rate per member.
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("relays", &self.relays)
             .field("peers", &self.peers)
             .field("direct_paths", &self.direct_paths)
+            .field("discovery", &self.discovery)
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,7 @@ use crate::party::{Membership, PartyClient};
 use crate::payload::{CandidateSet, NatHint, Payload};
 use lanrage_proto::party::Status as PartyStatus;
 
+mod discovery;
 mod roster;
 use lanrage_proto::stun::{BindingRequest, BindingResponse, TransactionId};
 use lanrage_proto::x25519::{PublicKey, StaticSecret};
@@ -27,6 +28,7 @@ use lanrage_proto::{classify, DatagramKind, PeerKey};
 pub use roster::{CodeLimits, PartyError};
 
 use crate::config::EngineConfig;
+use crate::discovery::{DiscoveryConfig, RateLimit};
 use crate::peer::Peer;
 use crate::relay::{Registrant, Relay, RelayNews};
 use crate::status::{PeerPath, PeerStatus, RelayStatus, Status};
@@ -166,10 +168,22 @@ pub enum DropReason {
     /// STUN that answers none of our requests (this client answers no
     /// one's STUN).
     Stun,
+    /// Broadcast or multicast that stays on this PC: IGMP and other
+    /// non-UDP, and link control groups such as 224.0.0.1 and 224.0.0.22
+    /// (`docs/lan-discovery.md`).
+    LocalOnly,
+    /// A TUN broadcast or multicast whose source is not our virtual IP.
+    ForeignSource,
+    /// Our broadcast and multicast beyond the configured rate.
+    DiscoveryRateLimited,
+    /// A peer's broadcast and multicast beyond the configured rate.
+    PeerDiscoveryRateLimited,
+    /// A decrypted packet addressed neither to us nor to the segment.
+    UnexpectedDestination,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownSource,
         DropReason::Malformed,
         DropReason::BadControl,
@@ -179,6 +193,11 @@ impl DropReason {
         DropReason::NoPeerForPacket,
         DropReason::NoRelay,
         DropReason::Stun,
+        DropReason::LocalOnly,
+        DropReason::ForeignSource,
+        DropReason::DiscoveryRateLimited,
+        DropReason::PeerDiscoveryRateLimited,
+        DropReason::UnexpectedDestination,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +211,11 @@ impl DropReason {
             DropReason::NoPeerForPacket => "no_peer_for_packet",
             DropReason::NoRelay => "no_relay",
             DropReason::Stun => "stun",
+            DropReason::LocalOnly => "local_only",
+            DropReason::ForeignSource => "foreign_source",
+            DropReason::DiscoveryRateLimited => "discovery_rate_limited",
+            DropReason::PeerDiscoveryRateLimited => "peer_discovery_rate_limited",
+            DropReason::UnexpectedDestination => "unexpected_destination",
         }
     }
 }
@@ -264,6 +288,10 @@ pub struct Engine {
     next_slot: u32,
     /// A create or join answer waiting for its roster, and until when.
     held_reply: Option<(Event, Instant)>,
+    /// LAN discovery's settings, and the limit on our own broadcast and
+    /// multicast (one bucket for all of it: "one source" is this PC).
+    discovery: DiscoveryConfig,
+    discovery_out: RateLimit,
 }
 
 impl Engine {
@@ -277,6 +305,7 @@ impl Engine {
             seed,
             direct_paths,
             membership,
+            discovery,
         } = config;
         if !peers.is_empty() && virtual_ip.is_none() {
             return Err(ConfigError::NoAddress);
@@ -335,6 +364,8 @@ impl Engine {
             static_peers: !peers.is_empty(),
             next_slot: 0,
             held_reply: None,
+            discovery,
+            discovery_out: RateLimit::new(&discovery, now),
         };
         if let Some(address) = virtual_ip {
             engine.events.push_back(Event::ConfigureInterface {
@@ -462,7 +493,8 @@ impl Engine {
             return;
         };
         let Some(&peer) = self.by_ip.get(&ip.destination_addr()) else {
-            self.count(DropReason::NoPeerForPacket);
+            let (source, destination) = (ip.source_addr(), ip.destination_addr());
+            self.handle_tun_broadcast(now, source, destination, ip.protocol().0, packet);
             return;
         };
         let Some(dst) = self.destination(now, peer) else {
@@ -643,6 +675,8 @@ impl Engine {
                         },
                         tx_bytes: tx as u64,
                         rx_bytes: rx as u64,
+                        discovery_sent: p.discovery_sent,
+                        discovery_received: p.discovery_received,
                         since_last_handshake: since,
                     }
                 })
@@ -1600,6 +1634,14 @@ impl Engine {
                     return;
                 }
                 let packet = packet.to_vec();
+                // Addressed to us, or the segment's broadcast and
+                // multicast (LAN discovery); nothing else.
+                let for_us = self
+                    .virtual_ip
+                    .is_some_and(|ip| packet.get(16..20) == Some(&ip.octets()[..]));
+                if !for_us && !self.accept_copy(now, peer, &packet) {
+                    return;
+                }
                 self.tun_out.push_back(packet);
             }
             TunnResult::WriteToTunnelV6(..) => {

@@ -26,6 +26,7 @@ pub mod birthday;
 pub mod choice;
 pub mod config;
 mod direct;
+pub mod discovery;
 pub mod engine;
 mod estimator;
 pub mod netcheck;
@@ -38,6 +39,7 @@ mod wall_clock;
 
 pub use birthday::SocketId;
 pub use config::{EngineConfig, PeerSpec, RelaySpec};
+pub use discovery::DiscoveryConfig;
 pub use engine::{CodeLimits, ConfigError, DropReason, Engine, Event, PartyError, Transmit};
 pub use netcheck::NatReport;
 pub use status::{PeerPath, Status};

@@ -84,6 +84,11 @@ pub struct Peer {
     pub last_activity: Option<Instant>,
     /// RTT, jitter and loss of the path, from the engine's pings.
     pub path_quality: Estimator,
+    /// Broadcast and multicast copies sent into this peer's session and
+    /// received from it (LAN discovery), and the limit on what it sends.
+    pub discovery_sent: u64,
+    pub discovery_received: u64,
+    pub discovery_in: Option<crate::discovery::RateLimit>,
 }
 
 impl Peer {
@@ -118,6 +123,9 @@ impl Peer {
             tunn,
             relay: None,
             last_forced: None,
+            discovery_sent: 0,
+            discovery_received: 0,
+            discovery_in: None,
             signal_out,
             signal_in,
             signal_replay: ReplayWindow::default(),

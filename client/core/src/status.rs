@@ -49,6 +49,10 @@ pub struct PeerStatus {
     pub loss: f32,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    /// LAN discovery: broadcast and multicast packets copied to this peer
+    /// and received from it.
+    pub discovery_sent: u64,
+    pub discovery_received: u64,
     pub since_last_handshake: Option<Duration>,
 }
 

@@ -48,11 +48,25 @@ pub struct Setup {
     pub member_name: String,
     /// Where the party is remembered between runs.
     pub state_file: std::path::PathBuf,
+    /// Whether broadcast and multicast are routed to the TUN.
+    pub lan_discovery: bool,
+}
+
+impl Setup {
+    /// The journal of routes LAN discovery displaced, beside the state
+    /// file (`party.json` → `party.routes.json`).
+    pub fn route_journal(&self) -> std::path::PathBuf {
+        self.state_file.with_extension("routes.json")
+    }
 }
 
 /// Runs `engine` until SIGINT or SIGTERM. The TUN device (and with it its
 /// address and route) is removed when this returns, on every path.
 pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
+    // Routes a crashed run displaced go back first (docs/lan-discovery.md).
+    if let Err(e) = super::capture::repair(&setup.route_journal()) {
+        tracing::warn!("{e:#}");
+    }
     let main = Socket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
         .with_context(|| format!("listen_port: cannot bind UDP port {}", setup.listen_port))?;
     let local = main.socket.local_addr()?;
@@ -94,7 +108,11 @@ pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
         main,
         spray: SprayPool::default(),
         registry: registry.try_clone()?,
-        tun: TunSlot::new(&setup.interface, TUN),
+        tun: TunSlot::new(
+            &setup.interface,
+            TUN,
+            setup.lan_discovery.then(|| setup.route_journal()),
+        ),
         recv_bufs: vec![vec![0u8; RECV_BUF]; RECV_BATCH],
         state_file: setup.state_file.clone(),
     };

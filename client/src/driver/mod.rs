@@ -4,9 +4,13 @@
 //! socket) sits beside it later, chosen by `cfg`.
 
 #[cfg(target_os = "linux")]
+mod capture;
+#[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 mod netwatch;
+#[cfg(target_os = "linux")]
+mod rtnl;
 #[cfg(target_os = "linux")]
 mod sockets;
 mod state;

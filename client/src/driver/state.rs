@@ -57,11 +57,18 @@ pub fn save(path: &Path, membership: Option<&Membership>) -> std::io::Result<()>
             .collect(),
     };
     let text = serde_json::to_string_pretty(&saved).map_err(std::io::Error::other)?;
+    write_replacing(path, text.as_bytes())
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`: a crash leaves the old file or the new one, never half of one.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
 

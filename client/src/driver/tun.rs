@@ -4,6 +4,9 @@
 //! anew when the address changes, and removed when the party is left.
 //! The device (and its address and route) goes away with the process on
 //! every path: the kernel removes a TUN device whose last file closes.
+//!
+//! With LAN discovery on, the device also gets the subnet's broadcast
+//! address and the broadcast and multicast routes (`capture.rs`).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -14,19 +17,29 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use tun_rs::SyncDevice;
 
+use super::capture::Capture;
+
 pub struct TunSlot {
     name: String,
     token: Token,
+    /// Declared before the device: dropped first, while the device exists.
+    capture: Option<Capture>,
     device: Option<SyncDevice>,
+    /// LAN discovery: broadcast and multicast routed here while up, the
+    /// displaced routes' journal.
+    discovery: Option<std::path::PathBuf>,
     pub buf: Vec<u8>,
 }
 
 impl TunSlot {
-    pub fn new(name: &str, token: Token) -> Self {
+    /// `discovery`: the route journal, when LAN discovery is on.
+    pub fn new(name: &str, token: Token, discovery: Option<std::path::PathBuf>) -> Self {
         Self {
             name: name.to_owned(),
             token,
+            capture: None,
             device: None,
+            discovery,
             buf: Vec::new(),
         }
     }
@@ -58,12 +71,30 @@ impl TunSlot {
             Interest::READABLE,
         )?;
         self.buf = vec![0u8; usize::from(mtu) + 64];
-        self.device = Some(device);
         tracing::info!(interface = %self.name, %address, prefix_len, mtu, "interface up");
+        if let Some(journal) = &self.discovery {
+            // Without these the virtual LAN still carries unicast: a
+            // failure is logged, not fatal.
+            if let Some(broadcast) =
+                lanrage_client_core::discovery::subnet_broadcast(address, prefix_len)
+            {
+                if let Err(e) = device.set_broadcast(broadcast.into()) {
+                    tracing::error!(interface = %self.name, error = %e, "cannot set the broadcast address; subnet broadcast won't reach this PC");
+                }
+            }
+            match Capture::install(&self.name, journal) {
+                Ok(capture) => self.capture = Some(capture),
+                Err(e) => tracing::error!("LAN discovery off: {e:#}"),
+            }
+        }
+        self.device = Some(device);
         Ok(())
     }
 
     pub fn remove(&mut self, registry: &Registry) {
+        if let Some(capture) = self.capture.take() {
+            capture.remove();
+        }
         if let Some(device) = self.device.take() {
             let _ = registry.deregister(&mut SourceFd(&device.as_raw_fd()));
             tracing::info!(interface = %self.name, "interface down");

@@ -164,7 +164,27 @@ impl Sim {
         };
     }
 
+    /// Like [`Sim::new`], with each client's LAN discovery settings.
+    #[allow(dead_code)] // tests/discovery.rs
+    pub fn with_discovery(
+        seed: u64,
+        links: &[Vec<Link>],
+        discovery: &[lanrage_client_core::DiscoveryConfig],
+    ) -> Self {
+        Self::build_with(seed, links.len(), links, None, &|c| discovery[c])
+    }
+
     fn build(seed: u64, clients: usize, links: &[Vec<Link>], direct: Option<Link>) -> Self {
+        Self::build_with(seed, clients, links, direct, &|_| Default::default())
+    }
+
+    fn build_with(
+        seed: u64,
+        clients: usize,
+        links: &[Vec<Link>],
+        direct: Option<Link>,
+        discovery: &dyn Fn(usize) -> lanrage_client_core::DiscoveryConfig,
+    ) -> Self {
         let start = Instant::now();
         let relay_count = links.first().map_or(0, Vec::len);
         let relays: Vec<RelayNode> = (0..relay_count)
@@ -208,6 +228,7 @@ impl Sim {
                     seed: [seed as u8 ^ c as u8; 32],
                     direct_paths: true,
                     membership: None,
+                    discovery: discovery(c),
                 };
                 Client {
                     name: format!("client{}", c + 1),
@@ -481,6 +502,15 @@ impl Sim {
         self.drain(from);
     }
 
+    /// Client `from`'s TUN gives the engine this packet (as a game's
+    /// broadcast would come out of it).
+    #[allow(dead_code)] // tests/discovery.rs
+    pub fn send_raw(&mut self, from: usize, packet: &[u8]) {
+        let now = self.now;
+        self.clients[from].engine.handle_tun(now, packet);
+        self.drain(from);
+    }
+
     /// `lanrage ping`: client `from` pings its peer called `name` now (its
     /// datagram leaves at once, like every other output).
     pub fn ping(&mut self, from: usize, name: &str) -> Option<u64> {
@@ -536,7 +566,19 @@ fn new_router(secret: [u8; 32], epoch: u64, now: Instant) -> Router {
 
 /// An IPv4/UDP packet `src` → `dst` with `payload`, as a game would send it.
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(4445, 4445);
+    ipv4_udp_ports(src, 4445, dst, 4445, payload)
+}
+
+/// The same, between these ports.
+pub fn ipv4_udp_ports(
+    src: Ipv4Addr,
+    src_port: u16,
+    dst: Ipv4Addr,
+    dst_port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let builder =
+        etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(src_port, dst_port);
     let mut packet = Vec::with_capacity(builder.size(payload.len()));
     builder
         .write(&mut packet, payload)

@@ -1,0 +1,336 @@
+//! The routes that make a LAN game's broadcast and multicast leave through
+//! the TUN (`docs/lan-discovery.md`, "Capture"): while the interface is up,
+//! 255.255.255.255/32 and 224.0.0.0/4 point at it, and it has the MULTICAST
+//! flag. (The subnet's broadcast address is the TUN address's, `tun.rs`.)
+//!
+//! Everything here is on the TUN device, so the kernel removes it with the
+//! device, on every exit, a crash included. The one change that would
+//! outlive us is a route of the user's that ours had to displace (same
+//! destination, same metric 0: e.g. `224.0.0.0/4 dev eth0`, which some
+//! multicast guides tell people to add). Such a route is written to the
+//! journal *before* it is deleted, put back when the interface goes down,
+//! and, after a crash, put back by the next start ([`repair`]).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use netlink_packet_core::{Emitable as _, Parseable as _, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use serde::{Deserialize, Serialize};
+
+use super::rtnl::Rtnl;
+use super::state::write_replacing;
+
+/// The routing protocol number on our routes, so `ip route` shows whose
+/// they are (`proto 76`; 76 is unassigned in iproute2's rt_protos).
+pub const RTPROT_LANRAGE: u8 = 76;
+
+/// The destinations routed to the TUN: limited broadcast, and all of IPv4
+/// multicast.
+pub const CAPTURED: [(Ipv4Addr, u8); 2] =
+    [(Ipv4Addr::BROADCAST, 32), (Ipv4Addr::new(224, 0, 0, 0), 4)];
+
+/// The routes we added and the user's routes we displaced.
+pub struct Capture {
+    interface: String,
+    index: u32,
+    journal: PathBuf,
+    displaced: Vec<Displaced>,
+}
+
+/// A route of the user's that ours replaced, as the kernel described it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Displaced {
+    /// For people reading the journal: `224.0.0.0/4 dev 2`.
+    route: String,
+    /// The route message, hex, exactly as the kernel dumped it.
+    netlink: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    interface: String,
+    displaced: Vec<Displaced>,
+}
+
+impl Capture {
+    /// Routes broadcast and multicast to `interface` (which must exist and
+    /// be up). Displaced routes go to `journal` first.
+    pub fn install(interface: &str, journal: &Path) -> anyhow::Result<Self> {
+        let index = nix::net::if_::if_nametoindex(interface)
+            .with_context(|| format!("interface {interface}: not found"))?;
+        let mut rtnl = Rtnl::new().context("cannot open a netlink socket")?;
+        set_multicast_flag(&mut rtnl, index)
+            .with_context(|| format!("interface {interface}: cannot set MULTICAST"))?;
+        let mut capture = Self {
+            interface: interface.to_owned(),
+            index,
+            journal: journal.to_owned(),
+            displaced: Vec::new(),
+        };
+        for (destination, prefix_len) in CAPTURED {
+            capture
+                .add_route(&mut rtnl, destination, prefix_len)
+                .with_context(|| {
+                    format!("cannot route {destination}/{prefix_len} to {interface}")
+                })?;
+        }
+        tracing::info!(%interface, displaced = capture.displaced.len(), "broadcast and multicast routed to the virtual LAN");
+        Ok(capture)
+    }
+
+    fn add_route(
+        &mut self,
+        rtnl: &mut Rtnl,
+        destination: Ipv4Addr,
+        prefix_len: u8,
+    ) -> anyhow::Result<()> {
+        let ours = our_route(destination, prefix_len, self.index);
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        match rtnl.request(RouteNetlinkMessage::NewRoute(ours.clone()), flags) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A route with this destination and metric is there already.
+        for route in main_routes(rtnl)? {
+            if !same_slot(&route, destination, prefix_len) {
+                continue;
+            }
+            if oif(&route) == Some(self.index) {
+                // Ours, from an earlier install on this same device.
+                return Ok(());
+            }
+            let displaced = Displaced {
+                route: describe(&route),
+                netlink: hex(&emit(&route)),
+            };
+            self.displaced.push(displaced);
+            self.write_journal()?;
+            rtnl.request(RouteNetlinkMessage::DelRoute(route), 0)?;
+            tracing::warn!(route = %self.displaced.last().map_or("", |d| &d.route), "displaced a route to the virtual LAN; it is put back when LANrage goes down");
+        }
+        rtnl.request(RouteNetlinkMessage::NewRoute(ours), flags)?;
+        Ok(())
+    }
+
+    fn write_journal(&self) -> anyhow::Result<()> {
+        let journal = Journal {
+            interface: self.interface.clone(),
+            displaced: self.displaced.clone(),
+        };
+        write_replacing(&self.journal, &serde_json::to_vec_pretty(&journal)?)
+            .with_context(|| format!("cannot write {}", self.journal.display()))
+    }
+
+    /// Takes our routes away (if the device is still there) and puts back
+    /// what they displaced.
+    pub fn remove(mut self) {
+        self.remove_now();
+    }
+
+    fn remove_now(&mut self) {
+        let Ok(mut rtnl) = Rtnl::new() else {
+            tracing::warn!("cannot open a netlink socket; the routes go with the interface");
+            return;
+        };
+        for (destination, prefix_len) in CAPTURED {
+            let ours = our_route(destination, prefix_len, self.index);
+            match rtnl.request(RouteNetlinkMessage::DelRoute(ours), 0) {
+                Ok(_) => {}
+                // Gone with the device, or removed by someone else.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENODEV)) => {}
+                Err(e) => tracing::warn!(%destination, error = %e, "cannot remove our route"),
+            }
+        }
+        if !self.displaced.is_empty() {
+            put_back(&mut rtnl, &self.displaced);
+            self.displaced.clear();
+            let _ = std::fs::remove_file(&self.journal);
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.remove_now();
+    }
+}
+
+/// At start: puts back the routes a crashed run displaced (its journal),
+/// then forgets them.
+pub fn repair(journal: &Path) -> anyhow::Result<()> {
+    let text = match std::fs::read(journal) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
+    };
+    let Ok(found) = serde_json::from_slice::<Journal>(&text) else {
+        tracing::warn!(journal = %journal.display(), "unreadable route journal; removing it");
+        let _ = std::fs::remove_file(journal);
+        return Ok(());
+    };
+    let mut rtnl = Rtnl::new().context("cannot open a netlink socket")?;
+    tracing::info!(interface = %found.interface, routes = found.displaced.len(), "putting back routes a previous run displaced");
+    put_back(&mut rtnl, &found.displaced);
+    std::fs::remove_file(journal).with_context(|| format!("cannot remove {}", journal.display()))
+}
+
+fn put_back(rtnl: &mut Rtnl, displaced: &[Displaced]) {
+    for d in displaced {
+        let Some(route) = unhex(&d.netlink).and_then(|b| RouteMessage::parse(&b[..]).ok()) else {
+            tracing::warn!(route = %d.route, "journal entry unreadable; not put back");
+            continue;
+        };
+        match rtnl.request(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(_) => tracing::info!(route = %d.route, "route put back"),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => tracing::warn!(route = %d.route, error = %e, "cannot put the route back"),
+        }
+    }
+}
+
+/// Our route: `DESTINATION/PREFIX dev INDEX scope link proto 76`, in the
+/// main table, metric 0.
+fn our_route(destination: Ipv4Addr, prefix_len: u8, index: u32) -> RouteMessage {
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.destination_prefix_length = prefix_len;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = RouteProtocol::Other(RTPROT_LANRAGE);
+    route.header.scope = RouteScope::Link;
+    route.header.kind = RouteType::Unicast;
+    route.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::Inet(destination)),
+        RouteAttribute::Oif(index),
+    ];
+    route
+}
+
+fn main_routes(rtnl: &mut Rtnl) -> io::Result<Vec<RouteMessage>> {
+    let mut query = RouteMessage::default();
+    query.header.address_family = AddressFamily::Inet;
+    let answers = rtnl.request(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        })
+        .filter(|r| table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
+        .collect())
+}
+
+/// Whether `route` is the one a route of ours to this destination collides
+/// with: same destination and prefix, TOS 0, metric 0.
+fn same_slot(route: &RouteMessage, destination: Ipv4Addr, prefix_len: u8) -> bool {
+    let dst = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    });
+    let metric = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Priority(p) => Some(*p),
+        _ => None,
+    });
+    route.header.destination_prefix_length == prefix_len
+        && route.header.tos == 0
+        && dst == Some(destination)
+        && metric.unwrap_or(0) == 0
+}
+
+fn table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+fn oif(route: &RouteMessage) -> Option<u32> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn describe(route: &RouteMessage) -> String {
+    let mut out = String::new();
+    for a in &route.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                out = format!("{ip}/{}{out}", route.header.destination_prefix_length);
+            }
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => out.push_str(&format!(" via {ip}")),
+            RouteAttribute::Oif(i) => {
+                let name = nix::net::if_::if_indextoname(*i)
+                    .ok()
+                    .and_then(|n| n.into_string().ok())
+                    .unwrap_or_else(|| i.to_string());
+                out.push_str(&format!(" dev {name}"));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn set_multicast_flag(rtnl: &mut Rtnl, index: u32) -> io::Result<()> {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Multicast;
+    link.header.change_mask = LinkFlags::Multicast;
+    rtnl.request(RouteNetlinkMessage::SetLink(link), 0)?;
+    Ok(())
+}
+
+fn emit(route: &RouteMessage) -> Vec<u8> {
+    let mut buf = vec![0u8; route.buffer_len()];
+    route.emit(&mut buf);
+    buf
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_survives_the_journal_byte_for_byte() {
+        let route = our_route(Ipv4Addr::new(224, 0, 0, 0), 4, 7);
+        let text = hex(&emit(&route));
+        let back = unhex(&text)
+            .and_then(|b| RouteMessage::parse(&b[..]).ok())
+            .expect("parses");
+        assert_eq!(back, route);
+        assert!(same_slot(&back, Ipv4Addr::new(224, 0, 0, 0), 4));
+        assert!(!same_slot(&back, Ipv4Addr::BROADCAST, 32));
+        assert_eq!(oif(&back), Some(7));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
