@@ -13,6 +13,7 @@ pub mod gate;
 pub mod mmsg;
 pub mod natlab;
 pub mod netns;
+pub mod party_lab;
 pub mod peer;
 pub mod relay_process;
 pub mod session;

@@ -9,183 +9,15 @@
 //! `LANRAGE_REQUIRE_PRIVILEGED=1`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use lanrage_test_support::privileged::skip_or_fail;
-use lanrage_tests::client_process::{
-    client_binary, client_keygen, eventually, ping_lab_available, ping_replies, relay_keygen,
-    start_client, Running,
-};
-use lanrage_tests::netns::{lab_available, Switched};
-use lanrage_tests::relay_process::{relay_binary, ScratchDir};
+use lanrage_tests::client_process::{eventually, ping_lab_available, Running};
+use lanrage_tests::netns::lab_available;
+use lanrage_tests::party_lab::PartyLab;
 
-const RELAY_PORT: u16 = 51820;
 const CLIENTS: [&str; 4] = ["ada", "bo", "cy", "di"];
-
-struct PartyLab {
-    lab: Switched,
-    dir: ScratchDir,
-}
-
-impl PartyLab {
-    fn new() -> Result<Self> {
-        let mut roles = vec!["relay"];
-        roles.extend(CLIENTS);
-        let lab = Switched::new(&roles)?;
-        let dir = ScratchDir::new("party-lab")?;
-        let key = dir.path().join("relay.key");
-        let config = dir.path().join("relay.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: \"{}:{RELAY_PORT}\"\nmetrics_listen: null\nprivate_key_file: \"{}\"\n\
-                 workers: 1\nparty:\n  name: lab\n  database: \"{}\"\n",
-                lab.host("relay").addr,
-                key.display(),
-                dir.path().join("parties.sqlite").display()
-            ),
-        )?;
-        let relay_key = relay_keygen(&key, &config)?;
-        for name in CLIENTS {
-            client_keygen(&dir.path().join(format!("{name}.key")))?;
-            std::fs::write(
-                dir.path().join(format!("{name}.yaml")),
-                format!(
-                    "name: {name}\nprivate_key_file: {name}.key\nstate_file: {name}.party.json\n\
-                     control_socket: {}\n\
-                     relays:\n  - {{name: lab, address: \"{}:{RELAY_PORT}\", public_key: \"{relay_key}\"}}\n",
-                    dir.path().join(format!("{name}.sock")).display(),
-                    lab.host("relay").addr,
-                ),
-            )?;
-        }
-        Ok(Self { lab, dir })
-    }
-
-    fn start_relay(&self) -> Result<Running> {
-        let log = std::fs::File::create(self.dir.path().join("relay.log"))?;
-        let child = self
-            .lab
-            .host("relay")
-            .ns
-            .command(relay_binary())?
-            .arg("--config")
-            .arg(self.dir.path().join("relay.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting the relay")?;
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Running(child))
-    }
-
-    fn start_client(&self, name: &str) -> Result<Running> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))?;
-        start_client(&self.lab.host(name).ns, &self.config(name), log)
-    }
-
-    fn config(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.yaml"))
-    }
-
-    /// `lanrage ARGS` for `name`: stdout, or the error with stderr.
-    fn lanrage(&self, name: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(client_binary())
-            .arg("--config")
-            .arg(self.config(name))
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "lanrage {args:?} on {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn status(&self, name: &str) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &self.lanrage(name, &["status", "--json"])?,
-        )?)
-    }
-
-    /// Members by name → virtual IP, as `name` sees its party.
-    fn members(&self, name: &str) -> Result<BTreeMap<String, String>> {
-        let row: serde_json::Value =
-            serde_json::from_str(&self.lanrage(name, &["party", "members", "--json"])?)?;
-        let mut out = BTreeMap::new();
-        for m in row["members"].as_array().cloned().unwrap_or_default() {
-            out.insert(
-                m["name"].as_str().unwrap_or_default().to_owned(),
-                m["address"].as_str().unwrap_or_default().to_owned(),
-            );
-        }
-        Ok(out)
-    }
-
-    fn peers(&self, name: &str) -> Result<Vec<String>> {
-        let status = self.status(name)?;
-        let mut peers: Vec<String> = status["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        peers.sort();
-        Ok(peers)
-    }
-
-    /// Pings from `from` to `ip`: replies of `count`, 0.1 s apart.
-    fn ping(&self, from: &str, ip: &str, count: u32) -> Result<usize> {
-        let out = self
-            .lab
-            .host(from)
-            .ns
-            .command("ping")?
-            .args(["-n", "-c", &count.to_string(), "-i", "0.1", "-W", "1", ip])
-            .output()
-            .context("running ping (iputils-ping)")?;
-        Ok(ping_replies(&String::from_utf8_lossy(&out.stdout)).len())
-    }
-
-    /// One ping every 20 ms until one is answered (at most `limit`); how
-    /// long that took.
-    fn first_reply(&self, from: &str, ip: &str, limit: Duration) -> Result<Option<Duration>> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            let out = self
-                .lab
-                .host(from)
-                .ns
-                .command("ping")?
-                .args(["-n", "-c", "1", "-W", "0.05", ip])
-                .output()?;
-            if !ping_replies(&String::from_utf8_lossy(&out.stdout)).is_empty() {
-                return Ok(Some(start.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(None)
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn registered(&self, name: &str) -> bool {
-        self.status(name)
-            .is_ok_and(|s| s["relays"][0]["registered"].as_bool() == Some(true))
-    }
-}
 
 fn lab_or_skip(test: &str) -> bool {
     match ping_lab_available(lab_available()) {
@@ -202,7 +34,7 @@ fn four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off() -> Result
     if !lab_or_skip("four_clients_join_by_code_ping_each_other_and_a_leaver_is_cut_off") {
         return Ok(());
     }
-    let lab = PartyLab::new()?;
+    let lab = PartyLab::new(&CLIENTS, |_| String::new())?;
     let mut relay = lab.start_relay()?;
     let mut clients: BTreeMap<&str, Running> = BTreeMap::new();
     for name in CLIENTS {

@@ -161,7 +161,8 @@ pub enum DropReason {
     WireGuardRejected,
     /// A decrypted packet whose source is not the peer's virtual IP.
     SpoofedInnerSource,
-    /// A TUN packet that isn't IPv4 unicast to a known peer.
+    /// A TUN packet that isn't IPv4 to a known peer (or, with LAN
+    /// discovery on, to the segment's broadcast or multicast).
     NoPeerForPacket,
     /// A packet for a peer when no relay is usable.
     NoRelay,
