@@ -9,6 +9,7 @@
 
 pub mod client_process;
 pub mod delay;
+pub mod gamesim;
 pub mod gate;
 pub mod mmsg;
 pub mod natlab;

@@ -5,8 +5,10 @@
 //! second). It starts the real relay (with parties) and a real `lanrage`
 //! client on each PC, creates a party on the first, joins the other two by
 //! its code, and prints each client's `lanrage status` and a ping matrix
-//! between the virtual IPs the relay assigned. Everything is torn down at
-//! the end, on an error, or on Ctrl-C.
+//! between the virtual IPs the relay assigned. Then ada opens a Minecraft
+//! world to LAN, and bo's and cy's server lists find it (LAN discovery:
+//! Minecraft's own multicast announcement, carried across the virtual LAN).
+//! Everything is torn down at the end, on an error, or on Ctrl-C.
 //!
 //! It needs root (namespaces, veth links, nftables, TUN devices), iproute2,
 //! nftables and iputils-ping. The relay and the clients are this same
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     match std::env::var(ROLE).as_deref() {
         Ok("relay") => return lanrage_relay::cli::main(),
         Ok("client") => return lanrage_client::cli::main(),
+        Ok("game") => return lanrage_tests::gamesim::main(),
         _ => {}
     }
     if let Err(why) = natlab::available() {
@@ -226,12 +229,73 @@ fn run(stop: &AtomicBool) -> Result<()> {
         }
         println!();
     }
+    check(stop)?;
+    let unseen = minecraft(&exe, &pcs)?;
+
     println!("\ntearing down (processes, namespaces, {})", d.display());
     drop(clients);
     if !unreachable.is_empty() {
         bail!("no ping answered: {}", unreachable.join(", "));
     }
+    if !unseen.is_empty() {
+        bail!("the Minecraft world was not found on {}", unseen.join(", "));
+    }
     Ok(())
+}
+
+/// LAN discovery: ada opens a Minecraft world to LAN (Minecraft's own
+/// announcement, multicast to 224.0.2.60:4445 every 1.5 s), and bo's and
+/// cy's multiplayer screens list it. Returns who didn't see it.
+fn minecraft(exe: &Path, pcs: &[&natlab::Pc; 3]) -> Result<Vec<String>> {
+    println!("\n$ ada: Open to LAN (Minecraft Java: announces to 224.0.2.60:4445)");
+    let game = |pc: &natlab::Pc, args: &[&str]| -> Result<std::process::Child> {
+        Ok(pc
+            .ns
+            .command(exe)?
+            .env(ROLE, "game")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    };
+    let listen = ["minecraft-listen", "--seconds", "4", "--count", "1"];
+    let listeners = [game(pcs[1], &listen)?, game(pcs[2], &listen)?];
+    // The listeners join the group before the first announcement.
+    std::thread::sleep(Duration::from_millis(400));
+    let announce = [
+        "minecraft-announce",
+        "--motd",
+        "ada - Friday LAN world",
+        "--port",
+        "25565",
+        "--seconds",
+        "2",
+    ];
+    game(pcs[0], &announce)?.wait_with_output()?;
+    let mut unseen = Vec::new();
+    for (name, listener) in NAMES[1..].iter().zip(listeners) {
+        let out = listener.wait_with_output()?;
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l.get("motd").is_some());
+        match found {
+            Some(world) => {
+                let from = world["from"].as_str().unwrap_or("?");
+                let host = from.split(':').next().unwrap_or(from);
+                println!(
+                    "{name}: multiplayer screen lists {} at {host}:{}",
+                    world["motd"], world["port"]
+                );
+            }
+            None => {
+                println!("{name}: nothing found");
+                unseen.push((*name).to_owned());
+            }
+        }
+    }
+    Ok(unseen)
 }
 
 fn client(exe: &Path, config: &Path) -> Command {

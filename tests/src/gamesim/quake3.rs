@@ -22,7 +22,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
 
 pub const OOB: [u8; 4] = [0xFF; 4];
 pub const PORT_SERVER: u16 = 27960;

@@ -92,7 +92,9 @@ enum Command {
     UdpListen(storm::ListenArgs),
 }
 
-fn main() -> ExitCode {
+/// The `lanrage-gamesim` command line (the binary, and `lanrage-demo`'s
+/// game processes, run this).
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::MinecraftAnnounce(args) => minecraft::announce(args),

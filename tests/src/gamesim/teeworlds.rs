@@ -23,7 +23,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Reader, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Reader, Recv, SendErrors, UdpOptions};
 
 pub const CONNLESS_HEADER: [u8; 6] = [0xFF; 6];
 /// NET_PACKETFLAG_CONNLESS, in the high nibble of the first byte.

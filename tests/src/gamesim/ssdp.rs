@@ -23,7 +23,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
 
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
 pub const PORT: u16 = 1900;

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Recv, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, UdpOptions};
 
 pub const MAGIC: [u8; 4] = *b"LRGS";
 pub const HEADER_LEN: usize = 16;

@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Reader, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Reader, Recv, SendErrors, UdpOptions};
 
 pub const PORT: u16 = 6112;
 pub const HEADER: u8 = 0xF7;

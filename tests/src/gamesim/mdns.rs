@@ -28,7 +28,7 @@ use simple_dns::{
     Name, Packet, PacketFlag, Question, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE,
 };
 
-use crate::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
 
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
 pub const PORT: u16 = 5353;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::net::{self, Deadline, Malformed, Recv, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, UdpOptions};
 
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 2, 60);
 pub const PORT: u16 = 4445;
