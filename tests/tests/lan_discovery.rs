@@ -408,77 +408,56 @@ fn a_party_of_eight_under_a_broadcast_storm() -> Result<()> {
     println!("ada's paths: {paths:?}");
 
     // One-way delay of a broadcast from ada to each member, against a
-    // unicast datagram to the same member over the same path.
+    // unicast datagram to the same member over the same path, side by
+    // side: the broadcast to port 40000 and the unicasts to 40001 at once.
     let others = &EIGHT[1..];
-    let mut delays = Vec::new();
-    for kind in ["broadcast", "unicast"] {
-        let listeners: Vec<(&str, Game)> = others
-            .iter()
-            .map(|h| {
-                Ok((
-                    *h,
-                    Game::start(
-                        &lab,
-                        h,
-                        &["udp-listen", "--port", "40000", "--seconds", "3"],
-                    )?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        settle();
-        let mut senders = Vec::new();
-        if kind == "broadcast" {
-            senders.push(Game::start(
-                &lab,
-                "ada",
-                &[
-                    "udp-send",
-                    "--to",
-                    "255.255.255.255:40000",
-                    "--broadcast",
-                    "--count",
-                    "40",
-                    "--rate",
-                    "20",
-                ],
-            )?);
-        } else {
-            for h in others {
-                let to = format!("{}:40000", roster[*h]);
-                senders.push(Game::start(
-                    &lab,
-                    "ada",
-                    &["udp-send", "--to", &to, "--count", "40", "--rate", "20"],
-                )?);
-            }
-        }
-        for s in senders {
-            s.finish()?;
-        }
-        for (host, game) in listeners {
-            let got = summary(&game.finish()?);
-            assert_eq!(got["unique"], 40, "{kind} to {host}: {got}");
-            assert_eq!(got["duplicates"], 0, "{kind} to {host}: {got}");
-            delays.push((
-                kind,
-                host,
-                got["delay_us"]["median"].as_f64().unwrap_or(f64::NAN),
-            ));
+    let mut listeners = Vec::new();
+    for h in others {
+        for port in ["40000", "40001"] {
+            let game = Game::start(&lab, h, &["udp-listen", "--port", port, "--seconds", "3"])?;
+            listeners.push((*h, port, game));
         }
     }
+    settle();
+    let mut senders = vec![Game::start(
+        &lab,
+        "ada",
+        &[
+            "udp-send",
+            "--to",
+            "255.255.255.255:40000",
+            "--broadcast",
+            "--count",
+            "40",
+            "--rate",
+            "20",
+        ],
+    )?];
+    for h in others {
+        let to = format!("{}:40001", roster[*h]);
+        senders.push(Game::start(
+            &lab,
+            "ada",
+            &["udp-send", "--to", &to, "--count", "40", "--rate", "20"],
+        )?);
+    }
+    for s in senders {
+        s.finish()?;
+    }
+    let mut delays = BTreeMap::new();
+    for (host, port, game) in listeners {
+        let got = summary(&game.finish()?);
+        assert_eq!(got["unique"], 40, "port {port} on {host}: {got}");
+        assert_eq!(got["duplicates"], 0, "port {port} on {host}: {got}");
+        let median = got["delay_us"]["median"].as_f64().unwrap_or(f64::NAN);
+        delays.insert((host, port), median);
+    }
     for host in others {
-        let of = |kind: &str| {
-            delays
-                .iter()
-                .find(|d| d.0 == kind && d.1 == *host)
-                .map_or(f64::NAN, |d| d.2)
-        };
+        let (broadcast, unicast) = (delays[&(*host, "40000")], delays[&(*host, "40001")]);
         println!(
-            "ada → {host} ({}): broadcast median {:.0} µs, unicast {:.0} µs, extra {:.0} µs",
+            "ada → {host} ({}): broadcast median {broadcast:.0} µs, unicast {unicast:.0} µs, extra {:.0} µs",
             paths.get(*host).map_or("?", String::as_str),
-            of("broadcast"),
-            of("unicast"),
-            of("broadcast") - of("unicast")
+            broadcast - unicast
         );
     }
 

@@ -55,11 +55,17 @@ impl Engine {
             self.count(DropReason::DiscoveryRateLimited);
             return;
         }
+        let mut targets = Vec::with_capacity(self.peers.len());
         for peer in 0..self.peers.len() {
-            let Some(dst) = self.destination(now, peer) else {
-                self.count(DropReason::NoRelay);
-                continue;
-            };
+            match self.destination(now, peer) {
+                Some(dst) => targets.push((peer, dst)),
+                None => self.count(DropReason::NoRelay),
+            }
+        }
+        // Copies for one address (every member behind one relay) leave back
+        // to back, equal in size: the driver sends them as one GSO batch.
+        targets.sort_by_key(|(_, dst)| (dst.socket, dst.addr));
+        for (peer, dst) in targets {
             self.touch(now, peer);
             match self.peers[peer].tunn.encapsulate(packet, &mut self.scratch) {
                 TunnResult::WriteToNetwork(datagram) => {
