@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 /// OSPF, PIM and VRRP are link control and stay local).
 const UDP: u8 = 17;
 
-/// The groups of the Local Network Control Block (224.0.0.0/24) that are
-/// service discovery rather than link control, and so cross: mDNS and
-/// LLMNR. Everything else there (224.0.0.1 all hosts, .2 all routers, .22
-/// IGMPv3, routing protocols) stays local (RFC 5771 §4).
-const CROSSING_LINK_LOCAL_GROUPS: [Ipv4Addr; 2] = [
+/// The group of the Local Network Control Block (224.0.0.0/24) that is
+/// service discovery rather than link control, and so crosses: mDNS.
+/// Everything else there stays local (RFC 5771 §4): 224.0.0.1 all hosts,
+/// .2 all routers, .22 IGMPv3, routing protocols, and LLMNR (.252), which
+/// no game needs and which is the classic way to poison a LAN's name
+/// lookups (Responder).
+const CROSSING_LINK_LOCAL_GROUPS: [Ipv4Addr; 1] = [
     Ipv4Addr::new(224, 0, 0, 251), // mDNS (RFC 6762)
-    Ipv4Addr::new(224, 0, 0, 252), // LLMNR (RFC 4795)
 ];
 
 /// Where a packet belongs.
@@ -153,7 +154,6 @@ mod tests {
             Ipv4Addr::new(10, 66, 255, 255),   // subnet broadcast
             Ipv4Addr::new(224, 0, 2, 60),      // Minecraft Java
             Ipv4Addr::new(224, 0, 0, 251),     // mDNS
-            Ipv4Addr::new(224, 0, 0, 252),     // LLMNR
             Ipv4Addr::new(239, 255, 255, 250), // SSDP
         ] {
             assert_eq!(
@@ -167,10 +167,11 @@ mod tests {
     #[test]
     fn link_control_and_non_udp_stay_local() {
         for destination in [
-            Ipv4Addr::new(224, 0, 0, 1),  // all hosts
-            Ipv4Addr::new(224, 0, 0, 2),  // all routers
-            Ipv4Addr::new(224, 0, 0, 22), // IGMPv3 reports
-            Ipv4Addr::new(224, 0, 0, 9),  // RIP, which is UDP
+            Ipv4Addr::new(224, 0, 0, 1),   // all hosts
+            Ipv4Addr::new(224, 0, 0, 2),   // all routers
+            Ipv4Addr::new(224, 0, 0, 22),  // IGMPv3 reports
+            Ipv4Addr::new(224, 0, 0, 9),   // RIP, which is UDP
+            Ipv4Addr::new(224, 0, 0, 252), // LLMNR, which is UDP too
         ] {
             assert_eq!(
                 scope(destination, UDP, SUBNET),

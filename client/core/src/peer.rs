@@ -84,8 +84,9 @@ pub struct Peer {
     pub last_activity: Option<Instant>,
     /// RTT, jitter and loss of the path, from the engine's pings.
     pub path_quality: Estimator,
-    /// Broadcast and multicast copies sent into this peer's session and
-    /// received from it (LAN discovery), and the limit on what it sends.
+    /// Broadcast and multicast copies handed to this peer's session (sent,
+    /// or queued until its handshake) and received from it (LAN
+    /// discovery), and the limit on what it sends.
     pub discovery_sent: u64,
     pub discovery_received: u64,
     pub discovery_in: Option<crate::discovery::RateLimit>,

@@ -12,8 +12,10 @@ mod sim;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use boringtun::noise::{Tunn, TunnResult};
 use lanrage_client_core::{DiscoveryConfig, DropReason};
-use sim::{ipv4_udp_ports, virtual_ip, Link, Sim};
+use lanrage_proto::x25519::PublicKey;
+use sim::{client_secret, ipv4_udp_ports, relay_addr, virtual_ip, Link, Sim};
 
 const MINECRAFT: Ipv4Addr = Ipv4Addr::new(224, 0, 2, 60);
 
@@ -221,4 +223,74 @@ fn a_member_that_does_not_cap_itself_is_capped_by_its_receivers() {
     sim.send_raw(2, &packet);
     sim.run_for(Duration::from_millis(200));
     assert!(!sim.clients[0].received.iter().any(|(_, p)| p == &packet));
+}
+
+#[test]
+fn a_received_copy_never_goes_out_again() {
+    let mut sim = three([DiscoveryConfig::default(); 3]);
+    let packet = ipv4_udp_ports(virtual_ip(0), 4445, MINECRAFT, 4445, b"announce");
+    sim.send_raw(0, &packet);
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(copies_of(&sim, 1, &packet), 1);
+    // Even if client2's kernel sent the copy back into its TUN, its
+    // engine would not copy it on: the source is client1's address.
+    sim.send_raw(1, &packet);
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(sim.clients[1].engine.dropped(DropReason::ForeignSource), 1);
+    assert_eq!(copies_of(&sim, 2, &packet), 1, "client3 got it once");
+    assert_eq!(copies_of(&sim, 0, &packet), 0, "and the sender never");
+}
+
+/// A member whose client is modified: its own key, its own session with
+/// client2 (a raw boringtun Tunn through the relay's address), sending
+/// whatever it likes inside.
+#[test]
+fn a_modified_member_cannot_reach_past_us_or_send_link_control() {
+    let mut sim = three([DiscoveryConfig::default(); 3]);
+    let victim = PublicKey::from(&client_secret(1));
+    let mut tunn = Tunn::new(client_secret(0), victim, None, None, 0x00ab_cd00, None);
+    let mut buf = vec![0u8; 2048];
+    let relay = relay_addr(0);
+    let now = sim.now;
+    let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, false) else {
+        panic!("an initiation");
+    };
+    let init = init.to_vec();
+    let engine = &mut sim.clients[1].engine;
+    engine.handle_udp(now, relay, &init);
+    let mut response = None;
+    while let Some(t) = engine.poll_transmit() {
+        if t.payload.first() == Some(&2) {
+            response = Some(t.payload);
+        }
+    }
+    let response = response.expect("client2 answers the handshake");
+    let _ = tunn.decapsulate(None, &response, &mut buf);
+    let mut send = |engine: &mut lanrage_client_core::Engine, packet: &[u8]| {
+        let mut out = vec![0u8; 2048];
+        match tunn.encapsulate(packet, &mut out) {
+            TunnResult::WriteToNetwork(datagram) => engine.handle_udp(now, relay, datagram),
+            other => panic!("encapsulate: {other:?}"),
+        }
+    };
+    let engine = &mut sim.clients[1].engine;
+    // Through us to another address (our LAN, the internet).
+    let onward = ipv4_udp_ports(virtual_ip(0), 1, Ipv4Addr::new(192, 168, 1, 1), 53, b"x");
+    send(engine, &onward);
+    // IGMP and all-hosts: link control stays on the link it came from.
+    let mut igmp = ipv4_udp_ports(virtual_ip(0), 1, Ipv4Addr::new(224, 0, 0, 22), 1, b"igmp");
+    igmp[9] = 2;
+    send(engine, &igmp);
+    let all_hosts = ipv4_udp_ports(virtual_ip(0), 1, Ipv4Addr::new(224, 0, 0, 1), 1, b"x");
+    send(engine, &all_hosts);
+    // A game's broadcast is fine.
+    let broadcast = ipv4_udp_ports(virtual_ip(0), 6112, Ipv4Addr::BROADCAST, 6112, b"search");
+    send(engine, &broadcast);
+    let mut written = Vec::new();
+    while let Some(packet) = engine.poll_tun() {
+        written.push(packet);
+    }
+    assert_eq!(written, vec![broadcast]);
+    assert_eq!(engine.dropped(DropReason::UnexpectedDestination), 1);
+    assert_eq!(engine.dropped(DropReason::LocalOnly), 2);
 }

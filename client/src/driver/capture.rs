@@ -9,17 +9,22 @@
 //! destination, same metric 0: e.g. `224.0.0.0/4 dev eth0`, which some
 //! multicast guides tell people to add). Such a route is written to the
 //! journal *before* it is deleted, put back when the interface goes down,
-//! and, after a crash, put back by the next start ([`repair`]).
+//! and, after a crash, put back by the next start in the same boot
+//! ([`repair`]). An entry that can't be put back stays in the journal and
+//! is tried again at the next start.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use netlink_packet_core::{Emitable as _, Parseable as _, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{
+    Emitable as _, Parseable as _, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+};
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHopFlags,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::{Deserialize, Serialize};
@@ -47,16 +52,28 @@ pub struct Capture {
 /// A route of the user's that ours replaced, as the kernel described it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Displaced {
-    /// For people reading the journal: `224.0.0.0/4 dev 2`.
+    /// For people reading the journal: `224.0.0.0/4 dev eth0`.
     route: String,
-    /// The route message, hex, exactly as the kernel dumped it.
+    /// The route message, hex: the kernel's dump of it, with the status
+    /// flags the kernel refuses on a new route (linkdown, dead) cleared.
     netlink: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     interface: String,
+    /// The kernel's boot id when the journal was written: routes from an
+    /// earlier boot are gone anyway (the system sets its own up again), and
+    /// the interface indexes in them mean other devices now.
+    #[serde(default)]
+    boot_id: String,
     displaced: Vec<Displaced>,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl Capture {
@@ -109,24 +126,19 @@ impl Capture {
             }
             let displaced = Displaced {
                 route: describe(&route),
-                netlink: hex(&emit(&route)),
+                netlink: hex(&emit(&restorable(&route))),
             };
-            self.displaced.push(displaced);
-            self.write_journal()?;
+            // Journalled first: once it is deleted, the journal is the
+            // only record of it.
+            let mut journalled = self.displaced.clone();
+            journalled.push(displaced);
+            write_journal(&self.journal, &self.interface, &journalled)?;
+            self.displaced = journalled;
             rtnl.request(RouteNetlinkMessage::DelRoute(route), 0)?;
             tracing::warn!(route = %self.displaced.last().map_or("", |d| &d.route), "displaced a route to the virtual LAN; it is put back when LANrage goes down");
         }
         rtnl.request(RouteNetlinkMessage::NewRoute(ours), flags)?;
         Ok(())
-    }
-
-    fn write_journal(&self) -> anyhow::Result<()> {
-        let journal = Journal {
-            interface: self.interface.clone(),
-            displaced: self.displaced.clone(),
-        };
-        write_replacing(&self.journal, &serde_json::to_vec_pretty(&journal)?)
-            .with_context(|| format!("cannot write {}", self.journal.display()))
     }
 
     /// Takes our routes away (if the device is still there) and puts back
@@ -150,10 +162,35 @@ impl Capture {
             }
         }
         if !self.displaced.is_empty() {
-            put_back(&mut rtnl, &self.displaced);
-            self.displaced.clear();
-            let _ = std::fs::remove_file(&self.journal);
+            let left = put_back(&mut rtnl, std::mem::take(&mut self.displaced));
+            keep_or_remove(&self.journal, &self.interface, &left);
         }
+    }
+}
+
+fn write_journal(path: &Path, interface: &str, displaced: &[Displaced]) -> anyhow::Result<()> {
+    let journal = Journal {
+        interface: interface.to_owned(),
+        boot_id: boot_id(),
+        displaced: displaced.to_vec(),
+    };
+    write_replacing(path, &serde_json::to_vec_pretty(&journal)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The journal after a put-back: removed if everything is back, else
+/// rewritten with what is still missing (tried again at the next start).
+fn keep_or_remove(path: &Path, interface: &str, left: &[Displaced]) {
+    let result = if left.is_empty() {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    } else {
+        write_journal(path, interface, left)
+    };
+    if let Err(e) = result {
+        tracing::warn!(journal = %path.display(), "{e:#}");
     }
 }
 
@@ -176,13 +213,23 @@ pub fn repair(journal: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(journal);
         return Ok(());
     };
+    if found.boot_id != boot_id() {
+        tracing::info!(journal = %journal.display(), "route journal from an earlier boot; removing it");
+        let _ = std::fs::remove_file(journal);
+        return Ok(());
+    }
     let mut rtnl = Rtnl::new().context("cannot open a netlink socket")?;
     tracing::info!(interface = %found.interface, routes = found.displaced.len(), "putting back routes a previous run displaced");
-    put_back(&mut rtnl, &found.displaced);
-    std::fs::remove_file(journal).with_context(|| format!("cannot remove {}", journal.display()))
+    let left = put_back(&mut rtnl, found.displaced);
+    keep_or_remove(journal, &found.interface, &left);
+    Ok(())
 }
 
-fn put_back(rtnl: &mut Rtnl, displaced: &[Displaced]) {
+/// Adds each route again, in the order they were displaced (appended, so
+/// two that shared the slot both come back), and returns those that could
+/// not be: kept for another try, except one whose device is gone.
+fn put_back(rtnl: &mut Rtnl, displaced: Vec<Displaced>) -> Vec<Displaced> {
+    let mut left = Vec::new();
     for d in displaced {
         let Some(route) = unhex(&d.netlink).and_then(|b| RouteMessage::parse(&b[..]).ok()) else {
             tracing::warn!(route = %d.route, "journal entry unreadable; not put back");
@@ -190,13 +237,37 @@ fn put_back(rtnl: &mut Rtnl, displaced: &[Displaced]) {
         };
         match rtnl.request(
             RouteNetlinkMessage::NewRoute(route),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_APPEND,
         ) {
             Ok(_) => tracing::info!(route = %d.route, "route put back"),
+            // The very same route is there already.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => tracing::warn!(route = %d.route, error = %e, "cannot put the route back"),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                tracing::warn!(route = %d.route, "the route's device is gone; not put back");
+            }
+            Err(e) => {
+                tracing::warn!(route = %d.route, error = %e, "cannot put the route back; trying again at the next start");
+                left.push(d);
+            }
         }
     }
+    left
+}
+
+/// The route as it can be added again: the status flags the kernel sets
+/// on a dumped route (linkdown, dead, offload, ...) refuse a new one, so
+/// only onlink, which a user sets, is kept.
+fn restorable(route: &RouteMessage) -> RouteMessage {
+    let mut route = route.clone();
+    route.header.flags &= RouteFlags::Onlink;
+    for attribute in &mut route.attributes {
+        if let RouteAttribute::MultiPath(hops) = attribute {
+            for hop in hops {
+                hop.flags &= RouteNextHopFlags::Onlink;
+            }
+        }
+    }
+    route
 }
 
 /// Our route: `DESTINATION/PREFIX dev INDEX scope link proto 76`, in the
@@ -331,6 +402,11 @@ mod tests {
         assert!(!same_slot(&back, Ipv4Addr::BROADCAST, 32));
         assert_eq!(oif(&back), Some(7));
         assert_eq!(unhex("abc"), None);
+        // A route dumped while its link was down is added back without
+        // the flags the kernel refuses.
+        let mut down = route;
+        down.header.flags = RouteFlags::Linkdown | RouteFlags::Dead | RouteFlags::Onlink;
+        assert_eq!(restorable(&down).header.flags, RouteFlags::Onlink);
         assert_eq!(unhex("zz"), None);
     }
 }

@@ -63,15 +63,17 @@ impl Setup {
 /// Runs `engine` until SIGINT or SIGTERM. The TUN device (and with it its
 /// address and route) is removed when this returns, on every path.
 pub fn run(mut engine: Engine, setup: &Setup) -> anyhow::Result<()> {
-    // Routes a crashed run displaced go back first (docs/lan-discovery.md).
-    if let Err(e) = super::capture::repair(&setup.route_journal()) {
-        tracing::warn!("{e:#}");
-    }
     let main = Socket::bind(SocketAddr::from(([0, 0, 0, 0], setup.listen_port)))
         .with_context(|| format!("listen_port: cannot bind UDP port {}", setup.listen_port))?;
     let local = main.socket.local_addr()?;
 
     let mut control = Server::bind(&setup.control_socket)?;
+    // Routes a crashed run displaced go back (docs/lan-discovery.md), once
+    // the control socket is ours: a second `lanrage up` stops at its bind
+    // and never touches the running one's journal.
+    if let Err(e) = super::capture::repair(&setup.route_journal()) {
+        tracing::warn!("{e:#}");
+    }
     let (signal_read, signal_write) = StdUnixStream::pair()?;
     signal_read.set_nonblocking(true)?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -105,7 +105,7 @@ pub struct Sim {
     pub last_probe: HashMap<usize, (SocketAddr, Vec<u8>)>,
 }
 
-fn relay_addr(i: usize) -> SocketAddr {
+pub fn relay_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([203, 0, 113, 10 + i as u8], 51820))
 }
 
@@ -117,7 +117,8 @@ pub fn virtual_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 66, 0, 1 + i as u8)
 }
 
-fn client_secret(i: usize) -> StaticSecret {
+#[allow(dead_code)] // pub for tests/discovery.rs
+pub fn client_secret(i: usize) -> StaticSecret {
     StaticSecret::from([0x10 + i as u8; 32])
 }
 
