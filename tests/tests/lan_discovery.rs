@@ -67,6 +67,18 @@ impl Game {
         })
     }
 
+    /// The same game on each of `hosts`.
+    fn on_each<'a>(
+        lab: &PartyLab,
+        hosts: &[&'a str],
+        args: &[&str],
+    ) -> Result<Vec<(&'a str, Self)>> {
+        hosts
+            .iter()
+            .map(|h| Ok((*h, Self::start(lab, h, args)?)))
+            .collect()
+    }
+
     /// Its JSON lines once it exits (every subcommand exits by its
     /// `--seconds`; a kill after 5 s more bounds a stuck one).
     fn finish(mut self) -> Result<Vec<Value>> {
@@ -120,9 +132,11 @@ fn port_of(addr: &Value) -> Option<u16> {
         .map(|a| a.port())
 }
 
-/// Lets listeners bind and join their groups before a sender starts.
+/// Lets listeners bind and join their groups before a sender starts (a
+/// process start in a namespace takes tens of ms; this leaves room for a
+/// busy CI machine).
 fn settle() {
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(600));
 }
 
 #[test]
@@ -143,19 +157,8 @@ fn lan_games_discover_each_other_across_the_virtual_lan() -> Result<()> {
 
     // Minecraft Java: ada opens its world to LAN; the others' server lists
     // show it, with ada's virtual address.
-    let listeners: Vec<(&str, Game)> = ["bo", "cy", "out"]
-        .into_iter()
-        .map(|h| {
-            Ok((
-                h,
-                Game::start(
-                    &lab,
-                    h,
-                    &["minecraft-listen", "--seconds", "4", "--count", "2"],
-                )?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let listen = ["minecraft-listen", "--seconds", "4", "--count", "2"];
+    let listeners = Game::on_each(&lab, &["bo", "cy", "out"], &listen)?;
     settle();
     let announcer = Game::start(
         &lab,
@@ -217,19 +220,8 @@ fn lan_games_discover_each_other_across_the_virtual_lan() -> Result<()> {
 
     // Subnet broadcast (10.66.255.255): bo sends 20, ada and cy get each
     // once, out none.
-    let listeners: Vec<(&str, Game)> = ["ada", "cy", "out"]
-        .into_iter()
-        .map(|h| {
-            Ok((
-                h,
-                Game::start(
-                    &lab,
-                    h,
-                    &["udp-listen", "--port", "27961", "--seconds", "2"],
-                )?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let listen = ["udp-listen", "--port", "27961", "--seconds", "2"];
+    let listeners = Game::on_each(&lab, &["ada", "cy", "out"], &listen)?;
     settle();
     let sender = Game::start(
         &lab,
@@ -469,32 +461,14 @@ fn a_party_of_eight_under_a_broadcast_storm() -> Result<()> {
     // sends cy game traffic (unicast, 50/s), and di announces a Minecraft
     // world that ed looks for.
     let before = lab.status("ada")?;
-    let listeners: Vec<(&str, Game)> = EIGHT
-        .iter()
-        .map(|h| {
-            Ok((
-                *h,
-                Game::start(
-                    &lab,
-                    h,
-                    &["udp-listen", "--port", "40002", "--seconds", "6"],
-                )?,
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let listen = ["udp-listen", "--port", "40002", "--seconds", "6"];
+    let listeners = Game::on_each(&lab, &EIGHT, &listen)?;
     // Game traffic: bo → cy direct, ed → flo through the relay the storm's
     // copies take too, and hal → ada into the member that storms.
     let flows = [("bo", "cy"), ("ed", "flo"), ("hal", "ada")];
-    let game_rx: Vec<Game> = flows
-        .iter()
-        .map(|(_, to)| {
-            Game::start(
-                &lab,
-                to,
-                &["udp-listen", "--port", "40003", "--seconds", "6"],
-            )
-        })
-        .collect::<Result<_>>()?;
+    let receivers: Vec<&str> = flows.iter().map(|(_, to)| *to).collect();
+    let listen = ["udp-listen", "--port", "40003", "--seconds", "6"];
+    let game_rx = Game::on_each(&lab, &receivers, &listen)?;
     let minecraft_rx = Game::start(
         &lab,
         "ed",
@@ -618,7 +592,7 @@ fn a_party_of_eight_under_a_broadcast_storm() -> Result<()> {
     }
     // The others' traffic flowed through the storm.
     let mut game_got = Vec::new();
-    for ((from, to), game) in flows.iter().zip(game_rx) {
+    for ((from, to), (_, game)) in flows.iter().zip(game_rx) {
         let got = summary(&game.finish()?);
         assert!(
             got["unique"].as_u64() >= Some(147),

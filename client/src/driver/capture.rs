@@ -85,11 +85,16 @@ impl Capture {
         let mut rtnl = Rtnl::new().context("cannot open a netlink socket")?;
         set_multicast_flag(&mut rtnl, index)
             .with_context(|| format!("interface {interface}: cannot set MULTICAST"))?;
+        // What an earlier run displaced and couldn't put back is still
+        // ours to put back: kept, so that journalling more doesn't lose it.
+        let left = read_journal(journal)?
+            .map(|j| j.displaced)
+            .unwrap_or_default();
         let mut capture = Self {
             interface: interface.to_owned(),
             index,
             journal: journal.to_owned(),
-            displaced: Vec::new(),
+            displaced: left,
         };
         for (destination, prefix_len) in CAPTURED {
             capture
@@ -203,21 +208,9 @@ impl Drop for Capture {
 /// At start: puts back the routes a crashed run displaced (its journal),
 /// then forgets them.
 pub fn repair(journal: &Path) -> anyhow::Result<()> {
-    let text = match std::fs::read(journal) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
-    };
-    let Ok(found) = serde_json::from_slice::<Journal>(&text) else {
-        tracing::warn!(journal = %journal.display(), "unreadable route journal; removing it");
-        let _ = std::fs::remove_file(journal);
+    let Some(found) = read_journal(journal)? else {
         return Ok(());
     };
-    if found.boot_id != boot_id() {
-        tracing::info!(journal = %journal.display(), "route journal from an earlier boot; removing it");
-        let _ = std::fs::remove_file(journal);
-        return Ok(());
-    }
     let mut rtnl = Rtnl::new().context("cannot open a netlink socket")?;
     tracing::info!(interface = %found.interface, routes = found.displaced.len(), "putting back routes a previous run displaced");
     let left = put_back(&mut rtnl, found.displaced);
@@ -228,6 +221,27 @@ pub fn repair(journal: &Path) -> anyhow::Result<()> {
 /// Adds each route again, in the order they were displaced (appended, so
 /// two that shared the slot both come back), and returns those that could
 /// not be: kept for another try, except one whose device is gone.
+/// The journal at `path`, if there is one of this boot: an unreadable one
+/// or one from an earlier boot is removed.
+fn read_journal(path: &Path) -> anyhow::Result<Option<Journal>> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let Ok(found) = serde_json::from_slice::<Journal>(&text) else {
+        tracing::warn!(journal = %path.display(), "unreadable route journal; removing it");
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    };
+    if found.boot_id != boot_id() {
+        tracing::info!(journal = %path.display(), "route journal from an earlier boot; removing it");
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    }
+    Ok(Some(found))
+}
+
 fn put_back(rtnl: &mut Rtnl, displaced: Vec<Displaced>) -> Vec<Displaced> {
     let mut left = Vec::new();
     for d in displaced {

@@ -187,6 +187,66 @@ pub fn recv_before(socket: &UdpSocket, buf: &mut [u8], until: Instant) -> Recv {
     }
 }
 
+/// A datagram a responder recognised: the fields of its event, and the
+/// reply to send back to its source (none: seen, not answered).
+pub struct Request {
+    pub fields: serde_json::Value,
+    pub reply: Option<Vec<u8>>,
+}
+
+/// What [`answer_requests`] counted over its run.
+#[derive(Debug, Default)]
+pub struct Answered {
+    pub requests: u64,
+    pub answers: u64,
+    /// Datagrams that parsed but weren't requests (our own broadcasts
+    /// coming back, others' answers).
+    pub other: u64,
+    pub malformed: u64,
+    pub recv_errors: u64,
+    pub errors: SendErrors,
+}
+
+/// The loop of a server that answers each request unicast to its source,
+/// as game servers answer a LAN browser: every datagram on `socket` until
+/// `deadline` (at most `max`) goes to `answer`. `Ok(Some(request))` is
+/// answered and reported as an event with the source under `from_key`;
+/// `Ok(None)` counts as other, `Err` as malformed.
+pub fn answer_requests(
+    socket: &UdpSocket,
+    deadline: &Deadline,
+    max: u64,
+    from_key: &str,
+    mut answer: impl FnMut(&[u8]) -> Result<Option<Request>, Malformed>,
+) -> Answered {
+    let mut counts = Answered::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    for _ in 0..max {
+        match recv_before(socket, &mut buf, deadline.end) {
+            Recv::Datagram(n, from) => match answer(&buf[..n]) {
+                Ok(Some(request)) => {
+                    counts.requests += 1;
+                    let sent = request.reply.is_some_and(|reply| {
+                        send_counted(socket, &reply, from, &mut counts.errors)
+                    });
+                    counts.answers += u64::from(sent);
+                    let mut event = request.fields;
+                    event[from_key] = serde_json::json!(from.to_string());
+                    event["answered"] = serde_json::json!(sent);
+                    event["at_ns"] = serde_json::json!(now_ns());
+                    emit(event);
+                }
+                Ok(None) => counts.other += 1,
+                Err(_) => counts.malformed += 1,
+            },
+            Recv::Timeout if deadline.passed() => break,
+            Recv::Timeout => {}
+            Recv::Error => counts.recv_errors += 1,
+        }
+    }
+    counts
+}
+
 /// Counts send failures and keeps the first one's text for the summary.
 #[derive(Debug, Default)]
 pub struct SendErrors {

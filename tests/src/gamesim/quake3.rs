@@ -22,7 +22,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, Request, SendErrors, UdpOptions};
 
 pub const OOB: [u8; 4] = [0xFF; 4];
 pub const PORT_SERVER: u16 = 27960;
@@ -190,40 +190,26 @@ pub fn server(args: ServerArgs) -> Result<()> {
         max_clients: 8,
         gametype: 0,
     };
-    let mut errors = SendErrors::default();
-    let (mut requests, mut answers, mut other, mut malformed, mut recv_errors) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; net::MAX_DATAGRAM];
-    for _ in 0..MAX_RECEIVES {
-        match net::recv_before(&socket, &mut buf, deadline.end) {
-            Recv::Datagram(n, from) => match answer(&buf[..n], &info) {
-                Ok(Some((challenge, reply))) => {
-                    requests += 1;
-                    let sent = net::send_counted(&socket, &reply, from, &mut errors);
-                    answers += u64::from(sent);
-                    net::emit(json!({
-                        "getinfo_from": from.to_string(),
-                        "challenge": challenge,
-                        "answered": sent,
-                        "at_ns": net::now_ns(),
-                    }));
-                }
-                Ok(None) => other += 1,
-                Err(_) => malformed += 1,
-            },
-            Recv::Timeout if deadline.passed() => break,
-            Recv::Timeout => {}
-            Recv::Error => recv_errors += 1,
-        }
-    }
+    let counts = net::answer_requests(
+        &socket,
+        &deadline,
+        MAX_RECEIVES,
+        "getinfo_from",
+        |datagram| {
+            Ok(answer(datagram, &info)?.map(|(challenge, reply)| Request {
+                fields: json!({ "challenge": challenge }),
+                reply: Some(reply),
+            }))
+        },
+    );
     net::emit_summary(json!({
-        "requests": requests,
-        "answers": answers,
-        "other": other,
-        "malformed": malformed,
-        "send_errors": errors.count,
-        "first_send_error": errors.first,
-        "recv_errors": recv_errors,
+        "requests": counts.requests,
+        "answers": counts.answers,
+        "other": counts.other,
+        "malformed": counts.malformed,
+        "send_errors": counts.errors.count,
+        "first_send_error": counts.errors.first,
+        "recv_errors": counts.recv_errors,
     }));
     Ok(())
 }

@@ -23,7 +23,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::net::{self, Deadline, Malformed, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Recv, Request, SendErrors, UdpOptions};
 
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
 pub const PORT: u16 = 1900;
@@ -173,42 +173,31 @@ pub fn device(args: DeviceArgs) -> Result<()> {
         SocketAddrV4::new(GROUP, PORT),
         &mut errors,
     );
-    let (mut searches, mut answers, mut malformed, mut recv_errors) = (0u64, 0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; net::MAX_DATAGRAM];
-    for _ in 0..MAX_RECEIVES {
-        match net::recv_before(&socket, &mut buf, deadline.end) {
-            Recv::Datagram(n, from) => match parse(&buf[..n]) {
-                Ok(message) if message.start == StartLine::Search => {
-                    searches += 1;
-                    let answered = match answer(&message, &args.location) {
-                        Some(reply) => net::send_counted(&socket, &reply, from, &mut errors),
-                        None => false,
-                    };
-                    answers += u64::from(answered);
-                    net::emit(json!({
-                        "search_from": from.to_string(),
-                        "st": message.header("st"),
-                        "answered": answered,
-                        "at_ns": net::now_ns(),
-                    }));
-                }
-                // NOTIFYs (ours come back) and others' responses.
-                Ok(_) => {}
-                Err(_) => malformed += 1,
-            },
-            Recv::Timeout if deadline.passed() => break,
-            Recv::Timeout => {}
-            Recv::Error => recv_errors += 1,
-        }
-    }
+    let counts = net::answer_requests(
+        &socket,
+        &deadline,
+        MAX_RECEIVES,
+        "search_from",
+        |datagram| {
+            let message = parse(datagram)?;
+            // NOTIFYs (ours come back) and others' responses are not searches.
+            if message.start != StartLine::Search {
+                return Ok(None);
+            }
+            Ok(Some(Request {
+                fields: json!({ "st": message.header("st") }),
+                reply: answer(&message, &args.location),
+            }))
+        },
+    );
     net::emit_summary(json!({
         "notified": notified,
-        "searches": searches,
-        "answers": answers,
-        "malformed": malformed,
-        "send_errors": errors.count,
-        "first_send_error": errors.first,
-        "recv_errors": recv_errors,
+        "searches": counts.requests,
+        "answers": counts.answers,
+        "malformed": counts.malformed,
+        "send_errors": errors.count + counts.errors.count,
+        "first_send_error": errors.first.or(counts.errors.first),
+        "recv_errors": counts.recv_errors,
     }));
     Ok(())
 }

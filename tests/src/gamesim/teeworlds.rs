@@ -23,7 +23,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use super::net::{self, Deadline, Malformed, Reader, Recv, SendErrors, UdpOptions};
+use super::net::{self, Deadline, Malformed, Reader, Recv, Request, SendErrors, UdpOptions};
 
 pub const CONNLESS_HEADER: [u8; 6] = [0xFF; 6];
 /// NET_PACKETFLAG_CONNLESS, in the high nibble of the first byte.
@@ -182,41 +182,29 @@ pub fn server(args: ServerArgs) -> Result<()> {
         clients: 0,
         max_clients: 8,
     };
-    let mut errors = SendErrors::default();
-    let (mut requests, mut answers, mut other, mut malformed, mut recv_errors) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; net::MAX_DATAGRAM];
-    for _ in 0..MAX_RECEIVES {
-        match net::recv_before(&socket, &mut buf, deadline.end) {
-            Recv::Datagram(n, from) => match parse_getinfo(&buf[..n]) {
-                Ok(Some(token)) => {
-                    requests += 1;
-                    info.token = token;
-                    let sent = net::send_counted(&socket, &encode_info(&info), from, &mut errors);
-                    answers += u64::from(sent);
-                    net::emit(json!({
-                        "getinfo_from": from.to_string(),
-                        "token": token,
-                        "answered": sent,
-                        "at_ns": net::now_ns(),
-                    }));
+    let counts = net::answer_requests(
+        &socket,
+        &deadline,
+        MAX_RECEIVES,
+        "getinfo_from",
+        |datagram| {
+            Ok(parse_getinfo(datagram)?.map(|token| {
+                info.token = token;
+                Request {
+                    fields: json!({ "token": token }),
+                    reply: Some(encode_info(&info)),
                 }
-                Ok(None) => other += 1,
-                Err(_) => malformed += 1,
-            },
-            Recv::Timeout if deadline.passed() => break,
-            Recv::Timeout => {}
-            Recv::Error => recv_errors += 1,
-        }
-    }
+            }))
+        },
+    );
     net::emit_summary(json!({
-        "requests": requests,
-        "answers": answers,
-        "other": other,
-        "malformed": malformed,
-        "send_errors": errors.count,
-        "first_send_error": errors.first,
-        "recv_errors": recv_errors,
+        "requests": counts.requests,
+        "answers": counts.answers,
+        "other": counts.other,
+        "malformed": counts.malformed,
+        "send_errors": counts.errors.count,
+        "first_send_error": counts.errors.first,
+        "recv_errors": counts.recv_errors,
     }));
     Ok(())
 }
