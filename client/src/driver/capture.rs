@@ -29,6 +29,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::{Deserialize, Serialize};
 
+use base64::Engine as _;
+
 use super::rtnl::Rtnl;
 use super::state::write_replacing;
 
@@ -54,7 +56,7 @@ pub struct Capture {
 struct Displaced {
     /// For people reading the journal: `224.0.0.0/4 dev eth0`.
     route: String,
-    /// The route message, hex: the kernel's dump of it, with the status
+    /// The route message, base64: the kernel's dump of it, with the status
     /// flags the kernel refuses on a new route (linkdown, dead) cleared.
     netlink: String,
 }
@@ -131,7 +133,7 @@ impl Capture {
             }
             let displaced = Displaced {
                 route: describe(&route),
-                netlink: hex(&emit(&restorable(&route))),
+                netlink: encode(&emit(&restorable(&route))),
             };
             // Journalled first: once it is deleted, the journal is the
             // only record of it.
@@ -245,7 +247,7 @@ fn read_journal(path: &Path) -> anyhow::Result<Option<Journal>> {
 fn put_back(rtnl: &mut Rtnl, displaced: Vec<Displaced>) -> Vec<Displaced> {
     let mut left = Vec::new();
     for d in displaced {
-        let Some(route) = unhex(&d.netlink).and_then(|b| RouteMessage::parse(&b[..]).ok()) else {
+        let Some(route) = decode(&d.netlink).and_then(|b| RouteMessage::parse(&b[..]).ok()) else {
             tracing::warn!(route = %d.route, "journal entry unreadable; not put back");
             continue;
         };
@@ -386,18 +388,13 @@ fn emit(route: &RouteMessage) -> Vec<u8> {
     buf
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The journal's text for route bytes (base64, as the keys are written).
+fn encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+fn decode(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 #[cfg(test)]
@@ -407,20 +404,20 @@ mod tests {
     #[test]
     fn a_route_survives_the_journal_byte_for_byte() {
         let route = our_route(Ipv4Addr::new(224, 0, 0, 0), 4, 7);
-        let text = hex(&emit(&route));
-        let back = unhex(&text)
+        let text = encode(&emit(&route));
+        let back = decode(&text)
             .and_then(|b| RouteMessage::parse(&b[..]).ok())
             .expect("parses");
         assert_eq!(back, route);
         assert!(same_slot(&back, Ipv4Addr::new(224, 0, 0, 0), 4));
         assert!(!same_slot(&back, Ipv4Addr::BROADCAST, 32));
         assert_eq!(oif(&back), Some(7));
-        assert_eq!(unhex("abc"), None);
+        assert_eq!(decode("abc"), None);
         // A route dumped while its link was down is added back without
         // the flags the kernel refuses.
         let mut down = route;
         down.header.flags = RouteFlags::Linkdown | RouteFlags::Dead | RouteFlags::Onlink;
         assert_eq!(restorable(&down).header.flags, RouteFlags::Onlink);
-        assert_eq!(unhex("zz"), None);
+        assert_eq!(decode("zz"), None);
     }
 }
