@@ -202,13 +202,11 @@ pub fn find_answer(
     Ok(found)
 }
 
-pub fn responder(args: ResponderArgs) -> Result<()> {
-    let name = check_name(&args.name)?;
-    let deadline = Deadline::after(args.seconds);
-    // avahi-daemon: 0.0.0.0:5353 with SO_REUSEADDR (and SO_REUSEPORT),
-    // IP_MULTICAST_TTL 255, IP_TTL 255, loopback on. avahi joins the group
-    // per interface; this joins once on INADDR_ANY (the kernel's route).
-    let socket = net::udp_bind(
+/// The socket of an RFC 6762 responder or querier: 0.0.0.0:5353 shared
+/// (SO_REUSEADDR and SO_REUSEPORT), TTL 255 both ways, joined to
+/// 224.0.0.251 on INADDR_ANY.
+fn mdns_socket() -> Result<std::net::UdpSocket> {
+    net::udp_bind(
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
         UdpOptions {
             reuse_addr: true,
@@ -218,7 +216,16 @@ pub fn responder(args: ResponderArgs) -> Result<()> {
             join: Some(GROUP),
             ..UdpOptions::default()
         },
-    )?;
+    )
+}
+
+pub fn responder(args: ResponderArgs) -> Result<()> {
+    let name = check_name(&args.name)?;
+    let deadline = Deadline::after(args.seconds);
+    // avahi-daemon: 0.0.0.0:5353 with SO_REUSEADDR (and SO_REUSEPORT),
+    // IP_MULTICAST_TTL 255, IP_TTL 255, loopback on. avahi joins the group
+    // per interface; this joins once on INADDR_ANY (the kernel's route).
+    let socket = mdns_socket()?;
     let mut errors = SendErrors::default();
     let (mut queries, mut answers, mut malformed, mut recv_errors) = (0u64, 0u64, 0u64, 0u64);
     let mut buf = vec![0u8; net::MAX_DATAGRAM];
@@ -276,17 +283,7 @@ pub fn query(args: QueryArgs) -> Result<()> {
         let id = (net::now_ns() as u16) | 1;
         (socket, Some(id))
     } else {
-        let socket = net::udp_bind(
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
-            UdpOptions {
-                reuse_addr: true,
-                reuse_port: true,
-                multicast_ttl: Some(IP_TTL),
-                unicast_ttl: Some(IP_TTL),
-                join: Some(GROUP),
-                ..UdpOptions::default()
-            },
-        )?;
+        let socket = mdns_socket()?;
         (socket, None)
     };
     let Ok(message) = encode_query(id.unwrap_or(0), &name) else {
